@@ -1,0 +1,200 @@
+"""Object storage: one interface, two backends.
+
+* :class:`S3Storage` talks to any S3-compatible endpoint (MinIO, Ceph, AWS) through boto3 with path-style
+  addressing.
+* :class:`LocalStorage` keeps objects as files under a folder (embedded mode). It mimics S3 where it
+  matters to callers: MD5 ETags for single-part objects, prefix listing in key order, presigned URLs
+  (HMAC-signed, verified by :func:`verify_local_signature`).
+
+Keys are validated the same way for both: relative, ``/``-separated, no ``..`` or empty segments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from hep2.settings import Settings, get_settings
+
+MAX_KEY_BYTES = 1024  # S3's own limit
+
+
+class InvalidKeyError(ValueError):
+    """The object key is unsafe or malformed."""
+
+
+class ObjectNotFoundError(KeyError):
+    """No object under that key."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # without quotes
+    last_modified: datetime
+    version_id: str | None = None
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative object key, else raise :class:`InvalidKeyError`."""
+    if not key or len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidKeyError(f"object key must be 1..{MAX_KEY_BYTES} bytes")
+    if key.startswith("/") or "\\" in key or "\x00" in key:
+        raise InvalidKeyError(f"object key {key!r} must be relative and use '/' separators")
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts[:-1]) or parts[-1] in (".", ".."):
+        raise InvalidKeyError(f"object key {key!r} has an empty, '.' or '..' segment")
+    return key
+
+
+class ObjectStorage(Protocol):
+    bucket: str
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo: ...
+    def get(self, key: str) -> bytes: ...
+    def head(self, key: str) -> ObjectInfo: ...
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def presigned_url(self, key: str, expires_s: int = 300) -> str: ...
+
+
+class S3Storage:
+    """Objects in an S3-compatible bucket."""
+
+    def __init__(self, bucket: str, endpoint_url: str | None = None, region: str = "us-east-1",
+                 access_key_id: str | None = None, secret_access_key: str | None = None) -> None:
+        self.bucket = bucket
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region,
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5}),
+        )
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (set-up scripts and tests)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
+        self.client.put_object(Bucket=self.bucket, Key=validate_key(key), Body=data, ContentType=content_type)
+        return self.head(key)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=validate_key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise ObjectNotFoundError(key) from exc
+            raise
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            meta = self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise ObjectNotFoundError(key) from exc
+            raise
+        return ObjectInfo(key=key, size=meta["ContentLength"], etag=meta["ETag"].strip('"'),
+                          last_modified=meta["LastModified"], version_id=meta.get("VersionId"))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield ObjectInfo(key=obj["Key"], size=obj["Size"], etag=obj["ETag"].strip('"'),
+                                 last_modified=obj["LastModified"])
+
+    def presigned_url(self, key: str, expires_s: int = 300) -> str:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": validate_key(key)}, ExpiresIn=expires_s)
+
+
+class LocalStorage:
+    """Objects as files under ``root/<bucket>/`` (embedded mode, no server)."""
+
+    def __init__(self, root: Path, bucket: str, signing_key: bytes) -> None:
+        self.bucket = bucket
+        self.base = (Path(root) / bucket).resolve()
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._signing_key = signing_key
+
+    def _path(self, key: str) -> Path:
+        path = (self.base / validate_key(key)).resolve()
+        if not path.is_relative_to(self.base):
+            raise InvalidKeyError(f"object key {key!r} escapes the bucket")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write to a temporary file and rename: readers never see a half-written object.
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".put-") as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, path)
+        return self.head(key)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFoundError(key)
+        return path.read_bytes()
+
+    def head(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFoundError(key)
+        return self._info(key, path)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        keys = sorted(p.relative_to(self.base).as_posix() for p in self.base.rglob("*")
+                      if p.is_file() and not p.name.startswith(".put-"))
+        for key in keys:
+            if key.startswith(prefix):
+                yield self._info(key, self.base / key)
+
+    def presigned_url(self, key: str, expires_s: int = 300) -> str:
+        expires = int(time.time()) + expires_s
+        signature = _sign(self._signing_key, self.bucket, validate_key(key), expires)
+        return f"/v1/objects/{quote(key)}?expires={expires}&signature={signature}"
+
+    def verify_signature(self, key: str, expires: int, signature: str) -> bool:
+        """True if a URL from :meth:`presigned_url` is authentic and not expired."""
+        expected = _sign(self._signing_key, self.bucket, key, expires)
+        return expires >= time.time() and hmac.compare_digest(expected, signature)
+
+    @staticmethod
+    def _info(key: str, path: Path) -> ObjectInfo:
+        stat = path.stat()
+        md5 = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+        return ObjectInfo(key=key, size=stat.st_size, etag=md5,
+                          last_modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC))
+
+
+def _sign(secret: bytes, bucket: str, key: str, expires: int) -> str:
+    return hmac.new(secret, f"{bucket}\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def storage_from_settings(settings: Settings | None = None) -> ObjectStorage:
+    """The storage backend the settings ask for."""
+    settings = settings or get_settings()
+    if settings.storage_backend == "s3":
+        secret = settings.s3_secret_access_key
+        return S3Storage(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_region,
+                         settings.s3_access_key_id, secret.get_secret_value() if secret else None)
+    return LocalStorage(settings.resolved_storage_root, settings.s3_bucket,
+                        settings.signing_key.get_secret_value().encode())

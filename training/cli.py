@@ -1,0 +1,125 @@
+"""``hep2 train ...`` and ``hep2 evaluate ...`` (mounted by hep2/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+train_app = typer.Typer(help="Train models.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Evaluate models; writes JSON.", no_args_is_help=True)
+
+
+def _parse_split(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    parts = [float(p) for p in text.replace(",", "/").split("/")]
+    return tuple(p / sum(parts) for p in parts)
+
+
+@train_app.command("cells")
+def train_cells(
+    data: Annotated[Path, typer.Option(help="Folder with labels.csv (I3A layout) or a manifest CSV.")],
+    out: Annotated[Path, typer.Option(help="Run folder: logs, fold metrics, checkpoints, model card.")],
+    protocol: Annotated[str, typer.Option(help="grouped (by specimen_group) or random.")] = "grouped",
+    model: Annotated[str, typer.Option(help="resnet18_w32, resnet10_w32, resnet18, efficientnet_b0, "
+                                            "convnext_atto, vit_tiny or any timm name.")] = "resnet18_w32",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    folds: Annotated[int, typer.Option(min=2)] = 5,
+    split: Annotated[str | None, typer.Option(help="random protocol: one split instead of K folds, "
+                                                   "e.g. 70/15/15 (seed 001) or 90/10 (seed 004).")] = None,
+    img_size: Annotated[int, typer.Option(min=16)] = 64,
+    mask: Annotated[bool, typer.Option(help="Feed the cell mask as a second channel.")] = True,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0: off).")] = 8,
+    balance: Annotated[str, typer.Option(help="sampler, loss or none (Golgi is rare).")] = "sampler",
+    tta: Annotated[int, typer.Option(help="Test-time views: 1 or 8 (dihedral).")] = 8,
+    seed: int = 0,
+    device: str = "auto",
+    cv: Annotated[bool, typer.Option(help="Run the cross-validation / split evaluation.")] = True,
+    final_fit: Annotated[bool, typer.Option(help="Fit on all cells and write final/ + model card.")] = True,
+    export: Annotated[str | None, typer.Option(help="Ship final model as training/weights/NAME.*")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use a random subset of N cells (smoke tests).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop each fit after N steps (smoke tests).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    progress: bool = True,
+) -> None:
+    """Train the cell staining-pattern classifier under an evaluation protocol."""
+    import torch
+
+    from training.experiment import ExperimentConfig, run_cells
+    from training.experiment import export as export_run
+    from training.inference import WEIGHTS_DIR
+    from training.models import ModelConfig
+    from training.trainer import TrainConfig
+
+    if protocol not in ("grouped", "random"):
+        raise typer.BadParameter("protocol must be grouped or random")
+    if split and protocol != "random":
+        raise typer.BadParameter("--split only applies to --protocol random")
+    if threads:
+        torch.set_num_threads(threads)
+    model_cfg = ModelConfig(arch=model, img_size=img_size, use_mask=mask)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, balance=balance,
+                            seed=seed, device=device, max_steps=max_steps, progress=progress)
+    exp = ExperimentConfig(protocol=protocol, folds=folds, split=_parse_split(split), tta=tta, cv=cv,
+                           final_fit=final_fit or bool(export), limit=limit)
+    command = "hep2 train cells " + shlex.join(sys.argv[sys.argv.index("cells") + 1:]) \
+        if "cells" in sys.argv else ""
+    summary = run_cells(data, out, model_cfg, train_cfg, exp, command=command)
+    if "cv_mean" in summary:
+        mean = summary["cv_mean"]
+        typer.echo(f"{protocol}: MCA {mean['mca']['mean']:.4f} ± {mean['mca']['std']:.4f} "
+                   f"(folds {', '.join(f'{v:.3f}' for v in mean['mca']['folds'])}), "
+                   f"accuracy {mean['accuracy']['mean']:.4f}, pooled MCA {summary['pooled']['mca']:.4f}, "
+                   f"golgi recall (pooled) {summary['pooled']['per_class']['golgi']['recall']}")
+    if export:
+        weights, card = export_run(out, WEIGHTS_DIR, export)
+        typer.echo(f"exported {weights} and {card}")
+
+
+@evaluate_app.command("cells")
+def evaluate_cells_cmd(
+    data: Annotated[Path, typer.Option(help="Folder with labels.csv (I3A layout) or a manifest CSV.")],
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the metrics JSON.")],
+    model: Annotated[Path | None, typer.Option(help="safetensors file; default: the bundled one.")] = None,
+    tta: Annotated[int | None, typer.Option(help="1 or 8; default: the model card's.")] = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    limit: int | None = None,
+    png: Annotated[bool, typer.Option(help="Also write the confusion matrix PNG beside the JSON.")] = True,
+) -> None:
+    """Evaluate a cell classifier; prints MCA, accuracy and per-class recall."""
+    from training.evaluate import evaluate_cells
+    from training.metrics import save_confusion_png
+
+    result = evaluate_cells(data, model, tta=tta, batch_size=batch_size, device=device, limit=limit)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2) + "\n")
+    if png:
+        save_confusion_png(result, json_out.with_suffix(".png"))
+    typer.echo(f"cells {result['n_cells']}  MCA {result['mca']:.4f}  accuracy {result['accuracy']:.4f}")
+    for name, pc in result["per_class"].items():
+        recall = "n/a" if pc["recall"] is None else f"{pc['recall']:.4f}"
+        typer.echo(f"  {name:<17} recall {recall}  (n={pc['support']})")
+    speed = result["throughput"]
+    typer.echo(f"  {speed['model_cells_per_s']:.0f} cells/s on {speed['device']}")
+    if "warning" in result:
+        typer.echo(f"warning: {result['warning']}", err=True)
+
+
+def main() -> None:
+    """Stand-alone entry point (``python -m training.cli train cells ...``)."""
+    app = typer.Typer(no_args_is_help=True)
+    app.add_typer(train_app, name="train")
+    app.add_typer(evaluate_app, name="evaluate")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Evaluate a cell classifier on a manifest: metrics, confusion matrix and batched throughput."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from hep2.storage import ObjectStorage
+from training.card import hardware
+from training.datasets import load_manifest
+from training.ensemble import predict_proba
+from training.inference import CellClassifier
+from training.metrics import classification_metrics
+
+
+def evaluate_cells(data: str | Path, weights: str | Path | None = None, tta: int | None = None,
+                   batch_size: int = 256, device: str = "auto", limit: int | None = None,
+                   storage: ObjectStorage | None = None) -> dict[str, Any]:
+    """Metrics of ``weights`` (default: the bundled model) on every cell of ``data``.
+
+    Adds ``warning`` when the model card says the model was trained on exactly these cells.
+    """
+    clf = CellClassifier(weights, device=device, tta=tta, batch_size=batch_size)
+    table = load_manifest(data, storage)
+    if limit and limit < len(table):
+        table = table.subset(range(limit))
+    t0 = time.perf_counter()
+    x = table.load(clf.config.img_size, clf.config.use_mask)
+    t_pre = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probs = predict_proba(clf.model, x, tta=clf.tta, batch_size=batch_size, device=clf.device)
+    t_model = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "data": str(data), "weights": str(clf.weights), "tta": clf.tta, "n_cells": len(table),
+        **classification_metrics(table.labels, probs.argmax(1)),
+        "throughput": {"device": str(clf.device), "batch_size": batch_size,
+                       "model_cells_per_s": len(table) / max(t_model, 1e-9),
+                       "preprocess_cells_per_s": len(table) / max(t_pre, 1e-9),
+                       "hardware": hardware()},
+    }
+    if clf.card.get("data_hash") and clf.card["data_hash"] == table.data_hash():
+        result["warning"] = ("the model was trained on these very cells: these are training-set numbers, "
+                             "see the model card for cross-validated ones")
+    return result

@@ -1,0 +1,158 @@
+"""One evaluation protocol end to end: load cells, split, train per fold, evaluate with TTA, write
+metrics/confusion/OOF predictions, then optionally a final fit on all cells with a model card.
+
+Output layout under ``out``::
+
+    log.jsonl                 every epoch of every fold (JSON lines)
+    fold{k}/metrics.json      test-fold metrics (+ confusion.png, model.safetensors)
+    cv.json                   per-fold metrics, mean/std, pooled out-of-fold metrics (+ confusion.png)
+    oof.csv                   out-of-fold probabilities per cell
+    final/model.safetensors   final fit on all cells, final/model.json its model card
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hep2.storage import ObjectStorage
+from training.card import write_card
+from training.cv import grouped_kfold, inner_validation_split, random_kfold, random_split
+from training.datasets import CellTable, load_manifest
+from training.ensemble import predict_proba
+from training.metrics import CLASS_NAMES, classification_metrics, save_confusion_png, summarize_folds
+from training.models import ModelConfig, count_parameters, save_checkpoint
+from training.trainer import JsonlLogger, TrainConfig, fit
+
+Fold = tuple[np.ndarray, np.ndarray | None, np.ndarray]  # train, validation (None: draw inside), test
+
+
+@dataclass
+class ExperimentConfig:
+    protocol: Literal["grouped", "random"] = "grouped"
+    folds: int = 5
+    split: tuple[float, ...] | None = None  # random protocol only: one split, e.g. (0.7, 0.15, 0.15)
+    val_fraction: float = 0.125  # inner validation share of each training fold (by group if grouped)
+    tta: int = 8
+    cv: bool = True
+    final_fit: bool = True
+    half_weights: bool = True  # float16 safetensors (a few MB)
+    limit: int | None = None  # keep a random subset of this many cells (smoke tests)
+    workers: int = 4
+
+
+def make_folds(y: np.ndarray, groups: np.ndarray, exp: ExperimentConfig, seed: int) -> list[Fold]:
+    """The protocol's (train, validation, test) index triples; validation None = drawn inside train."""
+    if exp.protocol == "grouped":
+        return [(tr, None, te) for tr, te in grouped_kfold(y, groups, exp.folds, seed)]
+    if exp.split is not None:
+        parts = random_split(y, exp.split, seed)
+        return [(parts[0], parts[1], parts[2])] if len(parts) == 3 else [(parts[0], None, parts[1])]
+    return [(tr, None, te) for tr, te in random_kfold(y, exp.folds, seed)]
+
+
+def _inner_split(train: np.ndarray, y: np.ndarray, groups: np.ndarray, grouped: bool, frac: float,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    tr, va = inner_validation_split(y[train], groups[train] if grouped else None, frac, seed)
+    return train[tr], train[va]
+
+
+def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
+              exp: ExperimentConfig, command: str = "",
+              storage: ObjectStorage | None = None) -> dict[str, Any]:
+    """Run the protocol on the manifest ``data``; returns (and writes) the CV summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table: CellTable = load_manifest(data, storage)
+    if exp.limit and exp.limit < len(table):
+        rng = np.random.default_rng(train_cfg.seed)
+        table = table.subset(sorted(rng.choice(len(table), exp.limit, replace=False)))
+    t0 = time.time()
+    data_hash = table.data_hash()
+    x, y, groups = table.load(model_cfg.img_size, model_cfg.use_mask, exp.workers), table.labels, table.groups
+    grouped = exp.protocol == "grouped"
+    log = JsonlLogger(out / "log.jsonl")
+    log.log("data", n=len(table), data_hash=data_hash, load_seconds=round(time.time() - t0, 1),
+            protocol=exp.protocol, experiment=asdict(exp))
+    summary: dict[str, Any] = {"command": command, "data": str(data), "data_hash": data_hash,
+                               "n_cells": len(table), "n_groups": len(set(groups)),
+                               "protocol": exp.protocol, "split": exp.split, "folds": exp.folds,
+                               "tta": exp.tta, "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
+    if exp.cv:
+        summary.update(_cross_validate(table, x, y, groups, grouped, model_cfg, train_cfg, exp, out, log))
+        (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if exp.final_fit:
+        tr, va = _inner_split(np.arange(len(y)), y, groups, grouped and table.has_groups,
+                              exp.val_fraction, train_cfg.seed)
+        res = fit(x[tr], y[tr], model_cfg, train_cfg, x[va], y[va],
+                  JsonlLogger(out / "log.jsonl", fold="final"))
+        ckpt = save_checkpoint(res.model, model_cfg, out / "final" / "model.safetensors",
+                               half=exp.half_weights, extra={"tta": exp.tta, "data_hash": data_hash})
+        card = {k: v for k, v in summary.items() if k not in ("oof",)}
+        card.update({"weights": ckpt.name, "parameters": count_parameters(res.model),
+                     "final_fit": {"best_epoch": res.best_epoch, "inner_val_mca": res.best_val_mca,
+                                   "n_train": len(tr), "n_val": len(va), "seconds": round(res.seconds, 1)}})
+        write_card(out / "final" / "model.json", **card)
+        summary["final"] = str(ckpt)
+    return summary
+
+
+def _cross_validate(table: CellTable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, grouped: bool,
+                    model_cfg: ModelConfig, train_cfg: TrainConfig, exp: ExperimentConfig, out: Path,
+                    log: JsonlLogger) -> dict[str, Any]:
+    folds = make_folds(y, groups, exp, train_cfg.seed)
+    oof = np.full((len(y), len(CLASS_NAMES)), np.nan, dtype=np.float32)
+    fold_metrics, fold_info = [], []
+    for k, (train, val, test) in enumerate(folds):
+        if val is None:
+            train, val = _inner_split(train, y, groups, grouped, exp.val_fraction, train_cfg.seed + k)
+        res = fit(x[train], y[train], model_cfg, train_cfg, x[val], y[val],
+                  JsonlLogger(out / "log.jsonl", fold=k))
+        probs = predict_proba(res.model, x[test], tta=exp.tta)
+        oof[test] = probs
+        m = classification_metrics(y[test], probs.argmax(1))
+        fold_dir = out / f"fold{k}"
+        save_checkpoint(res.model, model_cfg, fold_dir / "model.safetensors", half=exp.half_weights)
+        (fold_dir / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+        save_confusion_png(m, fold_dir / "confusion.png", f"fold {k}: MCA {m['mca']:.3f}")
+        info = {"fold": k, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+                "test_groups": sorted(set(groups[test])) if grouped else None, "best_epoch": res.best_epoch,
+                "inner_val_mca": res.best_val_mca, "seconds": round(res.seconds, 1),
+                "mca": m["mca"], "accuracy": m["accuracy"],
+                "recall": {n: v["recall"] for n, v in m["per_class"].items()}}
+        fold_info.append(info)
+        fold_metrics.append(m)
+        log.log("fold", **info)
+    tested = ~np.isnan(oof[:, 0])
+    pooled = classification_metrics(y[tested], oof[tested].argmax(1))
+    save_confusion_png(pooled, out / "confusion.png", f"{exp.protocol}, pooled test folds: "
+                       f"MCA {pooled['mca']:.3f}")
+    with (out / "oof.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cell_id", "group", "true", "pred", *CLASS_NAMES])
+        for i in np.flatnonzero(tested):
+            rec = table.records[i]
+            w.writerow([rec.cell_id, rec.group, CLASS_NAMES[y[i]], CLASS_NAMES[int(oof[i].argmax())],
+                        *[f"{p:.4f}" for p in oof[i]]])
+    return {"fold_info": fold_info, "fold_metrics": fold_metrics, "cv_mean": summarize_folds(fold_metrics),
+            "pooled": pooled}
+
+
+def export(run_dir: str | Path, weights_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """Copy a run's final model and card to ``weights_dir/name.{safetensors,json}`` (shipping)."""
+    src, dst = Path(run_dir) / "final", Path(weights_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    w, c = dst / f"{name}.safetensors", dst / f"{name}.json"
+    shutil.copyfile(src / "model.safetensors", w)
+    card = json.loads((src / "model.json").read_text())
+    card["weights"] = w.name
+    card.pop("fold_metrics", None)  # the per-fold confusion matrices stay in the run folder's cv.json
+    c.write_text(json.dumps(card, indent=2) + "\n")
+    return w, c

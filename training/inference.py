@@ -1,0 +1,68 @@
+"""Cell-pattern inference for the workers: the bundled production model by default, batched, any device."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hep2.vocabulary import CELL_PATTERNS, Pattern
+from training.ensemble import predict_proba, resolve_device
+from training.models import load_checkpoint
+from training.transforms import prepare_crop
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = WEIGHTS_DIR / "cells-default.safetensors"
+"""The shipped cell classifier (its model card is the ``.json`` beside it)."""
+
+
+def model_card(weights: str | Path) -> dict[str, Any]:
+    """The model card next to a checkpoint (``{}`` if there is none)."""
+    card = Path(weights).with_suffix(".json")
+    return json.loads(card.read_text()) if card.is_file() else {}
+
+
+class CellClassifier:
+    """Staining-pattern probabilities for cell crops, in :data:`CELL_PATTERNS` order.
+
+    ``tta`` defaults to what the model card says (8 dihedral views for the shipped model).
+    """
+
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device | None = "auto",
+                 tta: int | None = None, batch_size: int = 256) -> None:
+        self.weights = Path(weights) if weights else DEFAULT_MODEL
+        if not self.weights.is_file():
+            raise FileNotFoundError(f"cell classifier weights not found: {self.weights}")
+        self.device = resolve_device(device)
+        self.model, self.config = load_checkpoint(self.weights, self.device)
+        self.card = model_card(self.weights)
+        self.tta = tta if tta is not None else int(self.card.get("tta", 1))
+        self.batch_size = batch_size
+        if tuple(self.config.classes) != tuple(p.value for p in CELL_PATTERNS):
+            raise ValueError(f"{self.weights}: class order {self.config.classes} is not CELL_PATTERNS")
+
+    @property
+    def classes(self) -> tuple[Pattern, ...]:
+        return CELL_PATTERNS
+
+    def preprocess(self, crops: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+        """(image HxW, mask HxW or None) pairs → ``uint8 (N, C, S, S)``."""
+        size, use_mask = self.config.img_size, self.config.use_mask
+        if not crops:
+            return np.zeros((0, self.config.in_chans, size, size), np.uint8)
+        return np.stack([prepare_crop(img, mask, size, use_mask) for img, mask in crops])
+
+    def predict(self, crops: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+        """Probabilities ``(N, 6)`` (rows sum to 1) for a list of (image uint8 HxW, mask bool HxW)."""
+        if not crops:
+            return np.zeros((0, len(CELL_PATTERNS)), np.float32)
+        x = self.preprocess(crops)
+        return predict_proba(self.model, x, tta=self.tta, batch_size=self.batch_size, device=self.device)
+
+    def predict_patterns(self, crops: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[Pattern]:
+        """The most probable pattern of each crop."""
+        return [CELL_PATTERNS[i] for i in self.predict(crops).argmax(axis=1)]

@@ -1,0 +1,182 @@
+"""The training loop: data held in (device) memory as ``uint8`` tensors, augmentation per batch on the
+device, class balancing, OneCycle schedule, AMP on CUDA, early stopping on a validation split, seeds,
+tqdm progress, JSON-lines logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from training.ensemble import autocast, predict_proba, resolve_device
+from training.models import ModelConfig, create_model
+from training.transforms import augment
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (the model's own config is :class:`ModelConfig`)."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    balance: Literal["sampler", "loss", "none"] = "sampler"
+    patience: int = 8  # epochs without validation-MCA gain before stopping (0 = never stop early)
+    max_angle: float = 18.0
+    jitter: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class JsonlLogger:
+    """Appends one JSON object per line (``None`` path: only collects in memory)."""
+
+    def __init__(self, path: str | Path | None, **context: Any) -> None:
+        self.path = Path(path) if path else None
+        self.context = context
+        self.records: list[dict[str, Any]] = []
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, event: str, **fields: Any) -> None:
+        rec = {"time": round(time.time(), 3), "event": event, **self.context, **fields}
+        self.records.append(rec)
+        if self.path:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    best_epoch: int
+    best_val_mca: float | None
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse-frequency class weights normalised to mean 1 over present classes (absent → 0)."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
+    return w
+
+
+def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfig,
+        x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+        log: JsonlLogger | None = None) -> TrainResult:
+    """Train a fresh model; with a validation set, keep the epoch of best validation MCA and stop early."""
+    gen = seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    log = log or JsonlLogger(None)
+    start = time.time()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = create_model(model_cfg).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    xt = torch.as_tensor(x_train)
+    xt = xt.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else xt.to(device)
+    yt = torch.as_tensor(y_train, dtype=torch.long).to(device)
+    weights = class_weights(np.asarray(y_train), model_cfg.num_classes)
+    loss_w = torch.tensor(weights, dtype=torch.float32, device=device) if cfg.balance == "loss" else None
+    criterion = nn.CrossEntropyLoss(weight=loss_w, label_smoothing=cfg.label_smoothing)
+    sample_w = torch.as_tensor(weights[np.asarray(y_train)], dtype=torch.float64)
+
+    steps_per_epoch = max(1, math.ceil(len(xt) / cfg.batch_size))
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps,
+                                                                         cfg.epochs * steps_per_epoch)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 2),
+                                                pct_start=0.15)
+    fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    log.log("start", n_train=len(xt), n_val=0 if x_val is None else len(x_val), device=str(device),
+            model=model_cfg.to_dict(), train=cfg.to_dict())
+
+    history: list[dict[str, Any]] = []
+    best_state, best_epoch, best_mca, best_loss, stale, step = None, -1, -1.0, math.inf, 0, 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0 = time.time()
+        if cfg.balance == "sampler":
+            order = torch.multinomial(sample_w, len(xt), replacement=True, generator=gen)
+        else:
+            order = torch.randperm(len(xt), generator=gen)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not cfg.progress)
+        for i in bar:
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(device)
+            if len(idx) < 2:
+                continue
+            xb = augment(xt[idx], model_cfg.use_mask, cfg.max_angle, cfg.jitter, generator=gen)
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                loss = criterion(model(xb).float(), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            step += 1
+            if step >= total:
+                break
+        rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+                               "lr": sched.get_last_lr()[0], "steps": step}
+        if x_val is not None and y_val is not None and len(x_val):
+            probs = predict_proba(model, x_val, tta=1, device=device)
+            yv = np.asarray(y_val)
+            rec["val_loss"] = float(-np.mean(np.log(probs[np.arange(len(yv)), yv] + 1e-8)))
+            rec["val_mca"] = float(balanced_accuracy_score(yv, probs.argmax(1)))
+            rec["val_accuracy"] = float(np.mean(probs.argmax(1) == yv))
+            better = rec["val_mca"] > best_mca or (rec["val_mca"] == best_mca and rec["val_loss"] < best_loss)
+            if better:
+                best_state = copy.deepcopy(model.state_dict())
+                best_epoch, best_mca, best_loss, stale = epoch + 1, rec["val_mca"], rec["val_loss"], 0
+            else:
+                stale += 1
+        rec["seconds"] = round(time.time() - t0, 2)
+        history.append(rec)
+        log.log("epoch", **rec)
+        if step >= total or (cfg.patience and stale >= cfg.patience):
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    model.eval()
+    seconds = time.time() - start
+    log.log("end", best_epoch=best_epoch, best_val_mca=best_mca if best_state else None,
+            seconds=round(seconds, 1))
+    return TrainResult(model, best_epoch, best_mca if best_state else None, history, seconds)
