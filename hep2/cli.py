@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from db.cli import app as db_app
@@ -14,6 +16,17 @@ app.add_typer(db_app, name="db", help="Database schema (Alembic).")
 app.add_typer(train_app, name="train", help="Train models.")
 app.add_typer(evaluate_app, name="evaluate", help="Evaluate models; writes JSON.")
 register_worker_commands(app)  # worker, beat
+
+
+@app.command()
+def demo(
+    input_dir: Path | None = typer.Option(None, "--input", help="Folder of slide images; default: synthetic."),
+    state_dir: Path = typer.Option(Path("var/demo"), help="Embedded state (wiped at start)."),
+) -> None:
+    """Run the main job on embedded defaults: SQLite, local bucket, SQLite broker, a real worker."""
+    from hep2.demo import print_report, run_demo
+
+    print_report(run_demo(input_dir, state_dir))
 
 if __name__ == "__main__":
     app()

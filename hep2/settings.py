@@ -20,7 +20,7 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(Path("var"), description="Folder for embedded-mode state (SQLite files, bucket).")
     database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file in state_dir.")
-    broker_url: str = Field("", description="Celery broker URL; empty = SQLite broker in state_dir.")
+    broker_url: str = Field("", description="Celery broker URL; empty = file broker in state_dir/broker.")
     result_backend: str = Field("", description="Celery result backend; empty = SQLite file in state_dir.")
 
     storage_backend: Literal["local", "s3"] = Field("local", description="Object storage backend.")
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or f"sqla+sqlite:///{(self.state_dir / 'broker.sqlite3').resolve()}"
+        return self.broker_url or "filesystem://"
 
     @property
     def resolved_result_backend(self) -> str:

@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,25 +138,12 @@ def service_env(database_url: str, redis_url: str, s3_endpoint: str,
 def celery_worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``hep2 worker`` process on all queues; yields its node name."""
     from workers.celery_app import create_celery_app
+    from workers.process import WorkerStartError, worker_process
 
     node = f"test-{os.getpid()}@{socket.gethostname()}"
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**os.environ, **service_env, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "gpu,cpu,training", "-c", "1", "-n", node]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    app = create_celery_app()
     try:
-        deadline = time.monotonic() + 90
-        while not app.control.ping(destination=[node], timeout=1.0):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"celery worker did not start; log:\n{log.read_text()[-4000:]}")
-        yield node
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with worker_process(create_celery_app(), service_env, node, log):
+            yield node
+    except WorkerStartError as exc:
+        pytest.fail(str(exc))

@@ -24,7 +24,8 @@ def assert_no_group_leakage(groups: Sequence[str] | np.ndarray, train_idx: Seque
     g = np.asarray(groups)
     if len(g) and (np.asarray(g) == "").any():
         raise GroupLeakageError("some cells have no group: grouped splits need a group for every cell")
-    shared = set(g[np.asarray(train_idx, dtype=int)]) & set(g[np.asarray(test_idx, dtype=int)])
+    train_groups = set(g[np.asarray(train_idx, dtype=int)].tolist())
+    shared = train_groups & set(g[np.asarray(test_idx, dtype=int)].tolist())
     if shared:
         raise GroupLeakageError(f"{len(shared)} group(s) on both sides of a split: {sorted(shared)[:10]}")
 

@@ -19,6 +19,12 @@ from hep2.vocabulary import CELL_PATTERNS
 CLASS_NAMES: tuple[str, ...] = tuple(p.value for p in CELL_PATTERNS)
 
 
+def mean_class_accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """Mean over the classes present in ``y_true`` of their recall (= balanced accuracy)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
+
+
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, Any]:
     """All metrics of one evaluation as a JSON-serialisable dict."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)

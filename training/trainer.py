@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from tqdm.auto import tqdm
 
 from training.ensemble import autocast, predict_proba, resolve_device
+from training.metrics import mean_class_accuracy
 from training.models import ModelConfig, create_model
 from training.transforms import augment
 
@@ -158,7 +158,7 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: T
             probs = predict_proba(model, x_val, tta=1, device=device)
             yv = np.asarray(y_val)
             rec["val_loss"] = float(-np.mean(np.log(probs[np.arange(len(yv)), yv] + 1e-8)))
-            rec["val_mca"] = float(balanced_accuracy_score(yv, probs.argmax(1)))
+            rec["val_mca"] = mean_class_accuracy(yv, probs.argmax(1))
             rec["val_accuracy"] = float(np.mean(probs.argmax(1) == yv))
             better = rec["val_mca"] > best_mca or (rec["val_mca"] == best_mca and rec["val_loss"] < best_loss)
             if better:

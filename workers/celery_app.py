@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from hep2.settings import Settings, get_settings
 
+QUEUES = ("gpu", "cpu", "training")
 TASK_ROUTES = {
     "hep2.analyze_slide": {"queue": "gpu"},
     "hep2.register_upload": {"queue": "cpu"},
@@ -30,16 +31,17 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue("gpu"), Queue("cpu"), Queue("training")],
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue="cpu",
+        task_default_exchange="cpu",
+        task_default_routing_key="cpu",
         task_routes=TASK_ROUTES,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # a GPU worker takes one slide at a time; others wait in the queue
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
-        # Redis redelivers an unacknowledged task after this long; it must outlast the longest task.
-        broker_transport_options={"visibility_timeout": settings.training_time_limit_s + 600},
+        broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         result_expires=timedelta(days=1),
         task_track_started=True,
@@ -51,6 +53,21 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
     )
     return app
+
+
+def _transport_options(settings: Settings) -> dict[str, object]:
+    url = settings.resolved_broker_url
+    if url.startswith(("redis://", "rediss://")):
+        # Redis redelivers an unacknowledged task after this long; it must outlast the longest task.
+        return {"visibility_timeout": settings.training_time_limit_s + 600}
+    if url.startswith("filesystem://"):
+        # Embedded mode: messages are files in state_dir/broker (it supports broadcast, so pings work).
+        folders = {name: (settings.state_dir / "broker" / name).resolve() for name in ("messages", "control")}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        return {"data_folder_in": str(folders["messages"]), "data_folder_out": str(folders["messages"]),
+                "control_folder": str(folders["control"]), "store_processed": False}
+    return {}
 
 
 celery_app = create_celery_app()

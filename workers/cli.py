@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import typer
 
-QUEUES = ("gpu", "cpu", "training")
-
 
 def register(app: typer.Typer) -> None:
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -17,6 +15,8 @@ def register(app: typer.Typer) -> None:
         loglevel: str = typer.Option("INFO", "-l", "--loglevel"),
     ) -> None:
         """Run a Celery worker (extra options go to ``celery worker``)."""
+        from workers.celery_app import QUEUES
+
         wanted = [q.strip() for q in queues.split(",") if q.strip()]
         unknown = sorted(set(wanted) - set(QUEUES))
         if unknown:

@@ -43,7 +43,8 @@ class Sidecar(BaseModel):
     @classmethod
     def _pseudonymised(cls, value: str | None) -> str | None:
         if value is not None and not PSEUDO_ID.match(value):
-            raise ValueError("must be a pseudonymised id: 1-64 letters, digits or . _ : - (no spaces, no names)")
+            raise ValueError("must be a pseudonymised id: 1-64 letters, digits or . _ : - "
+                             "(no spaces, no names)")
         return value
 
 

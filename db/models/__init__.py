@@ -3,7 +3,15 @@
 from db.base import Base
 from db.models.access import ApiKey, AuditEvent, Review, Role
 from db.models.analysis import AnalysisAttempt, AttemptOutcome, Cell, SpecimenResult, attempt_model_versions
-from db.models.registry import Dataset, FoldMetrics, ModelStage, ModelTask, ModelVersion, RunStatus, TrainingRun
+from db.models.registry import (
+    Dataset,
+    FoldMetrics,
+    ModelStage,
+    ModelTask,
+    ModelVersion,
+    RunStatus,
+    TrainingRun,
+)
 from db.models.specimens import (
     ALLOWED_TRANSITIONS,
     InvalidTransitionError,

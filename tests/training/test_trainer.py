@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.datasets import load_manifest
+from training.ensemble import predict_proba
+from training.models import ModelConfig, load_checkpoint, save_checkpoint
+from training.trainer import JsonlLogger, TrainConfig, class_weights, fit
+
+pytestmark = [pytest.mark.data, pytest.mark.slow]
+
+
+def _loss(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    probs = predict_proba(model, x)
+    return float(-np.log(probs[np.arange(len(y)), y] + 1e-8).mean())
+
+
+def test_class_weights_balance_the_classes() -> None:
+    y = np.array([0] * 90 + [5] * 10)
+    w = class_weights(y, 6)
+    assert np.isclose(w[0] * 90, w[5] * 10) and w[1] == 0
+
+
+def test_a_few_steps_on_real_cells_lower_the_loss_and_checkpoint_round_trips(tiny_i3a: Path,
+                                                                              tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    table = load_manifest(tiny_i3a)
+    model_cfg = ModelConfig(arch="resnet10_w32", img_size=32, use_mask=True)
+    x, y = table.load(32, True), table.labels
+    cfg = TrainConfig(epochs=8, batch_size=24, lr=3e-3, max_angle=0, jitter=0, label_smoothing=0,
+                      patience=0, progress=False, seed=1)
+    torch.manual_seed(cfg.seed)
+    from training.models import create_model
+    before = _loss(create_model(model_cfg), x, y)  # same seed: the initial weights fit() starts from
+    log = JsonlLogger(tmp_path / "log.jsonl", fold=0)
+    res = fit(x, y, model_cfg, cfg, x[::4], y[::4], log=log)
+    after = _loss(res.model, x, y)
+    assert after < before * 0.8, (before, after)
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in lines if r["event"] == "epoch"]
+    assert lines[0]["event"] == "start" and lines[-1]["event"] == "end" and len(epochs) == 8
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert all("val_mca" in r for r in epochs) and res.best_epoch >= 1
+    ckpt = save_checkpoint(res.model, model_cfg, tmp_path / "m.safetensors")
+    loaded, _ = load_checkpoint(ckpt)
+    assert np.allclose(predict_proba(loaded, x), predict_proba(res.model, x), atol=1e-5)
+
+
+def test_max_steps_and_seeds_make_runs_reproducible(tiny_i3a: Path) -> None:
+    torch.set_num_threads(2)
+    table = load_manifest(tiny_i3a)
+    x, y = table.load(32, False), table.labels
+    model_cfg = ModelConfig(arch="resnet10_w32", img_size=32, use_mask=False)
+    cfg = TrainConfig(epochs=3, batch_size=16, max_steps=4, progress=False, seed=7)
+    runs = [fit(x, y, model_cfg, cfg) for _ in range(2)]
+    assert runs[0].history[-1]["steps"] == 4 and len(runs[0].history) == 1
+    assert np.allclose(predict_proba(runs[0].model, x), predict_proba(runs[1].model, x), atol=1e-6)

@@ -1,0 +1,49 @@
+"""Starting and stopping a real ``hep2 worker`` subprocess (used by the demo and the test harness)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from celery import Celery
+
+
+class WorkerStartError(RuntimeError):
+    """The worker process exited or did not answer a ping in time."""
+
+
+@contextmanager
+def worker_process(app: Celery, env: Mapping[str, str], node: str, log_path: Path,
+                   queues: str = "gpu,cpu,training", start_timeout_s: float = 90.0,
+                   ) -> Iterator[subprocess.Popen]:
+    """Run ``hep2 worker`` in its own process group until the block exits; wait until it answers pings."""
+    cmd = [sys.executable, "-m", "hep2.cli", "worker", "-Q", queues, "-c", "1", "-n", node]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not app.control.ping(destination=[node], timeout=1.0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise WorkerStartError(f"worker {node} did not start; log:\n{log_path.read_text()[-4000:]}")
+        yield proc
+    finally:
+        stop_process_group(proc)
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM (Celery's warm shutdown), then SIGKILL if it takes longer than ``grace_s``."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
