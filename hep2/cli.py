@@ -19,6 +19,15 @@ register_worker_commands(app)  # worker, beat
 
 
 @app.command()
+def api(host: str = typer.Option("127.0.0.1", help="Interface; 0.0.0.0 in a container."),
+        port: int = typer.Option(8000), workers: int = typer.Option(1, help="uvicorn worker processes.")) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    uvicorn.run("api.app:app", host=host, port=port, workers=workers, proxy_headers=True)
+
+
+@app.command()
 def demo(
     input_dir: Path | None = typer.Option(None, "--input", help="Folder of slide images; default: synthetic."),
     state_dir: Path = typer.Option(Path("var/demo"), help="Embedded state (wiped at start)."),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,8 +20,23 @@ def _parse_split(text: str | None) -> tuple[float, ...] | None:
     return tuple(p / sum(parts) for p in parts)
 
 
+def _command_line(ctx: typer.Context) -> str:
+    """The invoked command with every option spelled out (defaults included): reproducible as is."""
+    words = ["hep2", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or param.hidden or param.name in ("progress",):
+            continue
+        if isinstance(value, bool):
+            words.append(param.opts[0] if value else (param.secondary_opts or [""])[0])
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(w for w in words if w)
+
+
 @train_app.command("cells")
 def train_cells(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option(help="Folder with labels.csv (I3A layout) or a manifest CSV.")],
     out: Annotated[Path, typer.Option(help="Run folder: logs, fold metrics, checkpoints, model card.")],
     protocol: Annotated[str, typer.Option(help="grouped (by specimen_group) or random.")] = "grouped",
@@ -44,6 +58,7 @@ def train_cells(
     cv: Annotated[bool, typer.Option(help="Run the cross-validation / split evaluation.")] = True,
     final_fit: Annotated[bool, typer.Option(help="Fit on all cells and write final/ + model card.")] = True,
     export: Annotated[str | None, typer.Option(help="Ship final model as training/weights/NAME.*")] = None,
+    export_dir: Annotated[Path | None, typer.Option(help="Where --export writes.", hidden=True)] = None,
     limit: Annotated[int | None, typer.Option(help="Use a random subset of N cells (smoke tests).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop each fit after N steps (smoke tests).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
@@ -69,9 +84,7 @@ def train_cells(
                             seed=seed, device=device, max_steps=max_steps, progress=progress)
     exp = ExperimentConfig(protocol=protocol, folds=folds, split=_parse_split(split), tta=tta, cv=cv,
                            final_fit=final_fit or bool(export), limit=limit)
-    command = "hep2 train cells " + shlex.join(sys.argv[sys.argv.index("cells") + 1:]) \
-        if "cells" in sys.argv else ""
-    summary = run_cells(data, out, model_cfg, train_cfg, exp, command=command)
+    summary = run_cells(data, out, model_cfg, train_cfg, exp, command=_command_line(ctx))
     if "cv_mean" in summary:
         mean = summary["cv_mean"]
         typer.echo(f"{protocol}: MCA {mean['mca']['mean']:.4f} ± {mean['mca']['std']:.4f} "
@@ -79,7 +92,7 @@ def train_cells(
                    f"accuracy {mean['accuracy']['mean']:.4f}, pooled MCA {summary['pooled']['mca']:.4f}, "
                    f"golgi recall (pooled) {summary['pooled']['per_class']['golgi']['recall']}")
     if export:
-        weights, card = export_run(out, WEIGHTS_DIR, export)
+        weights, card = export_run(out, export_dir or WEIGHTS_DIR, export)
         typer.echo(f"exported {weights} and {card}")
 
 
@@ -113,13 +126,13 @@ def evaluate_cells_cmd(
         typer.echo(f"warning: {result['warning']}", err=True)
 
 
-def main() -> None:
-    """Stand-alone entry point (``python -m training.cli train cells ...``)."""
+def build_app() -> typer.Typer:
+    """A stand-alone CLI with both groups (what hep2/cli.py mounts as ``hep2 train/evaluate``)."""
     app = typer.Typer(no_args_is_help=True)
     app.add_typer(train_app, name="train")
     app.add_typer(evaluate_app, name="evaluate")
-    app()
+    return app
 
 
 if __name__ == "__main__":
-    main()
+    build_app()()

@@ -92,9 +92,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def run_compose(binary: str, project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [binary, *args], cwd=project, env=clean_env(), capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([binary, *args], cwd=project, env=clean_env(), capture_output=True, text=True, timeout=120)
 
 
 def resolved(binary: str, project: Path, *files: str) -> dict[str, Any]:
@@ -183,9 +181,7 @@ def test_commands_and_queues(config: dict[str, Any]) -> None:
     assert services["worker-cpu"]["command"][:4] == ["hep2", "worker", "-Q", "cpu"]
     assert services["beat"]["command"] == ["hep2", "beat"]
     consumed = {
-        q
-        for name in ("worker-gpu", "worker-training", "worker-cpu")
-        for q in services[name]["command"][3].split(",")
+        q for name in ("worker-gpu", "worker-training", "worker-cpu") for q in services[name]["command"][3].split(",")
     }
     assert consumed == {"gpu", "cpu", "training"}
 
@@ -258,16 +254,11 @@ def test_app_services_get_settings_from_env_file(config: dict[str, Any], project
 def test_flower(config: dict[str, Any]) -> None:
     flower = config["services"]["flower"]
     assert "flower" in flower["image"]
-    assert (
-        flower["environment"]["CELERY_BROKER_URL"]
-        == config["services"]["api"]["environment"]["HEP2_BROKER_URL"]
-    )
+    assert flower["environment"]["CELERY_BROKER_URL"] == config["services"]["api"]["environment"]["HEP2_BROKER_URL"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"]
 
     def target(port: Any) -> int:  # long syntax, or "127.0.0.1:5555:5555/tcp" (compose 1.29 output)
-        return (
-            int(port["target"]) if isinstance(port, dict) else int(str(port).split("/")[0].rsplit(":", 1)[-1])
-        )
+        return int(port["target"]) if isinstance(port, dict) else int(str(port).split("/")[0].rsplit(":", 1)[-1])
 
     assert 5555 in [target(port) for port in flower["ports"]]
 
@@ -348,18 +339,14 @@ def test_webhook_wiring(config: dict[str, Any]) -> None:
     env = init["environment"]
     assert env["WEBHOOK_ENDPOINT"] == WEBHOOK_ENDPOINT
     api_env = config["services"]["api"]["environment"]
-    assert env["HEP2_WEBHOOK_TOKEN"] == api_env["HEP2_WEBHOOK_TOKEN"], (
-        "MinIO and the API disagree on the token"
-    )
+    assert env["HEP2_WEBHOOK_TOKEN"] == api_env["HEP2_WEBHOOK_TOKEN"], "MinIO and the API disagree on the token"
     assert env["HEP2_INBOX_PREFIX"] == api_env["HEP2_INBOX_PREFIX"]
     assert env["HEP2_S3_BUCKET"] == api_env["HEP2_S3_BUCKET"]
     assert env["WEBHOOK_QUEUE_DIR"] in {
-        (v.split(":")[1] if isinstance(v, str) else v["target"])
-        for v in config["services"]["minio"]["volumes"]
+        (v.split(":")[1] if isinstance(v, str) else v["target"]) for v in config["services"]["minio"]["volumes"]
     }, "the webhook queue_dir must be on a volume of the minio service"
     assert any(
-        str(INIT_SCRIPT.relative_to(REPO)) in (v if isinstance(v, str) else v["source"])
-        for v in init["volumes"]
+        str(INIT_SCRIPT.relative_to(REPO)) in (v if isinstance(v, str) else v["source"]) for v in init["volumes"]
     )
 
     script = INIT_SCRIPT.read_text()

@@ -9,7 +9,7 @@ import torch
 
 from training.datasets import load_manifest
 from training.ensemble import predict_proba
-from training.models import ModelConfig, load_checkpoint, save_checkpoint
+from training.models import ModelConfig, create_model, load_checkpoint, save_checkpoint
 from training.trainer import JsonlLogger, TrainConfig, class_weights, fit
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
@@ -35,7 +35,6 @@ def test_a_few_steps_on_real_cells_lower_the_loss_and_checkpoint_round_trips(tin
     cfg = TrainConfig(epochs=8, batch_size=24, lr=3e-3, max_angle=0, jitter=0, label_smoothing=0,
                       patience=0, progress=False, seed=1)
     torch.manual_seed(cfg.seed)
-    from training.models import create_model
     before = _loss(create_model(model_cfg), x, y)  # same seed: the initial weights fit() starts from
     log = JsonlLogger(tmp_path / "log.jsonl", fold=0)
     res = fit(x, y, model_cfg, cfg, x[::4], y[::4], log=log)

@@ -80,3 +80,11 @@ def test_vocabulary() -> None:
     assert parse_pattern("NuMem") is Pattern.NUCLEAR_MEMBRANE and parse_pattern("golgi") is Pattern.GOLGI
     with pytest.raises(ValueError, match="unknown cell pattern"):
         parse_pattern("cytoplasmic")
+
+
+def test_readme_documents_every_setting() -> None:
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [f"HEP2_{name.upper()}" for name in Settings.model_fields if f"`HEP2_{name.upper()}`" not in readme]
+    assert missing == [], f"README's settings table lacks {missing}"

@@ -1,0 +1,1 @@
+"""HTTP: the FastAPI application (events, results, review, operations) and the dashboard."""

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from training.cli import build_app
+from training.inference import CellClassifier
+
+pytestmark = [pytest.mark.data, pytest.mark.slow]
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> str:
+    result = runner.invoke(build_app(), [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_train_grouped_export_and_evaluate_end_to_end(tiny_i3a: Path, tmp_path: Path) -> None:
+    run, weights = tmp_path / "run", tmp_path / "weights"
+    out = _invoke("train", "cells", "--data", tiny_i3a, "--out", run, "--protocol", "grouped", "--folds", "2",
+                  "--model", "resnet10_w32", "--epochs", "2", "--max-steps", "3", "--img-size", "32",
+                  "--tta", "8", "--no-progress", "--export", "tiny", "--export-dir", weights)
+    assert "grouped: MCA" in out
+    cv = json.loads((run / "cv.json").read_text())
+    assert cv["n_cells"] == 120 and len(cv["fold_info"]) == 2
+    for info in cv["fold_info"]:  # the test groups of the folds are disjoint, every cell tested once
+        assert info["n_test"] > 0
+    assert not set(cv["fold_info"][0]["test_groups"]) & set(cv["fold_info"][1]["test_groups"])
+    assert sum(i["n_test"] for i in cv["fold_info"]) == 120
+    assert (run / "fold1" / "confusion.png").is_file() and (run / "oof.csv").read_text().count("\n") == 121
+    card = json.loads((weights / "tiny.json").read_text())
+    assert card["data_hash"] == cv["data_hash"] and len(card["data_hash"]) == 64
+    assert card["command"].startswith("hep2 train cells --data")
+    assert {"commit", "dirty"} <= set(card["code"]) and card["hardware"]["cpu_cores"] >= 1
+    assert len(card["cv_mean"]["mca"]["folds"]) == 2 and card["tta"] == 8
+    clf = CellClassifier(weights / "tiny.safetensors")
+    assert clf.tta == 8 and clf.config.img_size == 32
+
+    out = _invoke("evaluate", "cells", "--data", tiny_i3a, "--model", weights / "tiny.safetensors",
+                  "--json", tmp_path / "eval.json")
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert f"MCA {result['mca']:.4f}" in out and "golgi" in out
+    assert result["n_cells"] == 120 and result["throughput"]["model_cells_per_s"] > 0
+    assert "warning" in result  # the final model saw these very cells
+    assert (tmp_path / "eval.png").is_file()
+
+
+def test_train_random_split_without_final_fit(tiny_i3a: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _invoke("train", "cells", "--data", tiny_i3a, "--out", run, "--protocol", "random", "--split", "70/15/15",
+            "--model", "resnet10_w32", "--epochs", "1", "--max-steps", "2", "--img-size", "32", "--tta", "1",
+            "--no-mask", "--no-final-fit", "--no-progress")
+    cv = json.loads((run / "cv.json").read_text())
+    assert cv["fold_info"][0]["n_test"] == 18 and cv["fold_info"][0]["n_val"] == 18
+    assert not (run / "final").exists()
+    result = runner.invoke(build_app(), ["train", "cells", "--data", str(tiny_i3a), "--out", str(run),
+                                         "--split", "90/10"])
+    assert result.exit_code != 0  # --split needs --protocol random
