@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from hep2.storage import ObjectStorage
+
 train_app = typer.Typer(help="Train models.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Evaluate models; writes JSON.", no_args_is_help=True)
 
@@ -18,6 +20,14 @@ def _parse_split(text: str | None) -> tuple[float, ...] | None:
         return None
     parts = [float(p) for p in text.replace(",", "/").split("/")]
     return tuple(p / sum(parts) for p in parts)
+
+
+def _storage(enabled: bool) -> ObjectStorage | None:
+    if not enabled:
+        return None
+    from hep2.storage import storage_from_settings
+
+    return storage_from_settings()
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -53,7 +63,8 @@ def train_cells(
     patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0: off).")] = 8,
     balance: Annotated[str, typer.Option(help="sampler, loss or none (Golgi is rare).")] = "sampler",
     tta: Annotated[int, typer.Option(help="Test-time views: 1 or 8 (dihedral).")] = 8,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Training seed (initialisation, sampling, augmentation).")] = 0,
+    split_seed: Annotated[int, typer.Option(help="Seed of the folds and validation splits.")] = 0,
     device: str = "auto",
     cv: Annotated[bool, typer.Option(help="Run the cross-validation / split evaluation.")] = True,
     final_fit: Annotated[bool, typer.Option(help="Fit on all cells and write final/ + model card.")] = True,
@@ -62,6 +73,8 @@ def train_cells(
     limit: Annotated[int | None, typer.Option(help="Use a random subset of N cells (smoke tests).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop each fit after N steps (smoke tests).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    from_storage: Annotated[bool, typer.Option(help="--data is a manifest key in the configured object "
+                                                    "storage (HEP2_STORAGE_*, e.g. S3).")] = False,
     progress: bool = True,
 ) -> None:
     """Train the cell staining-pattern classifier under an evaluation protocol."""
@@ -83,8 +96,10 @@ def train_cells(
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, balance=balance,
                             seed=seed, device=device, max_steps=max_steps, progress=progress)
     exp = ExperimentConfig(protocol=protocol, folds=folds, split=_parse_split(split), tta=tta, cv=cv,
-                           final_fit=final_fit or bool(export), limit=limit)
-    summary = run_cells(data, out, model_cfg, train_cfg, exp, command=_command_line(ctx))
+                           final_fit=final_fit or bool(export), limit=limit,
+                           split_seed=split_seed)
+    summary = run_cells(data.as_posix(), out, model_cfg, train_cfg, exp, command=_command_line(ctx),
+                        storage=_storage(from_storage))
     if "cv_mean" in summary:
         mean = summary["cv_mean"]
         typer.echo(f"{protocol}: MCA {mean['mca']['mean']:.4f} ± {mean['mca']['std']:.4f} "
@@ -106,12 +121,14 @@ def evaluate_cells_cmd(
     device: str = "auto",
     limit: int | None = None,
     png: Annotated[bool, typer.Option(help="Also write the confusion matrix PNG beside the JSON.")] = True,
+    from_storage: Annotated[bool, typer.Option(help="--data is a manifest key in object storage.")] = False,
 ) -> None:
     """Evaluate a cell classifier; prints MCA, accuracy and per-class recall."""
     from training.evaluate import evaluate_cells
     from training.metrics import save_confusion_png
 
-    result = evaluate_cells(data, model, tta=tta, batch_size=batch_size, device=device, limit=limit)
+    result = evaluate_cells(data.as_posix(), model, tta=tta, batch_size=batch_size, device=device,
+                            limit=limit, storage=_storage(from_storage))
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(result, indent=2) + "\n")
     if png:
@@ -124,6 +141,23 @@ def evaluate_cells_cmd(
     typer.echo(f"  {speed['model_cells_per_s']:.0f} cells/s on {speed['device']}")
     if "warning" in result:
         typer.echo(f"warning: {result['warning']}", err=True)
+
+
+@evaluate_app.command("cv-ensemble")
+def cv_ensemble_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of `hep2 train cells` on the same folds.")],
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the metrics JSON.")],
+) -> None:
+    """Cross-validated metrics of an averaging ensemble of finished runs (from their oof.csv)."""
+    from training.experiment import ensemble_runs
+
+    result = ensemble_runs(runs)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2) + "\n")
+    mca = result["cv_mean"]["mca"]
+    typer.echo(f"ensemble of {len(runs)}: MCA {mca['mean']:.4f} ± {mca['std']:.4f} "
+               f"(members, pooled: {', '.join(f'{m:.4f}' for m in result['member_pooled_mca'])}), "
+               f"pooled MCA {result['pooled']['mca']:.4f}")
 
 
 def build_app() -> typer.Typer:

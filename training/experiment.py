@@ -46,6 +46,7 @@ class ExperimentConfig:
     half_weights: bool = True  # float16 safetensors (a few MB)
     limit: int | None = None  # keep a random subset of this many cells (smoke tests)
     workers: int = 4
+    split_seed: int = 0  # folds and inner splits: runs with other training seeds share them (ensembles)
 
 
 def make_folds(y: np.ndarray, groups: np.ndarray, exp: ExperimentConfig, seed: int) -> list[Fold]:
@@ -72,7 +73,7 @@ def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_c
     out.mkdir(parents=True, exist_ok=True)
     table: CellTable = load_manifest(data, storage)
     if exp.limit and exp.limit < len(table):
-        rng = np.random.default_rng(train_cfg.seed)
+        rng = np.random.default_rng(exp.split_seed)
         table = table.subset(sorted(rng.choice(len(table), exp.limit, replace=False)))
     t0 = time.time()
     data_hash = table.data_hash()
@@ -82,6 +83,8 @@ def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_c
     log.log("data", n=len(table), data_hash=data_hash, load_seconds=round(time.time() - t0, 1),
             protocol=exp.protocol, experiment=asdict(exp))
     summary: dict[str, Any] = {"command": command, "data": str(data), "data_hash": data_hash,
+                               "data_hash_method": "sha256(manifest bytes + sha256 of each image and mask "
+                                                   "file, in manifest order)",
                                "n_cells": len(table), "n_groups": len(set(groups)),
                                "protocol": exp.protocol, "split": exp.split, "folds": exp.folds,
                                "tta": exp.tta, "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
@@ -90,7 +93,7 @@ def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_c
         (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
     if exp.final_fit:
         tr, va = _inner_split(np.arange(len(y)), y, groups, grouped and table.has_groups,
-                              exp.val_fraction, train_cfg.seed)
+                              exp.val_fraction, exp.split_seed)
         res = fit(x[tr], y[tr], model_cfg, train_cfg, x[va], y[va],
                   JsonlLogger(out / "log.jsonl", fold="final"))
         ckpt = save_checkpoint(res.model, model_cfg, out / "final" / "model.safetensors",
@@ -107,16 +110,17 @@ def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_c
 def _cross_validate(table: CellTable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, grouped: bool,
                     model_cfg: ModelConfig, train_cfg: TrainConfig, exp: ExperimentConfig, out: Path,
                     log: JsonlLogger) -> dict[str, Any]:
-    folds = make_folds(y, groups, exp, train_cfg.seed)
+    folds = make_folds(y, groups, exp, exp.split_seed)
     oof = np.full((len(y), len(CLASS_NAMES)), np.nan, dtype=np.float32)
+    fold_of = np.full(len(y), -1)
     fold_metrics, fold_info = [], []
     for k, (train, val, test) in enumerate(folds):
         if val is None:
-            train, val = _inner_split(train, y, groups, grouped, exp.val_fraction, train_cfg.seed + k)
+            train, val = _inner_split(train, y, groups, grouped, exp.val_fraction, exp.split_seed + k)
         res = fit(x[train], y[train], model_cfg, train_cfg, x[val], y[val],
                   JsonlLogger(out / "log.jsonl", fold=k))
         probs = predict_proba(res.model, x[test], tta=exp.tta)
-        oof[test] = probs
+        oof[test], fold_of[test] = probs, k
         m = classification_metrics(y[test], probs.argmax(1))
         fold_dir = out / f"fold{k}"
         save_checkpoint(res.model, model_cfg, fold_dir / "model.safetensors", half=exp.half_weights)
@@ -136,10 +140,10 @@ def _cross_validate(table: CellTable, x: np.ndarray, y: np.ndarray, groups: np.n
                        f"MCA {pooled['mca']:.3f}")
     with (out / "oof.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["cell_id", "group", "true", "pred", *CLASS_NAMES])
+        w.writerow(["cell_id", "group", "fold", "true", "pred", *CLASS_NAMES])
         for i in np.flatnonzero(tested):
             rec = table.records[i]
-            w.writerow([rec.cell_id, rec.group, CLASS_NAMES[y[i]], CLASS_NAMES[int(oof[i].argmax())],
+            w.writerow([rec.cell_id, rec.group, fold_of[i], CLASS_NAMES[y[i]], CLASS_NAMES[int(oof[i].argmax())],
                         *[f"{p:.4f}" for p in oof[i]]])
     return {"fold_info": fold_info, "fold_metrics": fold_metrics, "cv_mean": summarize_folds(fold_metrics),
             "pooled": pooled}
@@ -156,3 +160,33 @@ def export(run_dir: str | Path, weights_dir: str | Path, name: str) -> tuple[Pat
     card.pop("fold_metrics", None)  # the per-fold confusion matrices stay in the run folder's cv.json
     c.write_text(json.dumps(card, indent=2) + "\n")
     return w, c
+
+
+def _read_oof(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """cell ids, true labels, fold numbers and probabilities of a run's ``oof.csv``."""
+    cv = json.loads((run_dir / "cv.json").read_text())
+    group_fold = {g: i["fold"] for i in cv["fold_info"] for g in (i.get("test_groups") or [])}
+    with (run_dir / "oof.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    ids = [r["cell_id"] for r in rows]
+    y = np.array([CLASS_NAMES.index(r["true"]) for r in rows])
+    folds = np.array([int(r["fold"]) if "fold" in r else group_fold[r["group"]] for r in rows])
+    probs = np.array([[float(r[c]) for c in CLASS_NAMES] for r in rows], dtype=np.float32)
+    return ids, y, folds, probs
+
+
+def ensemble_runs(run_dirs: list[Path]) -> dict[str, Any]:
+    """Cross-validated metrics of the probability average of several runs made on the same folds
+    (same data and ``--split-seed``, other models or training seeds)."""
+    loaded = [_read_oof(Path(d)) for d in run_dirs]
+    ids, y, folds, _ = loaded[0]
+    for other_ids, _, other_folds, _ in loaded[1:]:
+        if other_ids != ids or not np.array_equal(other_folds, folds):
+            raise ValueError("runs differ in cells or folds: use the same data and --split-seed")
+    probs = np.mean([p for *_, p in loaded], axis=0)
+    per_fold = [classification_metrics(y[folds == k], probs[folds == k].argmax(1))
+                for k in sorted(set(folds.tolist()))]
+    members = [classification_metrics(y, p.argmax(1))["mca"] for *_, p in loaded]
+    return {"runs": [str(d) for d in run_dirs], "member_pooled_mca": members, "n_cells": len(ids),
+            "cv_mean": summarize_folds(per_fold), "pooled": classification_metrics(y, probs.argmax(1)),
+            "fold_metrics": per_fold}

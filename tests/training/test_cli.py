@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 from training.cli import build_app
 from training.inference import CellClassifier
 
-pytestmark = [pytest.mark.data, pytest.mark.slow]
 runner = CliRunner()
 
 
@@ -19,6 +18,8 @@ def _invoke(*args: str) -> str:
     return result.output
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_train_grouped_export_and_evaluate_end_to_end(tiny_i3a: Path, tmp_path: Path) -> None:
     run, weights = tmp_path / "run", tmp_path / "weights"
     out = _invoke("train", "cells", "--data", tiny_i3a, "--out", run, "--protocol", "grouped", "--folds", "2",
@@ -49,6 +50,8 @@ def test_train_grouped_export_and_evaluate_end_to_end(tiny_i3a: Path, tmp_path: 
     assert (tmp_path / "eval.png").is_file()
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_train_random_split_without_final_fit(tiny_i3a: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     _invoke("train", "cells", "--data", tiny_i3a, "--out", run, "--protocol", "random", "--split", "70/15/15",
@@ -60,3 +63,27 @@ def test_train_random_split_without_final_fit(tiny_i3a: Path, tmp_path: Path) ->
     result = runner.invoke(build_app(), ["train", "cells", "--data", str(tiny_i3a), "--out", str(run),
                                          "--split", "90/10"])
     assert result.exit_code != 0  # --split needs --protocol random
+
+
+def test_evaluate_a_manifest_in_object_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               make_i3a_folder) -> None:
+    from hep2.settings import get_settings
+    from hep2.storage import storage_from_settings
+    from training.models import ModelConfig, create_model, save_checkpoint
+
+    monkeypatch.setenv("HEP2_STORAGE_BACKEND", "local")
+    monkeypatch.setenv("HEP2_STORAGE_ROOT", str(tmp_path / "bucket"))
+    get_settings.cache_clear()
+    try:
+        folder = make_i3a_folder(tmp_path / "src", n=12)
+        storage = storage_from_settings()
+        for path in [*sorted(folder.rglob("*.png")), folder / "labels.csv"]:
+            storage.put("lab/" + path.relative_to(folder).as_posix(), path.read_bytes())
+        cfg = ModelConfig(arch="resnet10_w32", img_size=32)
+        weights = save_checkpoint(create_model(cfg), cfg, tmp_path / "random.safetensors")
+        _invoke("evaluate", "cells", "--data", "lab/labels.csv", "--from-storage", "--model", weights,
+                "--json", tmp_path / "e.json", "--no-png")
+    finally:
+        get_settings.cache_clear()
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["n_cells"] == 12 and sum(v["support"] for v in result["per_class"].values()) == 12

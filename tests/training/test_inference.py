@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hep2.vocabulary import CELL_PATTERNS
+from training.datasets import load_manifest
+from training.inference import DEFAULT_MODEL, CellClassifier, model_card
+from training.metrics import mean_class_accuracy
+
+
+def test_bundled_model_is_shipped_with_its_card() -> None:
+    assert DEFAULT_MODEL.is_file(), f"the production cell classifier is missing: {DEFAULT_MODEL}"
+    assert DEFAULT_MODEL.stat().st_size < 8 * 2**20  # small enough to commit
+    card = model_card(DEFAULT_MODEL)
+    assert card["weights"] == DEFAULT_MODEL.name and len(card["data_hash"]) == 64
+    assert card["protocol"] == "grouped" and card["command"].startswith("hep2 train cells")
+    folds = card["cv_mean"]["mca"]["folds"]
+    assert len(folds) == card["folds"] and np.isclose(np.mean(folds), card["cv_mean"]["mca"]["mean"])
+    assert card["code"]["commit"] and card["hardware"] and card["date"]
+
+
+def test_bundled_model_predicts_six_class_probabilities(cell_factory) -> None:
+    clf = CellClassifier()
+    assert clf.classes == CELL_PATTERNS and clf.model.training is False
+    assert clf.config.in_chans in (1, 2) and clf.tta in (1, 8)
+    rng = np.random.default_rng(0)
+    crops = [cell_factory(rng, h, w, i % 6) for i, (h, w) in enumerate([(60, 70), (90, 55), (111, 111)])]
+    crops.append((crops[0][0], None))  # no mask: the whole crop is the cell
+    probs = clf.predict(crops)
+    assert probs.shape == (4, 6) and probs.dtype == np.float32
+    assert (probs >= 0).all() and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert clf.predict([]).shape == (0, 6)
+    assert len(clf.predict_patterns(crops[:2])) == 2
+
+
+@pytest.mark.data
+def test_bundled_model_recognises_real_cells(i3a_dir: Path, i3a_rows: list[dict[str, str]]) -> None:
+    """A wiring check (pre-processing, channel order, class order), not a benchmark: the model has seen
+    these cells, so anything near chance (1/6) means the inference path is broken."""
+    table = load_manifest(i3a_dir).subset(range(0, len(i3a_rows), 40))
+    clf = CellClassifier(tta=1)
+    crops = [table.read_crop(i) for i in range(len(table))]
+    pred = clf.predict(crops).argmax(1)
+    assert mean_class_accuracy(table.labels, pred) > 0.6
+    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    assert card["n_cells"] == len(i3a_rows)

@@ -1,0 +1,5 @@
+"""The analysis pipeline: plain functions from image bytes to typed results; no queue or database inside.
+
+Stages: decode and validate (:mod:`.decode`) -> segment nuclei (:mod:`.segmentation`) -> crop and classify
+cells -> fluorescence intensity -> specimen pattern -> overlay. :mod:`.types` holds the shared types.
+"""

@@ -1,0 +1,43 @@
+"""Types shared by the pipeline stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class InvalidImageError(ValueError):
+    """The input cannot be analysed (corrupt, truncated, empty, too large, wrong format, ...).
+
+    The message is a readable reason, stored on the job as is; such input is rejected, never retried.
+    """
+
+
+@dataclass(frozen=True)
+class FieldImage:
+    """A decoded slide-well image, reduced to its fluorescence signal."""
+
+    signal: np.ndarray
+    """float32 (H, W): fluorescence in [0, 1] of the format's full scale (255 for 8-bit, 65535 for 16-bit)."""
+    bit_depth: int
+    """8 or 16: bits per sample of the source."""
+    source_format: str
+    """"PNG", "TIFF" or "JPEG"."""
+    channel_rule: str
+    """How the signal was obtained, e.g. "green (FITC) channel of RGB", "grayscale", "page 1 of 3"."""
+    annotation_mask: np.ndarray
+    """bool (H, W): burned-in scale bars and text; never part of a cell."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.signal.shape  # type: ignore[return-value]
+
+
+class Segmenter(Protocol):
+    """Nucleus instance segmentation: ``int32 (H, W)`` labels, 0 = background, 1..N = cells."""
+
+    name: str
+
+    def segment(self, field: FieldImage) -> np.ndarray: ...
