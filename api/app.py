@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import health
+from api import events, health
 from hep2 import __version__
 
 
@@ -12,6 +12,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="HEp-2 IIF reader", version=__version__,
                   description="Open HEp-2 indirect-immunofluorescence (ANA) analysis service.")
     app.include_router(health.router)
+    app.include_router(events.router)
     return app
 
 

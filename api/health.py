@@ -40,9 +40,9 @@ def _check_database() -> None:
 
 
 def _check_broker() -> None:
-    from workers.celery_app import create_celery_app
+    from workers.celery_app import celery_client
 
-    with create_celery_app().connection_for_write() as connection:  # from the current settings
+    with celery_client().connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
 
 

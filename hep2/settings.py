@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     webhook_token: SecretStr | None = Field(None, description="Bearer token the S3 webhook must present.")
 
     sweep_interval_s: float = Field(300.0, description="How often beat sweeps the inbox for missed uploads.")
+    requeue_after_s: float = Field(900.0, description="A slide queued this long without starting is re-sent.")
     task_soft_time_limit_s: int = Field(600, description="Soft time limit of analysis tasks (seconds).")
     task_time_limit_s: int = Field(900, description="Hard time limit of analysis tasks (seconds).")
     training_time_limit_s: int = Field(6 * 3600, description="Hard time limit of training tasks (seconds).")

@@ -8,6 +8,7 @@ redelivered if the worker process dies (``reject_on_worker_lost``), so every tas
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import cache
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -19,6 +20,7 @@ TASK_ROUTES = {
     "hep2.analyze_slide": {"queue": "gpu"},
     "hep2.register_upload": {"queue": "cpu"},
     "hep2.sweep_inbox": {"queue": "cpu"},
+    "hep2.requeue_stale": {"queue": "cpu"},
     "hep2.train_model": {"queue": "training"},
 }
 
@@ -49,10 +51,22 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         task_send_sent_event=True,
         beat_schedule={
             "sweep-inbox": {"task": "hep2.sweep_inbox", "schedule": settings.sweep_interval_s},
+            "requeue-stale": {"task": "hep2.requeue_stale", "schedule": settings.sweep_interval_s},
         },
         timezone="UTC",
     )
     return app
+
+
+def celery_client(settings: Settings | None = None) -> Celery:
+    """A Celery app for *sending* tasks, one per broker/backend (the API and CLI reuse its connections)."""
+    settings = settings or get_settings()
+    return _client(settings.resolved_broker_url, settings.resolved_result_backend)
+
+
+@cache
+def _client(broker_url: str, result_backend: str) -> Celery:
+    return create_celery_app(get_settings())
 
 
 def _transport_options(settings: Settings) -> dict[str, object]:

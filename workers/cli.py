@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``worker``, ``beat`` and ``jobs`` to the ``hep2`` command."""
+    app.add_typer(jobs_app, name="jobs")
+
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def worker(
         ctx: typer.Context,
@@ -26,15 +34,67 @@ def register(app: typer.Typer) -> None:
         argv = ["worker", "-Q", ",".join(wanted), "-l", loglevel]
         if concurrency is not None:
             argv += ["-c", str(concurrency)]
-        _celery().worker_main(argv + list(ctx.args))
+        celery_worker_app().worker_main(argv + list(ctx.args))
 
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def beat(ctx: typer.Context, loglevel: str = typer.Option("INFO", "-l", "--loglevel")) -> None:
         """Run Celery beat (the inbox sweep and other schedules)."""
-        _celery().start(["beat", "-l", loglevel, *ctx.args])
+        celery_worker_app().start(["beat", "-l", loglevel, *ctx.args])
 
 
-def _celery():  # imported late: `hep2 --help` should not connect anything
+
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Analysis jobs: list failures, re-run, sweep now.")
+
+
+@jobs_app.command("list")
+def list_jobs(status: str = typer.Option("failed", help="Slide status: failed, rejected, queued, ..."),
+              limit: int = typer.Option(50)) -> None:
+    """Slides in a status, newest first, with their reason."""
+    from sqlalchemy import select
+
+    from db.models import SlideImage, SlideStatus
+    from db.session import session_scope
+
+    with session_scope() as session:
+        slides = session.scalars(select(SlideImage).where(SlideImage.status == SlideStatus(status))
+                                 .order_by(SlideImage.updated_at.desc()).limit(limit)).all()
+        for slide in slides:
+            typer.echo(f"{slide.id:>7}  {slide.status.value:<12} {slide.key}  {slide.status_reason or ''}")
+        typer.echo(f"{len(slides)} slide(s) {status}")
+
+
+@jobs_app.command("rerun")
+def rerun(slide_ids: list[int] = typer.Argument(..., help="Slide ids to analyse again.")) -> None:
+    """Queue failed (or finished) slides again; rejected input stays rejected."""
+    from db.session import session_scope
+    from workers.jobs import requeue
+
+    for slide_id in slide_ids:
+        with session_scope() as session:
+            requeue(session, slide_id)
+        celery_client_lazy().send_task("hep2.analyze_slide", args=[slide_id])
+        typer.echo(f"slide {slide_id} queued")
+
+
+@jobs_app.command("sweep")
+def sweep() -> None:
+    """Queue the inbox sweep and the stale-job re-queue now (beat does it on a schedule)."""
+    client = celery_client_lazy()
+    for task in ("hep2.sweep_inbox", "hep2.requeue_stale"):
+        client.send_task(task)
+        typer.echo(f"{task} queued")
+
+
+def celery_client_lazy() -> Celery:
+    """Imported late, so that `hep2 --help` connects nothing."""
+    from workers.celery_app import celery_client
+
+    return celery_client()
+
+
+def celery_worker_app() -> Celery:
+    """The app whose tasks a worker runs (importing it imports the task modules)."""
     from workers.celery_app import celery_app
 
     return celery_app

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
+from time import perf_counter
+from typing import Any
 
 from botocore.exceptions import BotoCoreError
+from celery import Task
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
+from db.base import utcnow
+from db.models import SlideStatus
 from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import ObjectNotFoundError, storage_from_settings
+from workers import jobs
 from workers.celery_app import celery_app
 from workers.ingest import is_sidecar, register_upload
 from workers.maintenance import unregistered_keys
@@ -24,17 +31,23 @@ TRANSIENT_ERRORS = (BotoCoreError, OperationalError, ConnectionError, TimeoutErr
 @celery_app.task(name="hep2.register_upload", autoretry_for=TRANSIENT_ERRORS,
                  retry_backoff=True, retry_backoff_max=300, max_retries=8)
 def register_upload_task(key: str) -> dict[str, object]:
-    """Record an uploaded image (idempotent). Returns the slide id and whether it was new."""
+    """Record an uploaded image once and queue its analysis (idempotent)."""
     storage = storage_from_settings()
     if is_sidecar(key):
         return {"key": key, "skipped": "sidecar (read together with its image)"}
     try:
         with session_scope() as session:
             slide, created = register_upload(session, storage, key)
+            if created and slide.status is SlideStatus.RECEIVED:
+                slide.transition(SlideStatus.QUEUED)
+            session.flush()
             result = {"key": key, "slide_id": slide.id, "created": created, "status": slide.status.value}
     except ObjectNotFoundError:
         log.warning("object %s vanished before it could be registered", key)
         return {"key": key, "skipped": "object no longer exists"}
+    if created and result["status"] == SlideStatus.QUEUED.value:
+        # After the commit: a lost send leaves the slide queued, and requeue_stale re-sends it.
+        analyze_slide.delay(result["slide_id"])
     log.info("registered %s as slide %s (new: %s)", key, result["slide_id"], created)
     return result
 
@@ -49,3 +62,63 @@ def sweep_inbox_task() -> dict[str, object]:
     for key in missing:
         register_upload_task.delay(key)
     return {"queued": missing}
+
+
+@celery_app.task(name="hep2.requeue_stale")
+def requeue_stale_task() -> dict[str, object]:
+    """Re-send analyses whose message was lost (broker restart) or whose worker died without redelivery."""
+    settings = get_settings()
+    now = utcnow()
+    with session_scope() as session:
+        stale = jobs.stale_slides(session, queued_before=now - timedelta(seconds=settings.requeue_after_s),
+                                  running_before=now - timedelta(seconds=settings.task_time_limit_s + 60))
+    for slide_id in stale:
+        analyze_slide.delay(slide_id)
+    return {"requeued": stale}
+
+
+class AnalysisTask(Task):
+    """Records retries and final failures on the slide, so no job ends silently."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        with session_scope() as session:
+            jobs.abort(session, args[0], task_id, f"retrying after {type(exc).__name__}: {exc}",
+                       SlideStatus.QUEUED)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        with session_scope() as session:
+            jobs.abort(session, args[0], task_id, f"{type(exc).__name__}: {exc}", SlideStatus.FAILED)
+
+
+_models: Any = None
+
+
+def pipeline_models() -> Any:
+    """The pipeline's models, loaded once per worker process and kept warm."""
+    global _models
+    if _models is None:
+        from workers.pipeline.analyze import Models
+
+        _models = Models()
+    return _models
+
+
+@celery_app.task(bind=True, base=AnalysisTask, name="hep2.analyze_slide", autoretry_for=TRANSIENT_ERRORS,
+                 retry_backoff=True, retry_backoff_max=120, max_retries=5)
+def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
+    """Download, run the pipeline, store everything in one transaction; bad input is rejected, not retried."""
+    from workers.persist import run_claimed_analysis
+
+    settings = get_settings()
+    with session_scope() as session:
+        claim = jobs.claim(session, slide_id, self.request.id, self.request.hostname or "?",
+                           stale_after=timedelta(seconds=settings.task_time_limit_s))
+    if isinstance(claim, str):
+        log.info("analyze_slide(%s) skipped: %s", slide_id, claim)
+        return {"slide_id": slide_id, "skipped": claim}
+    started = perf_counter()
+    outcome = run_claimed_analysis(claim, storage_from_settings(settings), pipeline_models())
+    log.info("slide %s: %s in %.0f ms", slide_id, outcome, (perf_counter() - started) * 1000)
+    return {"slide_id": slide_id, **outcome}
+
+

@@ -9,10 +9,10 @@ i.e. like a shorter exposure on the I3A camera: same quantisation, no clipping; 
 1st/99th percentile stretch then sees what it saw in training.
 
 Mitotic flag: **rule-based** (no labelled mitoses to learn from). A cell is mitotic when it is bright
-(mean signal above background ≥ ``mitotic_brightness`` × the field's median cell), compact
-(area ≤ ``mitotic_max_area`` × the median cell) and either plate-shaped (elongation ≥
-``mitotic_elongation``) or very bright (≥ 2 × ``mitotic_brightness``): condensed chromatin of metaphase /
-anaphase plates and prometaphase rosettes. How it was checked is in docs/pipeline.md.
+(mean signal above background ≥ ``mitotic_brightness`` × the field's median cell) and either a plate
+(elongation ≥ ``mitotic_elongation`` at area ≤ ``mitotic_plate_area`` × the median cell: a metaphase plate
+seen edge-on) or compact (area ≤ ``mitotic_compact_area`` × the median: condensed chromatin, anaphase /
+telophase halves). How it was checked is in docs/pipeline.md.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ class CellConfig(BaseModel):
     max_area_ratio: float = Field(3.0, description="Larger than this × the median area: clump, not classified.")
     border_px: int = Field(2, description="Cells whose bbox comes this close to the image edge are skipped.")
     annotation_px: int = Field(4, description="Cells within this distance of a burned-in annotation are skipped.")
-    mitotic_brightness: float = Field(1.6, description="Mitotic: mean above background ≥ this × median cell.")
-    mitotic_max_area: float = Field(0.75, description="Mitotic: area ≤ this × median cell area.")
-    mitotic_elongation: float = Field(1.8, description="Mitotic plate: major/minor axis ratio ≥ this.")
+    mitotic_brightness: float = Field(1.3, description="Mitotic: mean above background ≥ this × median cell.")
+    mitotic_elongation: float = Field(1.8, description="Mitotic plate: major/minor axis ratio ≥ this ...")
+    mitotic_plate_area: float = Field(1.2, description="... and area ≤ this × the median cell area.")
+    mitotic_compact_area: float = Field(0.6, description="Mitotic compact chromatin: area ≤ this × median.")
 
 
 class Classifier(Protocol):
@@ -154,9 +155,9 @@ def flag_mitotic(cells: list[Cell], background: float, cfg: CellConfig) -> None:
         return
     for c in kept:
         brightness = (c.mean_intensity - background) / median_signal
-        compact = c.area <= cfg.mitotic_max_area * median_area
-        shaped = c.elongation >= cfg.mitotic_elongation or brightness >= 2 * cfg.mitotic_brightness
-        c.mitotic = bool(brightness >= cfg.mitotic_brightness and compact and shaped)
+        plate = c.elongation >= cfg.mitotic_elongation and c.area <= cfg.mitotic_plate_area * median_area
+        compact = c.area <= cfg.mitotic_compact_area * median_area
+        c.mitotic = bool(brightness >= cfg.mitotic_brightness and (plate or compact))
 
 
 def crop_cell(field: FieldImage, labels: np.ndarray, cell: Cell, config: CellConfig | None = None,

@@ -29,7 +29,7 @@ class IntensityConfig(BaseModel):
     positive_from: float = Field(25.0, ge=0, description="Index from this on: positive; between: intermediate.")
     reference_exposure_ms: float = Field(100.0, gt=0, description="Exposure the cut-offs refer to.")
     cell_percentile: float = Field(90.0, gt=0, le=100, description="Per-cell statistic (percentile of signal).")
-    min_cells: int = Field(3, ge=1, description="Fewer interphase cells: fall back to the field's 99th pct.")
+    min_cells: int = Field(5, ge=1, description="Fewer interphase cells: fall back to the field's 99th pct.")
 
     @model_validator(mode="after")
     def _ordered(self) -> IntensityConfig:

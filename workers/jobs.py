@@ -1,0 +1,125 @@
+"""The analysis job's life cycle on the database: claim, finish, reject, fail, re-queue.
+
+Celery may deliver a task more than once (late acks, redelivery after a worker dies, a re-queue by the
+maintenance sweep). These functions make that safe: a slide is claimed under a row lock, only by a
+message that finds it ``queued``, by the redelivery of the same message (the previous holder died), or
+once the holder's time limit has passed. Every attempt is a row, so the history stays visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import AnalysisAttempt, AttemptOutcome, SlideImage, SlideStatus
+
+FINAL_STATES = frozenset({SlideStatus.DONE, SlideStatus.NEEDS_REVIEW, SlideStatus.REJECTED})
+
+
+@dataclass(frozen=True)
+class Claim:
+    slide_id: int
+    attempt_id: int
+    attempt_number: int
+    key: str
+    sidecar: dict | None
+    exposure_ms: float | None
+
+
+def claim(session: Session, slide_id: int, task_id: str, worker: str, stale_after: timedelta) -> Claim | str:
+    """Start an attempt on the slide, or return why this message must not run it."""
+    slide = session.scalar(select(SlideImage).where(SlideImage.id == slide_id).with_for_update())
+    if slide is None:
+        return f"slide {slide_id} does not exist"
+    if slide.status in FINAL_STATES or slide.status is SlideStatus.RECEIVED:
+        return f"slide {slide_id} is {slide.status.value}"
+    if slide.status is SlideStatus.FAILED:
+        return f"slide {slide_id} failed; re-run it explicitly"
+    current = _latest_attempt(session, slide_id)
+    if slide.status is SlideStatus.RUNNING:
+        same_message = current is not None and current.task_id == task_id
+        expired = slide.started_at is not None and slide.started_at < utcnow() - stale_after
+        if not (same_message or expired):
+            return f"slide {slide_id} is running elsewhere ({current.worker if current else '?'})"
+        if current is not None and current.outcome is AttemptOutcome.RUNNING:
+            _close(current, AttemptOutcome.FAILED, "abandoned: the worker died or exceeded its time limit")
+        slide.transition(SlideStatus.QUEUED)
+    slide.transition(SlideStatus.RUNNING)
+    attempt = AnalysisAttempt(slide_image_id=slide_id, number=(current.number + 1 if current else 1),
+                              task_id=task_id, worker=worker)
+    session.add(attempt)
+    session.flush()
+    return Claim(slide_id, attempt.id, attempt.number, slide.key, slide.sidecar, slide.exposure_ms)
+
+
+def owned_attempt(session: Session, claim_: Claim) -> tuple[SlideImage, AnalysisAttempt] | None:
+    """The slide and attempt, locked, if this attempt still holds the slide (else another took over)."""
+    slide = session.scalar(select(SlideImage).where(SlideImage.id == claim_.slide_id).with_for_update())
+    attempt = session.get(AnalysisAttempt, claim_.attempt_id)
+    if slide is None or attempt is None or slide.status is not SlideStatus.RUNNING:
+        return None
+    if attempt.outcome is not AttemptOutcome.RUNNING or _latest_attempt(session, slide.id) is not attempt:
+        return None
+    return slide, attempt
+
+
+def finish_attempt(session: Session, claim_: Claim, outcome: AttemptOutcome, status: SlideStatus,
+                   reason: str | None = None, timings_ms: dict[str, float] | None = None) -> bool:
+    """Close the attempt and move the slide to ``status``; False if the attempt no longer holds it."""
+    owned = owned_attempt(session, claim_)
+    if owned is None:
+        return False
+    slide, attempt = owned
+    _close(attempt, outcome, reason if outcome is not AttemptOutcome.SUCCEEDED else None)
+    if timings_ms is not None:
+        attempt.stage_timings_ms = timings_ms
+    slide.transition(status, reason)
+    return True
+
+
+def abort(session: Session, slide_id: int, task_id: str, error: str, to: SlideStatus) -> bool:
+    """Close this message's running attempt with ``error`` and move the slide to ``to`` (queued to retry,
+    failed when retries are exhausted). False if this message holds no running attempt on the slide."""
+    slide = session.scalar(select(SlideImage).where(SlideImage.id == slide_id).with_for_update())
+    attempt = _latest_attempt(session, slide_id)
+    if slide is None or attempt is None or attempt.task_id != task_id or slide.status is not SlideStatus.RUNNING:
+        return False
+    _close(attempt, AttemptOutcome.FAILED, error)
+    slide.transition(to, error if to is SlideStatus.FAILED else None)
+    return True
+
+
+def requeue(session: Session, slide_id: int) -> SlideImage:
+    """Put a failed (or finished) slide back in the queue; the caller sends the task after commit."""
+    slide = session.scalar(select(SlideImage).where(SlideImage.id == slide_id).with_for_update())
+    if slide is None:
+        raise LookupError(f"slide {slide_id} does not exist")
+    slide.transition(SlideStatus.QUEUED)
+    return slide
+
+
+def stale_slides(session: Session, queued_before: datetime, running_before: datetime) -> list[int]:
+    """Slides whose message may have been lost: queued too long, or running past the time limit."""
+    rows = session.scalars(select(SlideImage.id).where(
+        ((SlideImage.status == SlideStatus.QUEUED) & (SlideImage.queued_at < queued_before))
+        | ((SlideImage.status == SlideStatus.RUNNING) & (SlideImage.started_at < running_before))))
+    return list(rows)
+
+
+def _latest_attempt(session: Session, slide_id: int) -> AnalysisAttempt | None:
+    number = session.scalar(select(func.max(AnalysisAttempt.number))
+                            .where(AnalysisAttempt.slide_image_id == slide_id))
+    if number is None:
+        return None
+    return session.scalar(select(AnalysisAttempt).where(AnalysisAttempt.slide_image_id == slide_id,
+                                                        AnalysisAttempt.number == number))
+
+
+def _close(attempt: AnalysisAttempt, outcome: AttemptOutcome, error: str | None) -> None:
+    attempt.outcome = outcome
+    attempt.error = error
+    attempt.finished_at = utcnow()

@@ -1,0 +1,102 @@
+"""Running a claimed analysis and writing everything it produced in one transaction."""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import AttemptOutcome, Cell, ModelStage, ModelTask, ModelVersion, SlideStatus, SpecimenResult
+from db.session import session_scope
+from hep2.storage import ObjectStorage
+from hep2.vocabulary import CELL_PATTERNS
+from workers import jobs
+from workers.pipeline.analyze import Models, SlideAnalysis, analyze_field, load_config
+from workers.pipeline.types import InvalidImageError
+
+
+def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Models) -> dict[str, Any]:
+    """Download, analyse, upload the overlay, then commit the results, or reject the slide with the reason.
+
+    Transient faults (storage, database) propagate so that the task retries.
+    """
+    started = perf_counter()
+    data = storage.get(claim.key)
+    download_ms = round((perf_counter() - started) * 1000.0, 1)
+    sidecar = dict(claim.sidecar or {})
+    try:
+        analysis = analyze_field(data, models, sidecar=sidecar, config=load_config())
+    except InvalidImageError as exc:
+        with session_scope() as session:
+            jobs.finish_attempt(session, claim, AttemptOutcome.REJECTED, SlideStatus.REJECTED, str(exc),
+                                {"download": download_ms})
+        return {"status": SlideStatus.REJECTED.value, "reason": str(exc)}
+
+    overlay_key = f"overlays/{claim.slide_id}/attempt-{claim.attempt_number}.png"
+    storage.put(overlay_key, analysis.overlay_png, "image/png")
+    timings = {"download": download_ms, **analysis.timings_ms}
+    with session_scope() as session:
+        status = save_analysis(session, claim, analysis, overlay_key, timings)
+    return {"status": status.value if status else "superseded", "cells": len(analysis.cells)}
+
+
+def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, overlay_key: str,
+                  timings_ms: dict[str, float]) -> SlideStatus | None:
+    """Cells, the specimen result and the model versions of one attempt; None if the attempt lost the slide."""
+    owned = jobs.owned_attempt(session, claim)
+    if owned is None:
+        return None
+    _, attempt = owned
+    attempt.model_versions = model_version_rows(session, analysis.model_versions)
+    classified = [c for c in analysis.cells if c.probabilities is not None]
+    session.add_all(_cell_row(claim, index, cell) for index, cell in enumerate(classified))
+    spec, intensity = analysis.specimen, analysis.intensity
+    session.add(SpecimenResult(
+        attempt_id=claim.attempt_id, slide_image_id=claim.slide_id, intensity_class=intensity.intensity_class,
+        intensity_index=intensity.index, pattern=spec.pattern, icap_code=spec.icap, confidence=spec.confidence,
+        second_pattern=spec.second_pattern, second_confidence=spec.second_confidence, cell_count=len(classified),
+        needs_review=spec.needs_review, review_reason="; ".join(spec.reasons) or None, overlay_key=overlay_key))
+    status = SlideStatus.NEEDS_REVIEW if spec.needs_review else SlideStatus.DONE
+    jobs.finish_attempt(session, claim, AttemptOutcome.SUCCEEDED, status, timings_ms=timings_ms)
+    return status
+
+
+def _cell_row(claim: jobs.Claim, index: int, cell: Any) -> Cell:
+    y0, x0, y1, x1 = cell.bbox
+    probabilities = dict(zip((p.value for p in CELL_PATTERNS), map(float, cell.probabilities), strict=True))
+    return Cell(attempt_id=claim.attempt_id, slide_image_id=claim.slide_id, index=index, bbox_x=x0, bbox_y=y0,
+                bbox_w=x1 - x0, bbox_h=y1 - y0, centroid_x=float(cell.centroid[1]), centroid_y=float(cell.centroid[0]),
+                area_px=int(cell.area), mean_intensity=float(cell.mean_intensity), probabilities=probabilities,
+                predicted_pattern=cell.pattern or max(probabilities, key=probabilities.__getitem__),
+                confidence=max(probabilities.values()), mitotic=bool(cell.mitotic))
+
+
+_TASK_OF = {"segmenter": ModelTask.SEGMENTATION, "classifier": ModelTask.CELL_PATTERN}
+
+
+def model_version_rows(session: Session, versions: dict[str, Any]) -> list[ModelVersion]:
+    """The registry rows of the models that produced a result; bundled models are registered on first use.
+
+    A bundled model becomes ``production`` only when its task has no production version yet.
+    """
+    rows = []
+    for role, info in versions.items():
+        task = _TASK_OF.get(role)
+        if task is None or not info.get("name"):
+            continue
+        sha = info.get("sha256") or ""
+        version = f"{info.get('name')}-{sha[:12]}" if sha else str(info["name"])
+        row = session.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.version == version))
+        if row is None:
+            has_production = session.scalar(select(ModelVersion.id).where(
+                ModelVersion.task == task, ModelVersion.stage == ModelStage.PRODUCTION)) is not None
+            row = ModelVersion(task=task, version=version, sha256=sha or "0" * 64,
+                               artifact_uri=f"bundled:{info.get('weights') or info['name']}",
+                               stage=ModelStage.CANDIDATE if has_production else ModelStage.PRODUCTION,
+                               stage_reason="bundled with the code", parameters=info)
+            session.add(row)
+            session.flush()
+        rows.append(row)
+    return rows

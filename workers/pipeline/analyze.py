@@ -1,0 +1,169 @@
+"""The whole-field pipeline as one plain function: image bytes in, :class:`SlideAnalysis` out.
+
+decode → segment → measure cells (filters, mitoses) → intensity → classify cells → specimen → overlay.
+No queue, database or storage inside; the worker task stores what comes out.
+
+Configuration (:class:`PipelineConfig`): defaults in code; ``load_config(path)`` reads a JSON or TOML file
+with the sections ``cells``, ``intensity`` and ``specimen`` (any subset of fields), and without a path the
+file named by the ``HEP2_PIPELINE_CONFIG`` environment variable, if set (a lab's calibrated cut-offs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from workers.pipeline.cells import Cell, CellConfig, background_level, classify_cells, measure_cells
+from workers.pipeline.intensity import IntensityConfig, IntensityResult, measure_intensity
+from workers.pipeline.overlay import render_overlay
+from workers.pipeline.specimen import SpecimenConfig, SpecimenResult, aggregate, cytoplasm_ratio
+from workers.pipeline.types import FieldImage, InvalidImageError, Segmenter
+
+CONFIG_ENV = "HEP2_PIPELINE_CONFIG"
+
+
+class PipelineConfig(BaseModel):
+    """All tunable rules of stages 3-5 (documented in docs/pipeline.md)."""
+
+    cells: CellConfig = CellConfig()
+    intensity: IntensityConfig = IntensityConfig()
+    specimen: SpecimenConfig = SpecimenConfig()
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    """Defaults overridden by a JSON/TOML file (``path`` or ``$HEP2_PIPELINE_CONFIG``)."""
+    path = path or os.environ.get(CONFIG_ENV) or None
+    if not path:
+        return PipelineConfig()
+    p = Path(path)
+    data = tomllib.loads(p.read_text()) if p.suffix.lower() == ".toml" else json.loads(p.read_text())
+    return PipelineConfig.model_validate(data)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Models:
+    """The segmenter and the cell classifier, each loaded once on first use (or injected, e.g. in tests)."""
+
+    def __init__(self, segmenter: Segmenter | None = None, classifier: Any | None = None,
+                 classifier_weights: str | Path | None = None, device: str = "auto") -> None:
+        self._segmenter, self._classifier = segmenter, classifier
+        self.classifier_weights, self.device = classifier_weights, device
+
+    @property
+    def segmenter(self) -> Segmenter:
+        if self._segmenter is None:
+            from workers.pipeline.segmentation import default_segmenter
+
+            self._segmenter = default_segmenter()
+        return self._segmenter
+
+    @property
+    def classifier(self) -> Any:
+        if self._classifier is None:
+            from training.inference import CellClassifier
+
+            self._classifier = CellClassifier(self.classifier_weights, device=self.device)
+        return self._classifier
+
+    def versions(self) -> dict[str, Any]:
+        """What produced a result: segmenter name/weights and classifier weights file, sha256 and card."""
+        out: dict[str, Any] = {"segmenter": {"name": getattr(self._segmenter, "name", None)}}
+        weights = getattr(self._segmenter, "weights", None)
+        if weights and Path(weights).is_file():
+            out["segmenter"].update(weights=Path(weights).name, sha256=_sha256(Path(weights)))
+        clf = self._classifier
+        info: dict[str, Any] = {"name": type(clf).__name__ if clf is not None else None}
+        weights = getattr(clf, "weights", None)
+        if weights and Path(weights).is_file():
+            info.update(weights=Path(weights).name, sha256=_sha256(Path(weights)))
+        card = getattr(clf, "card", None) or {}
+        info.update({k: card[k] for k in ("name", "version", "date", "arch", "tta") if k in card})
+        out["classifier"] = info
+        return out
+
+
+@dataclass
+class SlideAnalysis:
+    intensity: IntensityResult
+    specimen: SpecimenResult
+    cells: list[Cell]
+    overlay_png: bytes = field(repr=False)
+    timings_ms: dict[str, float]
+    model_versions: dict[str, Any]
+    image: dict[str, Any]
+    """Decode facts: shape, bit depth, format, channel rule, annotation pixels."""
+
+    def to_dict(self, with_cells: bool = True) -> dict[str, Any]:
+        """JSON-ready (the overlay is left out: store it as its own PNG)."""
+        cells = [{k: v for k, v in asdict(c).items() if k != "crop_box"} for c in self.cells]
+        out = {"intensity": asdict(self.intensity), "specimen": asdict(self.specimen),
+               "n_cells": len(self.cells), "n_classified": sum(c.probabilities is not None for c in self.cells),
+               "n_mitotic": sum(c.mitotic for c in self.cells), "timings_ms": self.timings_ms,
+               "model_versions": self.model_versions, "image": self.image}
+        if with_cells:
+            out["cells"] = cells
+        return out
+
+
+def _decode(data: bytes) -> FieldImage:
+    from workers.pipeline.decode import decode_image
+
+    return decode_image(data)
+
+
+def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, config: PipelineConfig | None = None,
+                  title: str = "") -> SlideAnalysis:
+    """Run every stage on one image; raises :class:`InvalidImageError` for input that cannot be analysed."""
+    cfg = config or PipelineConfig()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round((now - clock) * 1000.0, 1)
+        clock = now
+
+    image = _decode(data)
+    lap("decode")
+    labels = np.asarray(models.segmenter.segment(image))
+    if labels.shape != image.shape:
+        raise RuntimeError(f"segmenter returned {labels.shape} for an image of {image.shape}")
+    labels = labels.astype(np.int32, copy=False)
+    lap("segment")
+    cells = measure_cells(image, labels, cfg.cells)
+    lap("cells")
+    intensity = measure_intensity(image, labels, cells, sidecar, cfg.intensity)
+    lap("intensity")
+    if intensity.intensity_class != "negative":
+        classify_cells(image, labels, cells, models.classifier, cfg.cells)
+    lap("classify")
+    ratio = cytoplasm_ratio(image, labels, cells, background_level(image, labels)[0])
+    specimen = aggregate(cells, intensity.intensity_class, ratio, cfg.specimen)
+    lap("specimen")
+    overlay = render_overlay(image, labels, cells, title=title)
+    lap("overlay")
+    facts = {"height": image.shape[0], "width": image.shape[1], "bit_depth": image.bit_depth,
+             "format": image.source_format, "channel_rule": image.channel_rule,
+             "annotation_pixels": int(image.annotation_mask.sum())}
+    return SlideAnalysis(intensity=intensity, specimen=specimen, cells=cells, overlay_png=overlay,
+                         timings_ms=timings, model_versions=models.versions(), image=facts)
+
+
+__all__ = ["InvalidImageError", "Models", "PipelineConfig", "SlideAnalysis", "analyze_field", "load_config"]

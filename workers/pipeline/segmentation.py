@@ -1,0 +1,278 @@
+"""Stage 2: nucleus instance segmentation of a decoded field.
+
+Two segmenters implement :class:`workers.pipeline.types.Segmenter`; both are pure functions of the image and
+both ignore the field's ``annotation_mask`` (burned-in scale bars and text): masked pixels are replaced by the
+background level before segmenting, and any instance that touches the (dilated) mask is dropped.
+
+* :class:`ClassicalSegmenter`: Gaussian smoothing, Otsu threshold, distance-transform watershed to split
+  touching nuclei (markers = regional maxima of the smoothed distance map, at least ``min_separation``
+  apart), then size filters. scipy.ndimage only.
+* :class:`UnetSegmenter`: a segmentation-models-pytorch U-Net (timm encoder, 1 input channel, trained from
+  scratch, see ``training/segmentation``) predicting two maps at a working resolution (``scale`` × the
+  input): foreground probability and the normalised distance to the nucleus edge. Instances are the
+  watershed of the predicted distance from markers where it exceeds ``marker_threshold``. Large images are
+  tiled with overlap.
+
+:func:`default_segmenter` returns the U-Net when its bundled weights exist, else the classical one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from workers.pipeline.types import FieldImage
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "training" / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "segmenter-default.safetensors"
+
+# The architecture shipped by default; the weights file's metadata overrides it.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "arch": "Unet",
+    "encoder": "tu-lcnet_075",
+    "decoder_channels": [64, 32, 16, 16, 8],
+    "classes": 2,  # 0: foreground logit, 1: normalised distance-to-edge logit
+    "scale": 0.5,  # working resolution relative to the input field
+    "norm_lo": 0.5,  # percentiles for the input stretch (whole image)
+    "norm_hi": 99.8,
+    "norm_floor": 0.02,  # minimum stretch range, in full-scale units: a blank well is not stretched into noise
+}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def normalize(signal: np.ndarray, lo: float = 0.5, hi: float = 99.8, floor: float = 0.02) -> np.ndarray:
+    """Percentile stretch to ~[0, 1] (clipped to [0, 2]); the range is at least ``floor`` of full scale."""
+    p_lo, p_hi = np.percentile(signal, [lo, hi])
+    return np.clip((signal - p_lo) / max(p_hi - p_lo, floor), 0.0, 2.0).astype(np.float32)
+
+
+def fill_annotations(signal: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``signal`` with the annotation pixels replaced by the median of the unmasked ones (the background)."""
+    if not mask.any():
+        return signal
+    out = signal.copy()
+    out[mask] = np.median(signal[~mask]) if (~mask).any() else 0.0
+    return out
+
+
+def drop_annotated(labels: np.ndarray, mask: np.ndarray, margin: int = 2) -> np.ndarray:
+    """Remove every instance that touches the annotation mask (dilated by ``margin``), then relabel."""
+    if mask.any():
+        touched = np.unique(labels[ndimage.binary_dilation(mask, iterations=margin)])
+        labels = np.where(np.isin(labels, touched[touched > 0]), 0, labels)
+    return relabel(labels)
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Consecutive labels 1..N (0 stays background), int32."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def size_filter(labels: np.ndarray, min_area: int, max_area: int | None = None) -> np.ndarray:
+    """Drop instances smaller than ``min_area`` (or larger than ``max_area``) pixels; relabel."""
+    areas = np.bincount(labels.ravel())
+    bad = areas < min_area
+    if max_area is not None:
+        bad |= areas > max_area
+    bad[0] = False
+    return relabel(np.where(bad[labels], 0, labels))
+
+
+def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """Flood ``height`` (higher = more central, [0, 1]) from ``markers`` inside ``foreground``; int32 labels.
+
+    Foreground pixels no marker reaches (a component without a marker) keep their own component label.
+    """
+    n_markers = int(markers.max())
+    seeds = markers.astype(np.int32).copy()
+    seeds[~foreground] = n_markers + 1  # one background seed
+    cost = np.clip((1.0 - height) * 254, 0, 254).astype(np.uint8)
+    cost[~foreground] = 255
+    flooded = ndimage.watershed_ift(cost, seeds)
+    flooded[(flooded > n_markers) | ~foreground] = 0
+    orphans, n_orphans = ndimage.label(foreground & (flooded == 0))
+    flooded = np.where(orphans > 0, orphans + n_markers, flooded)
+    return relabel(flooded)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D sample."""
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centers) - np.cumsum(hist * centers)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centers[int(np.argmax(between[:-1]))])
+
+
+# ------------------------------------------------------------------------------------------ classical
+@dataclass(frozen=True)
+class ClassicalSegmenter:
+    """Otsu threshold on a smoothed signal + distance-transform watershed + size filters.
+
+    Parameters are in pixels of the input. ``min_contrast`` (full-scale units): when the Otsu threshold is
+    less than this above the background median, the field is taken as blank (no nuclei).
+    """
+
+    sigma: float = 2.0
+    min_separation: int = 7
+    min_area: int = 40
+    max_area_fraction: float = 0.05
+    min_contrast: float = 0.015
+    name: str = "classical"
+
+    def segment(self, field: FieldImage) -> np.ndarray:
+        signal = fill_annotations(field.signal, field.annotation_mask)
+        smooth = ndimage.gaussian_filter(signal.astype(np.float32), self.sigma)
+        threshold = otsu_threshold(smooth[::2, ::2].ravel())
+        if threshold - float(np.median(smooth)) < self.min_contrast:
+            return np.zeros(signal.shape, np.int32)
+        foreground = ndimage.binary_opening(smooth > threshold, iterations=1)
+        foreground = ndimage.binary_fill_holes(foreground)
+        dist = ndimage.distance_transform_edt(foreground)
+        dist_s = ndimage.gaussian_filter(dist, 1.0)
+        size = 2 * self.min_separation + 1
+        peaks = (dist_s == ndimage.maximum_filter(dist_s, size=size)) & (dist_s > 2.0)
+        markers, _ = ndimage.label(ndimage.binary_dilation(peaks, iterations=1))
+        height = dist_s / max(float(dist_s.max()), 1e-6)
+        labels = watershed_split(foreground, height, markers)
+        labels = size_filter(labels, self.min_area, int(self.max_area_fraction * signal.size))
+        return drop_annotated(labels, field.annotation_mask)
+
+
+# ----------------------------------------------------------------------------------------------- U-Net
+def build_model(config: dict[str, Any] | None = None) -> Any:
+    """The smp model of ``config`` (default :data:`DEFAULT_CONFIG`), random init (no download)."""
+    import segmentation_models_pytorch as smp
+
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    arch = getattr(smp, cfg["arch"])
+    return arch(encoder_name=cfg["encoder"], encoder_weights=None, in_channels=1, classes=int(cfg["classes"]),
+                decoder_channels=tuple(cfg["decoder_channels"]))
+
+
+def save_weights(model: Any, path: str | Path, config: dict[str, Any], half: bool = True) -> Path:
+    """safetensors (fp16 by default) with the architecture config in the metadata."""
+    from safetensors.torch import save_file
+
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"config": json.dumps({**DEFAULT_CONFIG, **config})})
+    return path
+
+
+def load_model(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
+    """(model in eval mode on ``device``, config) from a safetensors file written by :func:`save_weights`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        config = {**DEFAULT_CONFIG, **json.loads((f.metadata() or {}).get("config", "{}"))}
+    model = build_model(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state)
+    return model.to(device).eval(), config
+
+
+def tiles(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering ``length`` with windows of ``tile`` overlapping by at least ``overlap``."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    return [*starts, length - tile]
+
+
+@dataclass
+class UnetSegmenter:
+    """U-Net foreground + distance prediction, watershed instance split (see the module docstring)."""
+
+    weights: str | Path | None = None
+    device: str = "auto"
+    scale: float | None = None  # working resolution; None: the weights' config
+    tile: int = 512  # tile side at working resolution
+    overlap: int = 64
+    fg_threshold: float = 0.5
+    marker_threshold: float = 0.5
+    min_area: int = 40  # pixels of the input
+    name: str = "unet"
+    _model: Any = field(default=None, init=False, repr=False)
+    _config: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._model is None:
+                from training.ensemble import resolve_device
+
+                path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
+                if not path.exists():
+                    raise FileNotFoundError(f"segmenter weights not found: {path}")
+                self._device = resolve_device(self.device)
+                self._model, self._config = load_model(path, self._device)
+
+    def predict(self, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(foreground probability, normalised distance), float32 maps at the input's resolution."""
+        import torch
+
+        self._load()
+        cfg = self._config
+        scale = float(self.scale or cfg["scale"])
+        work = ndimage.zoom(signal, scale, order=1) if scale != 1.0 else signal
+        x = normalize(work, cfg["norm_lo"], cfg["norm_hi"], cfg["norm_floor"])
+        h, w = x.shape
+        big = max(h, w) > self.tile  # tile only when the image exceeds one tile
+        ph, pw = (max(h, self.tile), max(w, self.tile)) if big else (h, w)
+        ph, pw = int(np.ceil(max(ph, 64) / 32) * 32), int(np.ceil(max(pw, 64) / 32) * 32)
+        padded = np.zeros((ph, pw), np.float32)
+        padded[:h, :w] = x
+        out = np.zeros((2, ph, pw), np.float32)
+        weight = np.zeros((ph, pw), np.float32)
+        th, tw = (self.tile, self.tile) if big else (ph, pw)
+        with torch.inference_mode():
+            for y0 in tiles(ph, th, self.overlap):
+                for x0 in tiles(pw, tw, self.overlap):
+                    patch = torch.from_numpy(padded[None, None, y0:y0 + th, x0:x0 + tw]).to(self._device)
+                    pred = torch.sigmoid(self._model(patch))[0].float().cpu().numpy()
+                    out[:, y0:y0 + th, x0:x0 + tw] += pred
+                    weight[y0:y0 + th, x0:x0 + tw] += 1.0
+        out = out[:, :h, :w] / weight[None, :h, :w]
+        if scale != 1.0:
+            zoom = (signal.shape[0] / h, signal.shape[1] / w)
+            out = np.stack([ndimage.zoom(o, zoom, order=1) for o in out])
+        return np.clip(out[0], 0, 1), np.clip(out[1], 0, 1)
+
+    def segment(self, field: FieldImage) -> np.ndarray:
+        signal = fill_annotations(field.signal, field.annotation_mask)
+        prob, dist = self.predict(signal)
+        return labels_from_maps(prob, dist, field.annotation_mask, self.fg_threshold, self.marker_threshold,
+                                self.min_area)
+
+
+def labels_from_maps(prob: np.ndarray, dist: np.ndarray, annotation: np.ndarray | None = None,
+                     fg_threshold: float = 0.5, marker_threshold: float = 0.5, min_area: int = 40) -> np.ndarray:
+    """Instances from foreground probability + normalised distance maps (markers: ``dist > threshold``)."""
+    foreground = ndimage.binary_fill_holes(prob > fg_threshold)
+    markers, _ = ndimage.label(foreground & (dist > marker_threshold))
+    labels = watershed_split(foreground, dist, markers)
+    labels = size_filter(labels, min_area)
+    return drop_annotated(labels, annotation) if annotation is not None else labels
+
+
+def default_segmenter(device: str = "auto") -> UnetSegmenter | ClassicalSegmenter:
+    """The U-Net with its bundled weights when they exist, else the classical baseline."""
+    return UnetSegmenter(device=device) if DEFAULT_WEIGHTS.exists() else ClassicalSegmenter()
