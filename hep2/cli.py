@@ -9,6 +9,7 @@ import typer
 from db.cli import app as db_app
 from training.cli import evaluate_app, train_app
 from workers.cli import register as register_worker_commands
+from workers.pipeline.cli import register as register_pipeline
 
 app = typer.Typer(help="Open HEp-2 IIF (ANA) reader: analysis service, training and evaluation.",
                   no_args_is_help=True)
@@ -16,6 +17,7 @@ app.add_typer(db_app, name="db", help="Database schema (Alembic).")
 app.add_typer(train_app, name="train", help="Train models.")
 app.add_typer(evaluate_app, name="evaluate", help="Evaluate models; writes JSON.")
 register_worker_commands(app)  # worker, beat
+register_pipeline(app, evaluate_app)
 
 
 @app.command()

@@ -24,7 +24,6 @@ from hep2.settings import get_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
-FINAL = {"done", "needs_review", "rejected", "failed"}
 
 
 def demo_inputs(input_dir: Path | None) -> list[tuple[str, bytes]]:
@@ -48,6 +47,7 @@ def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) 
     from db.migrate import upgrade
     from hep2.storage import storage_from_settings
     from workers.celery_app import create_celery_app
+    from workers.jobs import wait_for_final
     from workers.process import worker_process
 
     upgrade()
@@ -59,7 +59,8 @@ def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) 
         for key, (_, data) in zip(keys, inputs, strict=True):
             storage.put(key, data)  # a scanner's upload; the event it would trigger is the task below
             app.send_task("hep2.register_upload", args=[key])
-        rows = _wait_for_results(keys, deadline=started + timeout_s)
+        wait_for_final(keys, timeout_s)
+        rows = _results(keys)
     report = {"inputs": str(input_dir) if input_dir else "SYNTHETIC fields made by hep2.synthetic",
               "synthetic": input_dir is None, "state_dir": str(state_dir),
               "seconds": round(time.monotonic() - started, 2), "slides": rows}
@@ -67,16 +68,6 @@ def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) 
     (state_dir / "report.json").write_text(json.dumps(report, indent=2))
     (state_dir / "report.html").write_text(_html(report))
     return report
-
-
-def _wait_for_results(keys: list[str], deadline: float) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        rows = _results(keys)
-        if len(rows) == len(keys) and all(r["status"] in FINAL for r in rows):
-            return rows
-        time.sleep(1.0)
-    raise TimeoutError(f"demo: not every slide finished in time: {[(r['image'], r['status']) for r in rows]}")
 
 
 def _results(keys: list[str]) -> list[dict[str, Any]]:

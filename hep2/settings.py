@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
     inbox_prefix: str = Field("inbox/", description="Key prefix where scanners upload slide images.")
 
+    cell_model_path: Path | None = Field(None, description="Pin the cell classifier weights; empty = bundled model.")
     signing_key: SecretStr = Field(
         SecretStr("embedded-mode-not-secret"),
         description="HMAC key for local presigned URLs; set a random value in production.",
@@ -43,6 +44,8 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(600, description="Soft time limit of analysis tasks (seconds).")
     task_time_limit_s: int = Field(900, description="Hard time limit of analysis tasks (seconds).")
     training_time_limit_s: int = Field(6 * 3600, description="Hard time limit of training tasks (seconds).")
+    visibility_timeout_s: int | None = Field(
+        None, description="Redis: redeliver an unacknowledged task after this long; empty = training limit + 10 min.")
 
     @property
     def resolved_database_url(self) -> str:

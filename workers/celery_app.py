@@ -73,7 +73,7 @@ def _transport_options(settings: Settings) -> dict[str, object]:
     url = settings.resolved_broker_url
     if url.startswith(("redis://", "rediss://")):
         # Redis redelivers an unacknowledged task after this long; it must outlast the longest task.
-        return {"visibility_timeout": settings.training_time_limit_s + 600}
+        return {"visibility_timeout": settings.visibility_timeout_s or settings.training_time_limit_s + 600}
     if url.startswith("filesystem://"):
         # Embedded mode: messages are files in state_dir/broker (it supports broadcast, so pings work).
         folders = {name: (settings.state_dir / "broker" / name).resolve() for name in ("messages", "control")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 def register(app: typer.Typer) -> None:
     """Add ``worker``, ``beat`` and ``jobs`` to the ``hep2`` command."""
     app.add_typer(jobs_app, name="jobs")
+    app.command()(bench)
 
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def worker(
@@ -98,3 +100,18 @@ def celery_worker_app() -> Celery:
     from workers.celery_app import celery_app
 
     return celery_app
+
+
+def bench(
+    json_out: Path = typer.Option(Path("bench.json"), "--json", help="Where to write the report."),
+    count: int = typer.Option(20, help="Fields per measurement."),
+    height: int = typer.Option(966, help="SYNTHETIC field height (ignored with --data)."),
+    width: int = typer.Option(1296, help="SYNTHETIC field width (ignored with --data)."),
+    data: Path | None = typer.Option(None, help="Folder of real field images to cycle through."),
+) -> None:
+    """Fields/s for the models alone and through queue, storage and database; writes JSON."""
+    from workers.bench import run_bench
+
+    report = run_bench(count, (height, width), data, json_out)
+    typer.echo(f"models alone: {report['models_alone']['fields_per_s']} fields/s; end to end: "
+               f"{report['end_to_end']['fields_per_s']} fields/s; ratio {report['ratio']}; wrote {json_out}")

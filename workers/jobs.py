@@ -123,3 +123,29 @@ def _close(attempt: AnalysisAttempt, outcome: AttemptOutcome, error: str | None)
     attempt.outcome = outcome
     attempt.error = error
     attempt.finished_at = utcnow()
+
+
+def slide_statuses(session: Session, keys: list[str]) -> dict[str, SlideStatus]:
+    """key -> status of the slides registered under ``keys`` (absent keys are missing)."""
+    rows = session.execute(select(SlideImage.key, SlideImage.status).where(SlideImage.key.in_(keys)))
+    return {key: status for key, status in rows}
+
+
+def wait_for_final(keys: list[str], timeout_s: float, poll_s: float = 0.5) -> dict[str, SlideStatus]:
+    """Poll until every key has a slide in a final state (done, needs_review, rejected, failed)."""
+    import time
+
+    from db.session import session_scope
+
+    final = FINAL_STATES | {SlideStatus.FAILED}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with session_scope() as session:
+            current = slide_statuses(session, keys)
+        if len(current) == len(keys) and set(current.values()) <= final:
+            return current
+        if time.monotonic() > deadline:
+            pending = {k: (current[k].value if k in current else "unregistered") for k in keys
+                       if current.get(k) not in final}
+            raise TimeoutError(f"not finished after {timeout_s:.0f} s: {pending}")
+        time.sleep(poll_s)

@@ -71,7 +71,7 @@ def requeue_stale_task() -> dict[str, object]:
     now = utcnow()
     with session_scope() as session:
         stale = jobs.stale_slides(session, queued_before=now - timedelta(seconds=settings.requeue_after_s),
-                                  running_before=now - timedelta(seconds=settings.task_time_limit_s + 60))
+                                  running_before=now - timedelta(seconds=settings.task_time_limit_s))
     for slide_id in stale:
         analyze_slide.delay(slide_id)
     return {"requeued": stale}
@@ -99,7 +99,7 @@ def pipeline_models() -> Any:
     if _models is None:
         from workers.pipeline.analyze import Models
 
-        _models = Models()
+        _models = Models(classifier_weights=get_settings().cell_model_path)
     return _models
 
 

@@ -165,7 +165,7 @@ def crop_cell(field: FieldImage, labels: np.ndarray, cell: Cell, config: CellCon
     """The classifier's input for one cell: ``uint8`` image and ``bool`` mask of that instance only."""
     cfg = config or CellConfig()
     y0, x0, y1, x1 = cell.bbox
-    m = int(round(cfg.margin * max(y1 - y0, x1 - x0)))
+    m = round(cfg.margin * max(y1 - y0, x1 - x0))
     h, w = field.shape
     box = (max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w))
     cell.crop_box = box

@@ -74,7 +74,7 @@ def cytoplasm_ratio(field_image: FieldImage, labels: np.ndarray, cells: list[Cel
     for c in cells:
         if not c.interphase:
             continue
-        r = max(3, int(round(0.3 * np.sqrt(c.area / np.pi))))
+        r = max(3, round(0.3 * np.sqrt(c.area / np.pi)))
         y0, x0, y1, x1 = c.bbox
         sl = (slice(max(y0 - r, 0), min(y1 + r, h)), slice(max(x0 - r, 0), min(x1 + r, w)))
         own = labels[sl] == c.label

@@ -1,0 +1,149 @@
+"""The whole pipeline: analyze_field, the overlay, `hep2 analyze` and `hep2 evaluate fields`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from hep2.synthetic import synthetic_png
+from hep2.vocabulary import Pattern
+from tests.pipeline.helpers_stages import RecordingClassifier, disk_field
+from workers.pipeline.analyze import Models, analyze_field
+from workers.pipeline.cells import measure_cells
+from workers.pipeline.cli import score
+from workers.pipeline.overlay import COLOURS, render_overlay
+from workers.pipeline.segmentation import ClassicalSegmenter
+from workers.pipeline.types import InvalidImageError
+
+BUNDLED = Path(__file__).resolve().parents[2] / "training" / "weights" / "cells-default.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def _decode_stage(request: pytest.FixtureRequest) -> None:
+    if request.node.name.startswith(("test_score", "test_overlay")):
+        return
+    pytest.importorskip("workers.pipeline.decode", reason="decode stage (workers/pipeline/decode.py) not built yet")
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised small classifier (structure like the shipped one; predictions meaningless)."""
+    from training.models import ModelConfig, create_model, save_checkpoint
+
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    return save_checkpoint(create_model(ModelConfig(arch="resnet10_w32", img_size=32)), ModelConfig(
+        arch="resnet10_w32", img_size=32), path)
+
+
+def test_synthetic_field_end_to_end_with_a_fake_classifier() -> None:
+    models = Models(segmenter=ClassicalSegmenter(), classifier=RecordingClassifier(Pattern.NUCLEOLAR, 0.95))
+    result = analyze_field(synthetic_png(Pattern.NUCLEOLAR, seed=4, size=(384, 512), cells=20), models,
+                           sidecar={"exposure_ms": 100})
+    assert result.intensity.intensity_class == "positive" and result.intensity.exposure_ms == 100
+    assert result.specimen.pattern == "nucleolar" and result.specimen.icap == "AC-8,9,10"
+    assert result.specimen.cells_used >= 10 and not result.specimen.needs_review
+    assert set(result.timings_ms) == {"decode", "segment", "cells", "intensity", "classify", "specimen", "overlay"}
+    overlay = Image.open(io.BytesIO(result.overlay_png))
+    assert overlay.size == (512, 384) and overlay.mode == "RGB"
+    blob = json.dumps(result.to_dict())
+    assert '"pattern": "nucleolar"' in blob and "overlay_png" not in blob
+
+
+def test_blank_well_is_negative_without_classifying() -> None:
+    clf = RecordingClassifier()
+    result = analyze_field(synthetic_png(Pattern.HOMOGENEOUS, brightness=0.0, size=(256, 256), cells=10),
+                           Models(segmenter=ClassicalSegmenter(), classifier=clf))
+    assert result.specimen.pattern == "negative" and result.specimen.icap == "AC-0"
+    assert clf.calls == []
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", synthetic_png(Pattern.SPECKLED)[:300]])
+def test_bad_input_raises_invalid_image(data: bytes) -> None:
+    with pytest.raises(InvalidImageError):
+        analyze_field(data, Models(segmenter=ClassicalSegmenter(), classifier=RecordingClassifier()))
+
+
+def test_overlay_colours_outlines_by_class() -> None:
+    field, labels = disk_field([(60, 60, 20, 20, 0.5), (60, 160, 20, 20, 0.5), (150, 100, 20, 20, 0.5)],
+                               shape=(220, 300))
+    cells = measure_cells(field, labels)
+    for c, pattern in zip(cells, ("speckled", "golgi", "speckled"), strict=True):
+        c.pattern, c.probabilities = pattern, [0.0] * 6
+    rgb = np.asarray(Image.open(io.BytesIO(render_overlay(field, labels, cells))).convert("RGB"))
+    edge = rgb[60, 40]  # the left edge of the first disk
+    assert tuple(edge) == COLOURS["speckled"]
+    assert tuple(rgb[60, 140]) == COLOURS["golgi"]
+
+
+def test_real_field_with_bundled_models(shared_data: Path) -> None:
+    if not BUNDLED.is_file():
+        pytest.skip(f"bundled cell classifier {BUNDLED} is absent (train and export it first)")
+    models = Models(segmenter=ClassicalSegmenter(), classifier_weights=BUNDLED, device="cpu")
+    result = analyze_field((shared_data / "agh-fields" / "HOM-3.png").read_bytes(), models)
+    assert result.intensity.intensity_class != "negative"
+    assert result.specimen.cells_used > 5 and result.image["width"] == 1296
+    assert len(result.model_versions["classifier"]["sha256"]) == 64
+    assert any(c.probabilities is not None for c in result.cells)
+
+
+def test_analyze_cli_lists_bad_files_and_writes_json(tmp_path: Path, tiny_weights: Path) -> None:
+    from hep2.cli import app
+
+    good, bad = tmp_path / "well.png", tmp_path / "broken.png"
+    good.write_bytes(synthetic_png(Pattern.SPECKLED, seed=1, size=(256, 320), cells=12))
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "out.json"
+    res = CliRunner().invoke(app, ["analyze", str(good), str(bad), "--json", str(out), "--overlay-dir",
+                                   str(tmp_path / "ov"), "--classifier", str(tiny_weights),
+                                   "--segmenter", "classical", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "REJECTED" in res.output and "broken.png" in res.output and "well.png" in res.output
+    data = json.loads(out.read_text())
+    assert "error" in data[str(bad)] and data[str(good)]["intensity"]["intensity_class"] == "positive"
+    assert (tmp_path / "ov" / "well.overlay.png").is_file()
+
+
+def test_evaluate_fields_cli_on_a_synthetic_set(tmp_path: Path, tiny_weights: Path) -> None:
+    from hep2.cli import app
+
+    rows = [("HOM-1.png", "HOM", "homogeneous", "AC-1", 1, 150.0), ("NEG-1.png", "NEG", "negative", "AC-0", 0, 0.0),
+            ("AMA-1.png", "AMA", "mitochondrial", "AC-21", 1, 120.0)]
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "code", "pattern", "icap", "ana_positive", "width", "height"])
+        for name, code, pattern, icap, pos, bright in rows:
+            (tmp_path / name).write_bytes(synthetic_png(Pattern.HOMOGENEOUS, brightness=bright, size=(256, 256),
+                                                        cells=10))
+            w.writerow([name, code, pattern, icap, pos, 256, 256])
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(app, ["evaluate", "fields", "--data", str(tmp_path), "--json", str(out),
+                                   "--classifier", str(tiny_weights), "--segmenter", "classical",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["posneg"]["n"] == 3 and result["posneg"]["accuracy"] == 1.0
+    assert result["in_vocab_pattern"]["n"] == 1 and result["out_of_vocab"]["n"] == 1
+    assert [e["kind"] for e in result["images"]] == ["in_vocab", "negative", "oov"]
+
+
+def test_score_counts() -> None:
+    base = {"needs_review": False, "pattern": "homogeneous"}
+    entries = [{**base, "image": "a", "kind": "in_vocab", "expected": "homogeneous", "intensity_class": "positive"},
+               {**base, "image": "b", "kind": "in_vocab", "expected": "speckled", "intensity_class": "negative"},
+               {**base, "image": "c", "kind": "negative", "expected": "negative", "intensity_class": "negative"},
+               {**base, "image": "d", "kind": "oov", "expected": None, "intensity_class": "positive"},
+               {**base, "image": "e", "kind": "oov", "expected": None, "intensity_class": "intermediate",
+                "needs_review": True, "pattern": "other"},
+               {"image": "f", "kind": "oov", "error": "bad"}]
+    s = score(entries)
+    assert s["errors"] == ["f"]
+    assert s["posneg"] == {"n": 5, "accuracy": 0.8, "positives_called_negative": 1, "negatives_called_positive": 0}
+    assert s["in_vocab_pattern"]["accuracy"] == 0.5
+    assert s["out_of_vocab"]["flagged_for_review"] == 0.5 and s["out_of_vocab"]["confident_known_class"] == 1

@@ -1,0 +1,110 @@
+"""Stage 5: specimen aggregation, mixed patterns, review and out-of-vocabulary rules; config loading."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hep2.vocabulary import CELL_PATTERNS, Pattern
+from tests.pipeline.helpers_stages import agh_crop, disk_field, one_hot_probs, threshold_labels
+from workers.pipeline.analyze import CONFIG_ENV, load_config
+from workers.pipeline.cells import Cell, background_level, measure_cells
+from workers.pipeline.specimen import SpecimenConfig, aggregate, cytoplasm_ratio
+
+
+def _cells(probs: np.ndarray, mitotic: int = 0) -> list[Cell]:
+    out = []
+    for i, p in enumerate(probs, start=1):
+        c = Cell(label=i, bbox=(0, 0, 10, 10), centroid=(5.0, 5.0), area=80, mean_intensity=0.3,
+                 p90_intensity=0.4, elongation=1.2, mitotic=i <= mitotic)
+        c.probabilities = [float(v) for v in p]
+        c.pattern = CELL_PATTERNS[int(np.argmax(p))].value
+        out.append(c)
+    return out
+
+
+def test_confident_cells_give_the_pattern_and_icap() -> None:
+    res = aggregate(_cells(one_hot_probs(30, Pattern.CENTROMERE, 0.92)), "positive", 0.1)
+    assert (res.pattern, res.icap, res.needs_review, res.second_pattern) == ("centromere", "AC-3", False, None)
+    assert res.confidence > 0.9 and res.cells_used == 30
+
+
+def test_mitotic_cells_do_not_vote() -> None:
+    probs = np.vstack([one_hot_probs(10, Pattern.HOMOGENEOUS), one_hot_probs(20, Pattern.SPECKLED)])
+    res = aggregate(_cells(probs, mitotic=10), "positive")
+    assert res.pattern == "speckled" and res.cells_used == 20 and res.second_pattern is None
+
+
+def test_mixed_pattern_reports_a_second_pattern() -> None:
+    probs = np.vstack([one_hot_probs(18, Pattern.HOMOGENEOUS, 0.95), one_hot_probs(12, Pattern.NUCLEOLAR, 0.95)])
+    res = aggregate(_cells(probs), "positive")
+    assert res.pattern == "homogeneous" and res.second_pattern == "nucleolar"
+    assert 0.25 < res.second_confidence < res.confidence
+
+
+def test_uncertain_cells_are_out_of_vocabulary() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(6) * 2.0, size=40)
+    res = aggregate(_cells(probs), "positive")
+    assert res.pattern == "other" and res.icap is None and res.needs_review
+    assert any("vocabulary" in r for r in res.reasons)
+    assert res.best_known_pattern in {p.value for p in CELL_PATTERNS}
+
+
+def test_cytoplasmic_staining_is_out_of_vocabulary_unless_golgi() -> None:
+    probs = one_hot_probs(30, Pattern.NUCLEOLAR, 0.92)
+    assert aggregate(_cells(probs), "positive", cyto_ratio=0.9).pattern == "other"
+    assert aggregate(_cells(one_hot_probs(30, Pattern.GOLGI, 0.92)), "positive", cyto_ratio=0.9).pattern == "golgi"
+
+
+def test_few_cells_and_negative() -> None:
+    few = aggregate(_cells(one_hot_probs(4, Pattern.SPECKLED)), "positive")
+    assert few.pattern == "speckled" and few.needs_review and "too few" in few.reasons[0]
+    neg = aggregate(_cells(one_hot_probs(30, Pattern.SPECKLED)), "negative")
+    assert (neg.pattern, neg.icap, neg.needs_review) == ("negative", "AC-0", False)
+    none = aggregate([], "positive")
+    assert none.pattern == "other" and none.needs_review
+
+
+def _ringed(cyto: float) -> tuple:
+    disks = [(60 + 100 * (i // 4), 60 + 100 * (i % 4), 22, 22, cyto) for i in range(8)]
+    disks += [(60 + 100 * (i // 4), 60 + 100 * (i % 4), 14, 14, 0.5) for i in range(8)]
+    field, labels = disk_field(disks, shape=(240, 420))
+    labels = np.where(labels > 8, labels - 8, 0).astype(np.int32)  # only the inner disks are nuclei
+    cells = measure_cells(field, labels)
+    for c in cells:
+        c.probabilities = list(one_hot_probs(1, Pattern.HOMOGENEOUS)[0])
+    return field, labels, cells
+
+
+def test_cytoplasm_ratio_measures_signal_around_nuclei() -> None:
+    for cyto, low, high in ((0.45, 0.7, 1.0), (0.03, -0.05, 0.05)):
+        field, labels, cells = _ringed(cyto)
+        ratio = cytoplasm_ratio(field, labels, cells, background_level(field, labels)[0])
+        assert low <= ratio <= high
+
+
+def test_cytoplasm_ratio_on_real_fields(shared_data) -> None:
+    ratios = {}
+    for name in ("AMA-1.png", "ZIA-3.png"):
+        field = agh_crop(shared_data, name, (300, 300, 700, 900))
+        labels = threshold_labels(field.signal)
+        cells = measure_cells(field, labels)
+        for c in cells:
+            c.probabilities = list(one_hot_probs(1, Pattern.SPECKLED)[0])
+        ratios[name] = cytoplasm_ratio(field, labels, cells, background_level(field, labels)[0])
+    assert ratios["ZIA-3.png"] is not None and ratios["AMA-1.png"] is not None
+    assert ratios["AMA-1.png"] > ratios["ZIA-3.png"]
+
+
+def test_config_files_and_env(tmp_path, monkeypatch) -> None:
+    toml = tmp_path / "lab.toml"
+    toml.write_text("[intensity]\nnegative_below = 7.5\npositive_from = 40\n[specimen]\nmin_cells = 3\n")
+    cfg = load_config(toml)
+    assert cfg.intensity.negative_below == 7.5 and cfg.specimen.min_cells == 3
+    assert cfg.cells.crop_max_level == 52  # untouched sections keep their defaults
+    js = tmp_path / "lab.json"
+    js.write_text('{"specimen": {"oov_cytoplasm_ratio": 0.8}}')
+    monkeypatch.setenv(CONFIG_ENV, str(js))
+    assert load_config().specimen.oov_cytoplasm_ratio == 0.8
+    monkeypatch.delenv(CONFIG_ENV)
+    assert load_config().specimen == SpecimenConfig()
