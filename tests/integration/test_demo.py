@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-
 pytestmark = pytest.mark.integration
 
 
 def run_demo(tmp_path: Path, *args: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP2_")}  # embedded defaults only
+    keep = {"HEP2_CELL_MODEL_PATH", "HEP2_SHARED_DATA"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP2_") or k in keep}  # embedded defaults
     state = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "hep2.cli", "demo", "--state-dir", str(state), *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -25,13 +24,16 @@ def run_demo(tmp_path: Path, *args: str) -> dict:
     return json.loads((state / "report.json").read_text())
 
 
-def test_demo_registers_synthetic_fields(tmp_path: Path) -> None:
+def test_demo_analyses_synthetic_fields(tmp_path: Path) -> None:
     report = run_demo(tmp_path)
     slides = report["slides"]
-    assert len(slides) == 5 and all(s["synthetic"] and s["status"] == "received" for s in slides)
+    assert report["synthetic"] and len(slides) == 5
     assert all(s["image"].startswith("SYNTHETIC-") for s in slides)
+    assert all(s["status"] in {"done", "needs_review"} and s["cells"] > 5 for s in slides), slides
+    assert all(s["intensity"] in {"negative", "intermediate", "positive"} and s["pattern"] for s in slides)
+    assert all((tmp_path / "demo" / s["overlay"]).stat().st_size > 1000 for s in slides)
+    assert "SYNTHETIC" in (tmp_path / "demo" / "report.html").read_text()
     assert (tmp_path / "demo" / "hep2.sqlite3").exists()
-    assert REPO_ROOT.joinpath("pyproject.toml").exists()
 
 
 def test_demo_processes_an_input_folder(tmp_path: Path, shared_data: Path) -> None:
@@ -41,4 +43,5 @@ def test_demo_processes_an_input_folder(tmp_path: Path, shared_data: Path) -> No
         (folder / name).write_bytes((shared_data / "agh-fields" / name).read_bytes())
     report = run_demo(tmp_path, "--input", str(folder))
     assert [s["image"] for s in report["slides"]] == ["HOM-1.png", "NEG-1.png"]
-    assert not any(s["synthetic"] for s in report["slides"])
+    assert not report["synthetic"]
+    assert all(s["status"] in {"done", "needs_review"} for s in report["slides"]), report["slides"]

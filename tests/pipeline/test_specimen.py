@@ -15,7 +15,7 @@ def _cells(probs: np.ndarray, mitotic: int = 0) -> list[Cell]:
     out = []
     for i, p in enumerate(probs, start=1):
         c = Cell(label=i, bbox=(0, 0, 10, 10), centroid=(5.0, 5.0), area=80, mean_intensity=0.3,
-                 p90_intensity=0.4, elongation=1.2, mitotic=i <= mitotic)
+                 median_intensity=0.3, p90_intensity=0.4, elongation=1.2, mitotic=i <= mitotic)
         c.probabilities = [float(v) for v in p]
         c.pattern = CELL_PATTERNS[int(np.argmax(p))].value
         out.append(c)

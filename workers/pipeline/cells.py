@@ -9,7 +9,8 @@ i.e. like a shorter exposure on the I3A camera: same quantisation, no clipping; 
 1st/99th percentile stretch then sees what it saw in training.
 
 Mitotic flag: **rule-based** (no labelled mitoses to learn from). A cell is mitotic when it is bright
-(mean signal above background ≥ ``mitotic_brightness`` × the field's median cell) and either a plate
+(its *median* signal above background ≥ ``mitotic_brightness`` × the field's median cell: condensed
+chromatin is bright throughout, whereas a few bright dots or nucleoli do not move a cell's median) and either a plate
 (elongation ≥ ``mitotic_elongation`` at area ≤ ``mitotic_plate_area`` × the median cell: a metaphase plate
 seen edge-on) or compact (area ≤ ``mitotic_compact_area`` × the median: condensed chromatin, anaphase /
 telophase halves). How it was checked is in docs/pipeline.md.
@@ -41,7 +42,7 @@ class CellConfig(BaseModel):
     max_area_ratio: float = Field(3.0, description="Larger than this × the median area: clump, not classified.")
     border_px: int = Field(2, description="Cells whose bbox comes this close to the image edge are skipped.")
     annotation_px: int = Field(4, description="Cells within this distance of a burned-in annotation are skipped.")
-    mitotic_brightness: float = Field(1.3, description="Mitotic: mean above background ≥ this × median cell.")
+    mitotic_brightness: float = Field(1.3, description="Mitotic: median above background ≥ this × median cell.")
     mitotic_elongation: float = Field(1.8, description="Mitotic plate: major/minor axis ratio ≥ this ...")
     mitotic_plate_area: float = Field(1.2, description="... and area ≤ this × the median cell area.")
     mitotic_compact_area: float = Field(0.6, description="Mitotic compact chromatin: area ≤ this × median.")
@@ -65,6 +66,8 @@ class Cell:
     area: int
     mean_intensity: float
     """Mean signal inside the mask (fraction of full scale)."""
+    median_intensity: float
+    """Median signal inside the mask (fraction of full scale)."""
     p90_intensity: float
     """90th percentile of the signal inside the mask (fraction of full scale)."""
     elongation: float
@@ -115,7 +118,8 @@ def measure_cells(field: FieldImage, labels: np.ndarray, config: CellConfig | No
         y0, x0, y1, x1 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
         cell = Cell(label=index, bbox=(y0, x0, y1, x1),
                     centroid=(float(ys.mean() + y0), float(xs.mean() + x0)), area=int(mask.sum()),
-                    mean_intensity=float(values.mean()), p90_intensity=float(np.percentile(values, 90)),
+                    mean_intensity=float(values.mean()), median_intensity=float(np.median(values)),
+                    p90_intensity=float(np.percentile(values, 90)),
                     elongation=_elongation(ys, xs))
         b = cfg.border_px
         if y0 < b or x0 < b or y1 > h - b or x1 > w - b:
@@ -150,11 +154,11 @@ def flag_mitotic(cells: list[Cell], background: float, cfg: CellConfig) -> None:
     if len(kept) < 3:
         return
     median_area = float(np.median([c.area for c in kept]))
-    median_signal = float(np.median([c.mean_intensity - background for c in kept]))
+    median_signal = float(np.median([c.median_intensity - background for c in kept]))
     if median_signal <= 0:
         return
     for c in kept:
-        brightness = (c.mean_intensity - background) / median_signal
+        brightness = (c.median_intensity - background) / median_signal
         plate = c.elongation >= cfg.mitotic_elongation and c.area <= cfg.mitotic_plate_area * median_area
         compact = c.area <= cfg.mitotic_compact_area * median_area
         c.mitotic = bool(brightness >= cfg.mitotic_brightness and (plate or compact))

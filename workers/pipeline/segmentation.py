@@ -90,17 +90,20 @@ def size_filter(labels: np.ndarray, min_area: int, max_area: int | None = None) 
 def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray) -> np.ndarray:
     """Flood ``height`` (higher = more central, [0, 1]) from ``markers`` inside ``foreground``; int32 labels.
 
-    Foreground pixels no marker reaches (a component without a marker) keep their own component label.
+    A foreground component without a marker gets one (its highest pixel), so every component is reached
+    from inside; background pixels cost the maximum, so no flood crosses them before the nuclei are done.
     """
-    n_markers = int(markers.max())
-    seeds = markers.astype(np.int32).copy()
-    seeds[~foreground] = n_markers + 1  # one background seed
+    components, n = ndimage.label(foreground)
+    seeds = np.where(foreground, markers, 0).astype(np.int32)
+    missing = np.setdiff1d(np.arange(1, n + 1), np.unique(components[seeds > 0]))
+    if len(missing):
+        tops = ndimage.maximum_position(height, components, missing)
+        for k, (y, x) in enumerate(tops, start=int(seeds.max()) + 1):
+            seeds[y, x] = k
     cost = np.clip((1.0 - height) * 254, 0, 254).astype(np.uint8)
     cost[~foreground] = 255
     flooded = ndimage.watershed_ift(cost, seeds)
-    flooded[(flooded > n_markers) | ~foreground] = 0
-    orphans, n_orphans = ndimage.label(foreground & (flooded == 0))
-    flooded = np.where(orphans > 0, orphans + n_markers, flooded)
+    flooded[~foreground] = 0
     return relabel(flooded)
 
 
