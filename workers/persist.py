@@ -88,7 +88,10 @@ def model_version_rows(session: Session, versions: dict[str, Any]) -> list[Model
             continue
         sha = info.get("sha256") or ""
         version = f"{info.get('name')}-{sha[:12]}" if sha else str(info["name"])
-        row = session.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.version == version))
+        row = session.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.sha256 == sha)
+                             .order_by(ModelVersion.id).limit(1)) if sha else None
+        row = row or session.scalar(select(ModelVersion).where(ModelVersion.task == task,
+                                                                ModelVersion.version == version))
         if row is None:
             has_production = session.scalar(select(ModelVersion.id).where(
                 ModelVersion.task == task, ModelVersion.stage == ModelStage.PRODUCTION)) is not None

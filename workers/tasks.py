@@ -21,6 +21,7 @@ from workers import jobs
 from workers.celery_app import celery_app
 from workers.ingest import is_sidecar, register_upload
 from workers.maintenance import unregistered_keys
+from workers.model_cache import ModelCache
 
 log: logging.Logger = get_task_logger(__name__)
 
@@ -90,17 +91,8 @@ class AnalysisTask(Task):
             jobs.abort(session, args[0], task_id, f"{type(exc).__name__}: {exc}", SlideStatus.FAILED)
 
 
-_models: Any = None
-
-
-def pipeline_models() -> Any:
-    """The pipeline's models, loaded once per worker process and kept warm."""
-    global _models
-    if _models is None:
-        from workers.pipeline.analyze import Models
-
-        _models = Models(classifier_weights=get_settings().cell_model_path)
-    return _models
+_model_cache = ModelCache()
+"""The pipeline's models, per worker process: loaded once, kept warm, reloaded when production changes."""
 
 
 @celery_app.task(bind=True, base=AnalysisTask, name="hep2.analyze_slide", autoretry_for=TRANSIENT_ERRORS,
@@ -110,14 +102,16 @@ def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
     from workers.persist import run_claimed_analysis
 
     settings = get_settings()
+    storage = storage_from_settings(settings)
     with session_scope() as session:
         claim = jobs.claim(session, slide_id, self.request.id, self.request.hostname or "?",
                            stale_after=timedelta(seconds=settings.task_time_limit_s))
-    if isinstance(claim, str):
+        models = None if isinstance(claim, str) else _model_cache.get(session, storage, settings)
+    if isinstance(claim, str) or models is None:
         log.info("analyze_slide(%s) skipped: %s", slide_id, claim)
         return {"slide_id": slide_id, "skipped": claim}
     started = perf_counter()
-    outcome = run_claimed_analysis(claim, storage_from_settings(settings), pipeline_models())
+    outcome = run_claimed_analysis(claim, storage, models)
     log.info("slide %s: %s in %.0f ms", slide_id, outcome, (perf_counter() - started) * 1000)
     return {"slide_id": slide_id, **outcome}
 

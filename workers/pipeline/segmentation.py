@@ -87,24 +87,44 @@ def size_filter(labels: np.ndarray, min_area: int, max_area: int | None = None) 
     return relabel(np.where(bad[labels], 0, labels))
 
 
-def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray) -> np.ndarray:
-    """Flood ``height`` (higher = more central, [0, 1]) from ``markers`` inside ``foreground``; int32 labels.
+def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray, levels: int = 16) -> np.ndarray:
+    """Marker-controlled watershed of ``height`` (higher = more central, [0, 1]) inside ``foreground``.
 
-    A foreground component without a marker gets one (its highest pixel), so every component is reached
-    from inside; background pixels cost the maximum, so no flood crosses them before the nuclei are done.
+    Per foreground component: with at most one marker it is one instance; otherwise it is flooded by levels:
+    from the top level down, every marker's region grows (3×3 geodesic dilation, repeated to stability) into
+    the component's pixels at or above the level; pixels no marker reaches form instances of their own.
+    (scipy's ``watershed_ift`` was not used: it lets one marker flood another's basin on plateaus.)
     """
-    components, n = ndimage.label(foreground)
-    seeds = np.where(foreground, markers, 0).astype(np.int32)
-    missing = np.setdiff1d(np.arange(1, n + 1), np.unique(components[seeds > 0]))
-    if len(missing):
-        tops = ndimage.maximum_position(height, components, missing)
-        for k, (y, x) in enumerate(tops, start=int(seeds.max()) + 1):
-            seeds[y, x] = k
-    cost = np.clip((1.0 - height) * 254, 0, 254).astype(np.uint8)
-    cost[~foreground] = 255
-    flooded = ndimage.watershed_ift(cost, seeds)
-    flooded[~foreground] = 0
-    return relabel(flooded)
+    components, _ = ndimage.label(foreground)
+    out = np.zeros(foreground.shape, np.int32)
+    next_id = 1
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        comp = components[box] == index
+        seeds, n = ndimage.label(comp & (markers[box] > 0))
+        if n > 1:
+            seeds = _flood(comp, height[box], seeds, levels)
+        else:
+            seeds = comp.astype(np.int32)
+        target = out[box]
+        target[seeds > 0] = seeds[seeds > 0] + next_id - 1
+        next_id += int(seeds.max())
+    return relabel(out)
+
+
+def _flood(region: np.ndarray, height: np.ndarray, seeds: np.ndarray, levels: int) -> np.ndarray:
+    labels = seeds.astype(np.int32)
+    for level in np.linspace(1.0, 0.0, levels + 1)[1:]:
+        allowed = region & (height >= level)
+        for _ in range(500):
+            grown = ndimage.grey_dilation(labels, size=3)
+            new = (labels == 0) & allowed & (grown > 0)
+            if not new.any():
+                break
+            labels[new] = grown[new]
+    rest, _ = ndimage.label(region & (labels == 0))
+    return np.where(rest > 0, rest + labels.max(), labels)
 
 
 def reconstruct(seed: np.ndarray, image: np.ndarray, max_iter: int = 500) -> np.ndarray:
@@ -118,10 +138,18 @@ def reconstruct(seed: np.ndarray, image: np.ndarray, max_iter: int = 500) -> np.
     return current
 
 
-def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
-    """Bool mask of the regional maxima whose dynamic is at least ``h`` (one plateau per dome)."""
-    dome = image - reconstruct(image - h, image)
-    return (dome >= h - 1e-3) & (image > h)
+def h_maxima(image: np.ndarray, h: float, foreground: np.ndarray) -> np.ndarray:
+    """Bool mask of the regional maxima of dynamic ≥ ``h`` (one plateau per dome), per foreground component."""
+    out = np.zeros(image.shape, bool)
+    components, _ = ndimage.label(foreground)
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        region = components[box] == index
+        img = np.where(region, image[box], 0.0)
+        dome = img - reconstruct(img - h, img)
+        out[box] |= region & (dome >= h - 1e-3) & (img > h)
+    return out
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -162,8 +190,8 @@ class ClassicalSegmenter:
             return np.zeros(signal.shape, np.int32)
         foreground = ndimage.binary_opening(smooth > threshold, iterations=1)
         foreground = ndimage.binary_fill_holes(foreground)
-        dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(foreground), 1.0)
-        markers, _ = ndimage.label(h_maxima(dist, self.h))
+        dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(foreground), 1.0) * foreground
+        markers, _ = ndimage.label(h_maxima(dist, self.h, foreground))
         labels = watershed_split(foreground, dist / max(float(dist.max()), 1e-6), markers)
         labels = size_filter(labels, self.min_area, int(self.max_area_fraction * signal.size))
         return drop_annotated(labels, field.annotation_mask)

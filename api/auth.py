@@ -1,0 +1,132 @@
+"""API keys and roles.
+
+A key is ``hep2_<random>``; only its SHA-256 and an 8-character prefix are stored. Send it as
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Roles are ordered viewer < reviewer < ops < admin;
+``scanner`` stands apart and may only post upload events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import ApiKey, Role
+from db.session import session_factory
+
+KEY_PREFIX = "hep2_"
+RANK = {Role.VIEWER: 1, Role.REVIEWER: 2, Role.OPS: 3, Role.ADMIN: 4}
+TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per key
+
+
+def get_session() -> Iterator[Session]:
+    """A request's session; endpoints commit what they change, anything uncommitted is rolled back."""
+    with session_factory()() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id, name and role."""
+
+    key_id: int | None
+    name: str
+    role: Role
+
+    @property
+    def actor(self) -> str:
+        return f"key:{self.key_id}:{self.name}" if self.key_id is not None else self.name
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, role: Role) -> tuple[ApiKey, str]:
+    """A new key row and the plaintext key (shown once, never stored)."""
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(name=name, prefix=plain[: len(KEY_PREFIX) + 8], key_hash=hash_key(plain), role=role)
+    session.add(row)
+    session.flush()
+    return row, plain
+
+
+def revoke_key(session: Session, key_id: int) -> ApiKey:
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise LookupError(f"API key {key_id} does not exist")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def allowed_roles(*roles: Role | str) -> frozenset[Role]:
+    """The roles a rule admits: each named hierarchical role and every role above it; scanner only itself."""
+    out: set[Role] = set()
+    for role in map(Role, roles):
+        out |= {role} if role is Role.SCANNER else {r for r, rank in RANK.items() if rank >= RANK[role]}
+    return frozenset(out)
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key.strip()
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def authenticate(session: Session, key: str | None) -> Principal:
+    """The principal of a valid, unrevoked key; 401 otherwise."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key))) if key else None
+    if row is None or row.revoked_at is not None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing, unknown or revoked API key",
+                            headers={"WWW-Authenticate": "Bearer"})
+    now = utcnow()
+    if row.last_used_at is None or _aware(row.last_used_at) < now - TOUCH_EVERY:
+        row.last_used_at = now
+        session.commit()
+    return Principal(row.id, row.name, row.role)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite returns naive datetimes (UTC); PostgreSQL aware ones."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class RoleRule:
+    """A dependency admitting the given roles (and, for hierarchical roles, those above them)."""
+
+    def __init__(self, *roles: Role | str) -> None:
+        self.roles = allowed_roles(*roles)
+
+    def __call__(self, session: SessionDep,
+                 authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+                 x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None) -> Principal:
+        principal = authenticate(session, presented_key(authorization, x_api_key))
+        if principal.role not in self.roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"role {principal.role.value} may not do this "
+                                f"(needs one of: {', '.join(sorted(r.value for r in self.roles))})")
+        return principal
+
+
+def require_role(*roles: Role | str) -> RoleRule:
+    """``Depends(require_role("reviewer"))``: 401 without a valid key, 403 for a role not admitted."""
+    return RoleRule(*roles)
+
+
+Viewer = Annotated[Principal, Depends(require_role(Role.VIEWER))]
+Reviewer = Annotated[Principal, Depends(require_role(Role.REVIEWER))]
+Ops = Annotated[Principal, Depends(require_role(Role.OPS))]
+Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]

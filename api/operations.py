@@ -1,0 +1,292 @@
+"""Operations: failed/rejected jobs and re-run, queue depth, model versions (promote, roll back), training runs.
+
+Promotion, roll-back and training start go through the registry (``training.registry``), imported when used.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.audit import record
+from api.auth import Ops, SessionDep, Viewer
+from api.schemas import Comment, ModelVersionOut, ORM
+from db.models import (
+    AnalysisAttempt,
+    FoldMetrics,
+    InvalidTransitionError,
+    ModelTask,
+    ModelVersion,
+    RunStatus,
+    SlideImage,
+    SlideStatus,
+    TrainingRun,
+)
+from hep2.settings import get_settings
+from workers.celery_app import QUEUES
+
+router = APIRouter(prefix="/v1", tags=["operations"])
+DbPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+ParamKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+ParamStr = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+ParamValue = bool | int | Annotated[float, Field(allow_inf_nan=False)] | ParamStr
+
+
+class JobOut(BaseModel):
+    slide_id: int
+    key: str
+    status: str
+    reason: str | None
+    attempts: int
+    last_error: str | None
+    worker: str | None
+    updated_at: datetime
+
+
+class RerunOut(BaseModel):
+    slide_id: int
+    status: str
+
+
+class PromoteIn(BaseModel):
+    force: bool = Field(False, description="Promote even if the policy would keep the champion")
+    comment: Comment | None = None
+
+
+class RollbackIn(BaseModel):
+    task: ModelTask
+
+
+class PromotionOut(BaseModel):
+    promoted: bool
+    message: str
+    version: ModelVersionOut
+
+
+class FoldOut(ORM):
+    fold: int
+    mean_class_accuracy: float
+    accuracy: float
+    metrics: dict[str, Any]
+    finished_at: datetime
+
+
+class RunOut(ORM):
+    id: int
+    task: str
+    status: str
+    trigger: str
+    requested_by: str | None
+    parameters: dict[str, Any]
+    folds: int | None
+    current_fold: int | None
+    current_epoch: int | None
+    progress_pct: float
+    cancel_requested: bool
+    mean_metrics: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RunDetail(RunOut):
+    fold_metrics: list[FoldOut]
+    confusion: dict[str, Any] | None = Field(None, description="Sum of the folds' test confusion matrices")
+
+
+class ModelDetail(BaseModel):
+    version: ModelVersionOut
+    run: RunDetail | None
+
+
+class TrainingIn(BaseModel):
+    task: ModelTask = ModelTask.CELL_PATTERN
+    parameters: dict[ParamKey, ParamValue] = Field(default_factory=dict, max_length=32)
+
+
+# ---------------------------------------------------------------- jobs and queues
+@router.get("/jobs", response_model=list[JobOut], tags=["operations"])
+def list_jobs(session: SessionDep, _: Viewer,
+              status_: Annotated[list[SlideStatus] | None, Query(alias="status")] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[JobOut]:
+    """Slides in the given statuses (default failed and rejected), newest change first, with reasons."""
+    wanted = status_ or [SlideStatus.FAILED, SlideStatus.REJECTED]
+    slides = session.scalars(select(SlideImage).where(SlideImage.status.in_(wanted))
+                             .order_by(SlideImage.updated_at.desc(), SlideImage.id.desc()).limit(limit)).all()
+    out = []
+    for slide in slides:
+        last: AnalysisAttempt | None = slide.attempts[-1] if slide.attempts else None
+        out.append(JobOut(slide_id=slide.id, key=slide.key, status=slide.status.value, reason=slide.status_reason,
+                          attempts=len(slide.attempts), last_error=last.error if last else None,
+                          worker=last.worker if last else None, updated_at=slide.updated_at))
+    return out
+
+
+@router.post("/jobs/{slide_id}/rerun", response_model=RerunOut, status_code=status.HTTP_202_ACCEPTED)
+def rerun_job(slide_id: DbPath, session: SessionDep, who: Ops) -> RerunOut:
+    """Queue a failed (or finished) slide again; rejected input stays rejected (409)."""
+    from workers.celery_app import celery_client
+    from workers.jobs import requeue
+
+    try:
+        slide = requeue(session, slide_id)
+    except LookupError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except InvalidTransitionError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    record(session, who.actor, "job.rerun", "slide_image", slide_id, key=slide.key)
+    session.commit()
+    celery_client().send_task("hep2.analyze_slide", args=[slide_id])
+    return RerunOut(slide_id=slide_id, status=slide.status.value)
+
+
+def queue_depths() -> dict[str, int | None]:
+    """Messages waiting per queue: ``LLEN`` on a Redis broker, files in the embedded file broker, else null."""
+    settings = get_settings()
+    url = settings.resolved_broker_url
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        # kombu keeps priority levels in "<queue>\x06\x16<n>" lists beside the plain one
+        return {q: int(sum(client.llen(k) for k in [q, *(f"{q}\x06\x16{p}" for p in (3, 6, 9))])) for q in QUEUES}
+    if url.startswith("filesystem://"):
+        folder = FsPath(settings.state_dir / "broker" / "messages")
+        names = [p.name for p in folder.glob("*.msg")] if folder.is_dir() else []
+        return {q: sum(n.endswith(f".{q}.msg") for n in names) for q in QUEUES}
+    return dict.fromkeys(QUEUES)
+
+
+@router.get("/queues", response_model=dict[str, int | None])
+def get_queues(_: Viewer) -> dict[str, int | None]:
+    """Queue depth per queue (null when the broker cannot tell)."""
+    return queue_depths()
+
+
+# ---------------------------------------------------------------- models
+def run_detail(session: Session, run: TrainingRun) -> RunDetail:
+    folds = list(session.scalars(select(FoldMetrics).where(FoldMetrics.run_id == run.id).order_by(FoldMetrics.fold)))
+    confusion = None
+    for fold in folds:
+        matrix = (fold.metrics or {}).get("confusion", {})
+        if not matrix.get("matrix"):
+            continue
+        if confusion is None:
+            confusion = {"labels": matrix.get("labels"), "matrix": [list(r) for r in matrix["matrix"]]}
+        elif len(matrix["matrix"]) == len(confusion["matrix"]):
+            confusion["matrix"] = [[a + b for a, b in zip(r1, r2, strict=False)]
+                                   for r1, r2 in zip(confusion["matrix"], matrix["matrix"], strict=False)]
+    base = RunOut.model_validate(run).model_dump()
+    return RunDetail(**base, fold_metrics=[FoldOut.model_validate(f) for f in folds], confusion=confusion)
+
+
+@router.get("/models", response_model=list[ModelVersionOut])
+def list_models(session: SessionDep, _: Viewer, task: ModelTask | None = None) -> list[ModelVersion]:
+    """Model versions with metrics, newest first."""
+    query = select(ModelVersion).order_by(ModelVersion.id.desc())
+    return list(session.scalars(query.where(ModelVersion.task == task) if task else query))
+
+
+@router.get("/models/{version_id}", response_model=ModelDetail)
+def get_model(version_id: DbPath, session: SessionDep, _: Viewer) -> ModelDetail:
+    """One version with its training run's per-fold metrics and pooled confusion matrix."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model version {version_id} not found")
+    run = session.get(TrainingRun, version.training_run_id) if version.training_run_id else None
+    return ModelDetail(version=ModelVersionOut.model_validate(version), run=run_detail(session, run) if run else None)
+
+
+def _registry() -> Any:
+    try:
+        from training import registry
+    except ImportError as exc:  # issue 7 not installed
+        raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, "the model registry is not available") from exc
+    return registry
+
+
+@router.post("/models/{version_id}/promote", response_model=PromotionOut)
+def promote_model(version_id: DbPath, body: PromoteIn, session: SessionDep, who: Ops) -> PromotionOut:
+    """Promote a version through the registry's policy (``force`` overrides it); 409 when refused."""
+    registry = _registry()
+    if session.get(ModelVersion, version_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model version {version_id} not found")
+    promoted, message = registry.promote(session, version_id, actor=who.actor, force=body.force)
+    if not promoted:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, message)
+    record(session, who.actor, "model.promote", "model_version", version_id, force=body.force, message=message,
+           comment=body.comment)
+    session.commit()
+    return PromotionOut(promoted=promoted, message=message,
+                        version=ModelVersionOut.model_validate(session.get(ModelVersion, version_id)))
+
+
+@router.post("/models/rollback", response_model=ModelVersionOut)
+def rollback_model(body: RollbackIn, session: SessionDep, who: Ops) -> ModelVersion:
+    """Put the previous production version of ``task`` back (409 when there is none)."""
+    registry = _registry()
+    try:
+        version = registry.rollback(session, body.task, actor=who.actor)
+    except (LookupError, ValueError) as exc:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    record(session, who.actor, "model.rollback", "model_version", version.id, task=body.task.value)
+    session.commit()
+    return version
+
+
+# ---------------------------------------------------------------- training runs
+@router.get("/training-runs", response_model=list[RunOut])
+def list_runs(session: SessionDep, _: Viewer, task: ModelTask | None = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> list[TrainingRun]:
+    """Training runs, newest first, with progress."""
+    query = select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
+    return list(session.scalars(query.where(TrainingRun.task == task) if task else query))
+
+
+@router.get("/training-runs/{run_id}", response_model=RunDetail)
+def get_run(run_id: DbPath, session: SessionDep, _: Viewer) -> RunDetail:
+    """One run: progress, per-fold metrics as they finish, pooled confusion matrix."""
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"training run {run_id} not found")
+    return run_detail(session, run)
+
+
+@router.post("/training-runs", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
+def start_run(body: TrainingIn, session: SessionDep, who: Ops) -> TrainingRun:
+    """Start a training run (queued on the ``training`` queue by the registry)."""
+    registry = _registry()
+    try:
+        run = registry.start_training(session, body.task, actor=who.actor, parameters=dict(body.parameters))
+    except (LookupError, ValueError) as exc:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    session.flush()
+    record(session, who.actor, "training.start", "training_run", run.id, task=body.task.value,
+           parameters=dict(body.parameters))
+    session.commit()
+    return run
+
+
+@router.post("/training-runs/{run_id}/cancel", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
+def cancel_run(run_id: DbPath, session: SessionDep, who: Ops) -> TrainingRun:
+    """Ask a queued or running run to stop (the trainer checks ``cancel_requested``); 409 if it has ended."""
+    run = session.get(TrainingRun, run_id, with_for_update=True)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"training run {run_id} not found")
+    if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"training run {run_id} is {run.status.value}")
+    run.cancel_requested = True
+    record(session, who.actor, "training.cancel", "training_run", run_id)
+    session.commit()
+    return run
+

@@ -1,0 +1,160 @@
+"""Model registry: versions in the database, artefacts in object storage.
+
+Artefacts live under ``models/<task>/<version>/`` (``weights.safetensors`` and ``card.json``: data hash,
+code version, parameters, per-fold and mean grouped-CV metrics, confusion matrix). Stages go
+candidate -> production -> archived; exactly one production version per task (a partial unique index
+backs this up). Promotion and roll-back each run in one transaction, with the task's rows locked, and are
+audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import audit
+from db.base import utcnow
+from db.models import ModelStage, ModelTask, ModelVersion
+from hep2.storage import ObjectStorage
+
+WEIGHTS_NAME, CARD_NAME = "weights.safetensors", "card.json"
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """A candidate replaces production only if it is better on the same folds, for every class."""
+
+    min_mca_gain: float = 0.005
+    """Grouped-CV mean class accuracy must beat production's by at least this much."""
+    max_recall_drop: float = 0.02
+    """No class recall may fall by more than this."""
+
+
+def artifact_prefix(task: ModelTask, version: str) -> str:
+    return f"models/{task.value}/{version}/"
+
+
+def publish(session: Session, storage: ObjectStorage, task: ModelTask, weights: Path, card: dict[str, Any],
+            actor: str, training_run_id: int | None = None) -> ModelVersion:
+    """Upload weights + card and register them as a ``candidate``."""
+    data = weights.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    version = _free_version(session, task, f"{utcnow():%Y%m%d-%H%M%S}-{sha[:8]}")
+    prefix = artifact_prefix(task, version)
+    card = {**card, "task": task.value, "version": version, "sha256": sha}
+    storage.put(prefix + WEIGHTS_NAME, data, "application/octet-stream")
+    storage.put(prefix + CARD_NAME, json.dumps(card, indent=2).encode(), "application/json")
+    row = ModelVersion(task=task, version=version, stage=ModelStage.CANDIDATE, artifact_uri=prefix, sha256=sha,
+                       metrics=card.get("metrics", {}), parameters=card.get("parameters", {}),
+                       data_hash=card.get("data_hash"), code_version=card.get("code_version"),
+                       training_run_id=training_run_id, stage_reason="registered")
+    session.add(row)
+    session.flush()
+    audit.record(session, actor, "model.publish", "model_version", row.id, task=task.value, version=version)
+    return row
+
+
+def _free_version(session: Session, task: ModelTask, base: str) -> str:
+    taken = set(session.scalars(select(ModelVersion.version).where(ModelVersion.task == task,
+                                                                   ModelVersion.version.startswith(base))))
+    return next(v for v in (base, *(f"{base}-{n}" for n in range(2, 1000))) if v not in taken)
+
+
+def production(session: Session, task: ModelTask, lock: bool = False) -> ModelVersion | None:
+    query = select(ModelVersion).where(ModelVersion.task == task, ModelVersion.stage == ModelStage.PRODUCTION)
+    return session.scalar(query.with_for_update() if lock else query)
+
+
+def decide_promotion(candidate: ModelVersion, current: ModelVersion | None,
+                     policy: PromotionPolicy) -> tuple[bool, str]:
+    """Compare the candidate's grouped-CV metrics with production's *on the same folds*.
+
+    The training run evaluates the production model's configuration on the candidate's folds and stores it
+    as ``metrics["champion_cv"]``; without it (no production model), the candidate wins by default.
+    """
+    if current is None:
+        return True, "no production version for this task"
+    mine, theirs = candidate.metrics.get("cv"), candidate.metrics.get("champion_cv")
+    if not mine or not theirs:
+        return False, "no grouped-CV comparison with the production model on the same folds"
+    if theirs.get("production_version") != current.version:
+        return False, (f"compared with {theirs.get('production_version')}, but production is now "
+                       f"{current.version}: retrain to compare again")
+    if mine.get("folds_signature") != theirs.get("folds_signature"):
+        return False, "candidate and production were not evaluated on the same folds"
+    gain = mine["mca"] - theirs["mca"]
+    if gain < policy.min_mca_gain:
+        return False, (f"grouped-CV MCA {mine['mca']:.4f} vs production's {theirs['mca']:.4f} on the same "
+                       f"folds: gain {gain:+.4f} < required {policy.min_mca_gain:+.4f}")
+    drops = {cls: theirs["recall"][cls] - mine["recall"].get(cls, 0.0) for cls in theirs["recall"]}
+    worst = max(drops, key=drops.__getitem__)
+    if drops[worst] > policy.max_recall_drop:
+        return False, (f"recall of {worst} falls {drops[worst]:.3f} (> {policy.max_recall_drop:.3f}) "
+                       f"although MCA gains {gain:+.4f}")
+    return True, (f"grouped-CV MCA {mine['mca']:.4f} vs {theirs['mca']:.4f} (+{gain:.4f}); largest recall "
+                  f"drop {max(drops[worst], 0.0):.3f} ({worst})")
+
+
+def promote(session: Session, version_id: int, actor: str, force: bool = False,
+            policy: PromotionPolicy | None = None) -> tuple[bool, str]:
+    """Make a candidate production if the policy (or ``force``) allows; record the reason either way."""
+    candidate = session.get(ModelVersion, version_id, with_for_update=True)
+    if candidate is None:
+        raise LookupError(f"model version {version_id} does not exist")
+    current = production(session, candidate.task, lock=True)
+    if current is not None and current.id == candidate.id:
+        return True, "already production"
+    ok, reason = decide_promotion(candidate, current, policy or PromotionPolicy())
+    if force and not ok:
+        ok, reason = True, f"forced by {actor} (policy said: {reason})"
+    if not ok:
+        candidate.stage_reason = f"not promoted: {reason}"
+        audit.record(session, actor, "model.promotion_refused", "model_version", candidate.id, reason=reason)
+        return False, reason
+    if current is not None:
+        current.stage, current.stage_reason = ModelStage.ARCHIVED, f"replaced by {candidate.version}"
+        session.flush()  # the one-production index is checked per statement
+    candidate.stage, candidate.stage_reason, candidate.promoted_at = ModelStage.PRODUCTION, reason, utcnow()
+    audit.record(session, actor, "model.promote", "model_version", candidate.id, reason=reason,
+                 replaced=current.version if current else None, forced=force)
+    return True, reason
+
+
+def rollback(session: Session, task: ModelTask, actor: str) -> ModelVersion:
+    """Archive production and restore the version that was production before it."""
+    current = production(session, task, lock=True)
+    if current is None:
+        raise LookupError(f"no production version of {task.value} to roll back")
+    previous = session.scalar(
+        select(ModelVersion).where(ModelVersion.task == task, ModelVersion.stage == ModelStage.ARCHIVED,
+                                   ModelVersion.promoted_at.is_not(None), ModelVersion.id != current.id)
+        .order_by(ModelVersion.promoted_at.desc()).limit(1).with_for_update())
+    if previous is None:
+        raise LookupError(f"{task.value} has no earlier production version to roll back to")
+    current.stage, current.stage_reason = ModelStage.ARCHIVED, f"rolled back by {actor}"
+    session.flush()
+    previous.stage, previous.stage_reason = ModelStage.PRODUCTION, f"restored by {actor} (roll-back)"
+    previous.promoted_at = utcnow()
+    audit.record(session, actor, "model.rollback", "model_version", previous.id,
+                 restored=previous.version, archived=current.version)
+    return previous
+
+
+def fetch(storage: ObjectStorage, version: ModelVersion, cache_dir: Path) -> Path:
+    """The version's weights in a local cache (downloaded once, checked against the registered SHA-256)."""
+    target = cache_dir / version.task.value / version.version / WEIGHTS_NAME
+    if not target.is_file() or hashlib.sha256(target.read_bytes()).hexdigest() != version.sha256:
+        data = storage.get(version.artifact_uri + WEIGHTS_NAME)
+        if hashlib.sha256(data).hexdigest() != version.sha256:
+            raise ValueError(f"artefact of {version.task.value} {version.version} does not match its SHA-256")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        # beside the weights as <name>.json, where the inference code looks for a model card
+        target.with_suffix(".json").write_bytes(storage.get(version.artifact_uri + CARD_NAME))
+    return target
