@@ -1,18 +1,48 @@
-"""The FastAPI application. Routers are added per resource as the service grows."""
+"""The FastAPI application: health, events, results, review, operations, metrics and the dashboard."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
+import uuid
+from pathlib import Path
 
-from api import events, health
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from api import audit, events, health, keys, metrics, objects, operations, review, specimens
+from api.auth import WebhookOrScanner
 from hep2 import __version__
+
+log = logging.getLogger("hep2.api")
+DASHBOARD = Path(__file__).parent / "dashboard"
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """500 with an id to quote; the traceback goes to the log, never to the client."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error", "error_id": error_id}, status_code=500)
 
 
 def create_app() -> FastAPI:
     app = FastAPI(title="HEp-2 IIF reader", version=__version__,
-                  description="Open HEp-2 indirect-immunofluorescence (ANA) analysis service.")
+                  description="Open HEp-2 indirect-immunofluorescence (ANA) analysis service. Authenticate with "
+                              "`Authorization: Bearer <API key>` or `X-API-Key`.")
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(events.router)
+    # the webhook token keeps working; a scanner API key is accepted as well
+    app.dependency_overrides[events.require_webhook_token] = WebhookOrScanner()
+    for module in (specimens, review, operations, keys, audit, objects):
+        app.include_router(module.router)
+    app.add_exception_handler(Exception, internal_error)
+    app.mount("/dashboard", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard/")
+
     return app
 
 

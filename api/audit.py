@@ -1,4 +1,4 @@
-"""The audit trail: every mutating call adds one AuditEvent in the transaction of its change."""
+"""The audit trail: every mutating call adds one AuditEvent (``db.audit.record``) in the transaction of its change."""
 
 from __future__ import annotations
 
@@ -8,22 +8,15 @@ from typing import Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from api.auth import Ops, SessionDep
-from db.base import utcnow
+from db.audit import record
 from db.models import AuditEvent
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
-def record(session: Session, actor: str, action: str, entity_type: str, entity_id: object | None,
-           **details: Any) -> AuditEvent:
-    """Add an audit row to ``session``; it commits (or rolls back) together with the change it describes."""
-    event = AuditEvent(at=utcnow(), actor=actor, action=action, entity_type=entity_type,
-                       entity_id=None if entity_id is None else str(entity_id), details=details)
-    session.add(event)
-    return event
+__all__ = ["record", "router"]
 
 
 class AuditOut(BaseModel):

@@ -8,13 +8,15 @@ A key is ``hep2_<random>``; only its SHA-256 and an 8-character prefix are store
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, status
+from fastapi import Depends, HTTPException, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -34,6 +36,9 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None,
+                      Depends(HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>"))]
+ApiKeyDep = Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))]
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,10 @@ def allowed_roles(*roles: Role | str) -> frozenset[Role]:
     return frozenset(out)
 
 
-def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
-    if x_api_key:
+def presented_key(bearer: HTTPAuthorizationCredentials | None, x_api_key: str | None) -> str | None:
+    if x_api_key and x_api_key.strip():
         return x_api_key.strip()
-    scheme, _, token = (authorization or "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return bearer.credentials.strip() if bearer and bearer.credentials.strip() else None
 
 
 def authenticate(session: Session, key: str | None) -> Principal:
@@ -110,10 +114,8 @@ class RoleRule:
     def __init__(self, *roles: Role | str) -> None:
         self.roles = allowed_roles(*roles)
 
-    def __call__(self, session: SessionDep,
-                 authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-                 x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None) -> Principal:
-        principal = authenticate(session, presented_key(authorization, x_api_key))
+    def __call__(self, session: SessionDep, bearer: BearerDep = None, x_api_key: ApiKeyDep = None) -> Principal:
+        principal = authenticate(session, presented_key(bearer, x_api_key))
         if principal.role not in self.roles:
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"role {principal.role.value} may not do this "
@@ -130,3 +132,32 @@ Viewer = Annotated[Principal, Depends(require_role(Role.VIEWER))]
 Reviewer = Annotated[Principal, Depends(require_role(Role.REVIEWER))]
 Ops = Annotated[Principal, Depends(require_role(Role.OPS))]
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+
+
+class WebhookOrScanner(RoleRule):
+    """``POST /v1/events/s3``: MinIO's webhook bearer token (``HEP2_WEBHOOK_TOKEN``) or a scanner API key."""
+
+    def __init__(self) -> None:
+        super().__init__(Role.SCANNER)
+
+    def __call__(self, session: SessionDep, bearer: BearerDep = None,  # type: ignore[override]
+                 x_api_key: ApiKeyDep = None) -> Principal:
+        from hep2.settings import get_settings
+
+        token = get_settings().webhook_token
+        presented = presented_key(bearer, None)
+        if token and presented and hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
+            return Principal(None, "webhook", Role.SCANNER)
+        return super().__call__(session, bearer, x_api_key)
+
+
+def route_roles(dependant: Any, overrides: dict[Any, Any]) -> frozenset[Role] | None:
+    """The roles the first RoleRule in a route's dependency tree admits (after overrides); None if unguarded."""
+    for dep in dependant.dependencies:
+        call = overrides.get(dep.call, dep.call)
+        if isinstance(call, RoleRule):
+            return call.roles
+        found = route_roles(dep, overrides)
+        if found is not None:
+            return found
+    return None

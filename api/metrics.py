@@ -77,7 +77,8 @@ class ServiceCollector:
     def collect(self) -> Iterator[Metric]:
         try:
             with session_scope() as session:
-                counts = dict(session.execute(select(SlideImage.status, func.count()).group_by(SlideImage.status)).all())
+                query = select(SlideImage.status, func.count()).group_by(SlideImage.status)
+                counts = dict(session.execute(query).all())
             slides = GaugeMetricFamily("hep2_slides", "Slide images per status", labels=["status"])
             for state in SlideStatus:
                 slides.add_metric([state.value], counts.get(state, 0))

@@ -1,10 +1,12 @@
 """Operations: failed/rejected jobs and re-run, queue depth, model versions (promote, roll back), training runs.
 
-Promotion, roll-back and training start go through the registry (``training.registry``), imported when used.
+Promotion and roll-back go through ``training.registry``, training runs through ``training.retrain``; both
+write their own audit rows, imported when used (501 if that part is not installed).
 """
 
 from __future__ import annotations
 
+import importlib
 from datetime import datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Any
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.audit import record
 from api.auth import Ops, SessionDep, Viewer
-from api.schemas import Comment, ModelVersionOut, ORM
+from api.schemas import ORM, Comment, ModelVersionOut
 from db.models import (
     AnalysisAttempt,
     FoldMetrics,
@@ -204,27 +206,25 @@ def get_model(version_id: DbPath, session: SessionDep, _: Viewer) -> ModelDetail
     return ModelDetail(version=ModelVersionOut.model_validate(version), run=run_detail(session, run) if run else None)
 
 
-def _registry() -> Any:
+def _training(module: str) -> Any:
     try:
-        from training import registry
-    except ImportError as exc:  # issue 7 not installed
-        raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, "the model registry is not available") from exc
-    return registry
+        return importlib.import_module(f"training.{module}")
+    except ImportError as exc:  # the registry (issue 7) is not installed
+        raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, f"training.{module} is not available") from exc
 
 
 @router.post("/models/{version_id}/promote", response_model=PromotionOut)
 def promote_model(version_id: DbPath, body: PromoteIn, session: SessionDep, who: Ops) -> PromotionOut:
     """Promote a version through the registry's policy (``force`` overrides it); 409 when refused."""
-    registry = _registry()
+    registry = _training("registry")
     if session.get(ModelVersion, version_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"model version {version_id} not found")
     promoted, message = registry.promote(session, version_id, actor=who.actor, force=body.force)
+    if body.comment:
+        record(session, who.actor, "model.comment", "model_version", version_id, comment=body.comment)
+    session.commit()  # a refusal is recorded (stage_reason, audit) too
     if not promoted:
-        session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, message)
-    record(session, who.actor, "model.promote", "model_version", version_id, force=body.force, message=message,
-           comment=body.comment)
-    session.commit()
     return PromotionOut(promoted=promoted, message=message,
                         version=ModelVersionOut.model_validate(session.get(ModelVersion, version_id)))
 
@@ -232,13 +232,12 @@ def promote_model(version_id: DbPath, body: PromoteIn, session: SessionDep, who:
 @router.post("/models/rollback", response_model=ModelVersionOut)
 def rollback_model(body: RollbackIn, session: SessionDep, who: Ops) -> ModelVersion:
     """Put the previous production version of ``task`` back (409 when there is none)."""
-    registry = _registry()
+    registry = _training("registry")
     try:
         version = registry.rollback(session, body.task, actor=who.actor)
     except (LookupError, ValueError) as exc:
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    record(session, who.actor, "model.rollback", "model_version", version.id, task=body.task.value)
     session.commit()
     return version
 
@@ -263,17 +262,21 @@ def get_run(run_id: DbPath, session: SessionDep, _: Viewer) -> RunDetail:
 
 @router.post("/training-runs", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
 def start_run(body: TrainingIn, session: SessionDep, who: Ops) -> TrainingRun:
-    """Start a training run (queued on the ``training`` queue by the registry)."""
-    registry = _registry()
+    """Queue a training run (task ``hep2.train_model`` on the ``training`` queue); 422 for unknown parameters."""
+    from workers.celery_app import celery_client
+
+    retrain = _training("retrain")
     try:
-        run = registry.start_training(session, body.task, actor=who.actor, parameters=dict(body.parameters))
-    except (LookupError, ValueError) as exc:
+        run = retrain.start_training(session, body.task, actor=who.actor, trigger="api",
+                                     parameters=dict(body.parameters))
+    except (TypeError, ValueError) as exc:
         session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    session.flush()
-    record(session, who.actor, "training.start", "training_run", run.id, task=body.task.value,
-           parameters=dict(body.parameters))
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     session.commit()
+    result = celery_client().send_task("hep2.train_model", args=[run.id])
+    if getattr(result, "id", None):
+        run.celery_task_id = result.id
+        session.commit()
     return run
 
 

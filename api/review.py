@@ -52,7 +52,7 @@ def review_specimen(slide_id: DbPath, body: SpecimenReviewIn, session: SessionDe
         raise HTTPException(status.HTTP_409_CONFLICT, f"specimen {slide_id} has no result to review")
     current = {"pattern": row.fp, "intensity": row.fi}
     wanted = {"pattern": body.pattern, "intensity": body.intensity}
-    fields = [f for f in current if body.action == "confirm" and wanted[f] is None or wanted[f] is not None]
+    fields = [f for f in current if (body.action == "confirm" and wanted[f] is None) or wanted[f] is not None]
     rows = [Review(specimen_result_id=result.id, reviewer=who.name, field=f, old_value=current[f],
                    new_value=str(wanted[f] or current[f]), comment=body.comment) for f in fields]
     session.add_all(rows)

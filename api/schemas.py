@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from hep2.vocabulary import CELL_PATTERNS, INTENSITY_CLASSES, NEGATIVE, OTHER
 
 CellPattern = StrEnum("CellPattern", {p.value.upper(): p.value for p in CELL_PATTERNS})
-SpecimenPattern = StrEnum("SpecimenPattern", {v.upper(): v for v in [p.value for p in CELL_PATTERNS] + [NEGATIVE, OTHER]})
+SPECIMEN_PATTERNS = [p.value for p in CELL_PATTERNS] + [NEGATIVE, OTHER]
+SpecimenPattern = StrEnum("SpecimenPattern", {v.upper(): v for v in SPECIMEN_PATTERNS})
 IntensityClass = StrEnum("IntensityClass", {v.upper(): v for v in INTENSITY_CLASSES})
 
 DbId = Annotated[int, Field(ge=1, le=2**31 - 1)]

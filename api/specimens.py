@@ -40,8 +40,9 @@ router = APIRouter(prefix="/v1/specimens", tags=["specimens"])
 URL_TTL_S = 300
 SlideId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
-latest_result_id = (select(func.max(SpecimenResult.id)).where(SpecimenResult.slide_image_id == SlideImage.id)
-                    .correlate(SlideImage).scalar_subquery())
+latest = (select(SpecimenResult.slide_image_id.label("slide_id"), func.max(SpecimenResult.id).label("result_id"))
+          .group_by(SpecimenResult.slide_image_id).subquery("latest"))
+"""The latest result per slide (one grouped pass, joined by hash, not a subquery per row)."""
 
 
 def _reviewed_value(field: str) -> Any:
@@ -57,12 +58,17 @@ priority = case((and_(needs_review, ~reviewed), 1), else_=0)
 """Worklist order: unreviewed results that need review first, then newest first."""
 
 
-def base_query() -> Select[Any]:
-    return (select(SlideImage, SpecimenResult, Specimen.accession, Patient.pseudo_id, final_pattern.label("fp"),
-                   final_intensity.label("fi"), reviewed.label("rv"), priority.label("pr"))
-            .outerjoin(SpecimenResult, SpecimenResult.id == latest_result_id)
+def joined(*columns: Any) -> Select[Any]:
+    """``columns`` over slides with their latest result, specimen and patient (outer joins)."""
+    return (select(*columns).outerjoin(latest, latest.c.slide_id == SlideImage.id)
+            .outerjoin(SpecimenResult, SpecimenResult.id == latest.c.result_id)
             .outerjoin(Specimen, Specimen.id == SlideImage.specimen_id)
             .outerjoin(Patient, Patient.id == Specimen.patient_id))
+
+
+def base_query() -> Select[Any]:
+    return joined(SlideImage, SpecimenResult, Specimen.accession, Patient.pseudo_id, final_pattern.label("fp"),
+                  final_intensity.label("fi"), reviewed.label("rv"), priority.label("pr"))
 
 
 def to_item(row: Any) -> SpecimenItem:
@@ -78,7 +84,7 @@ def to_item(row: Any) -> SpecimenItem:
 
 
 def encode_cursor(row: Any) -> str:
-    raw = json.dumps([row.pr, row[0].received_at.isoformat(), row[0].id]).encode()
+    raw = json.dumps([row.pr, row.received_at.isoformat(), row.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -106,7 +112,8 @@ def list_specimens(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> SpecimenPage:
     """The worklist: needs-review-and-unreviewed first, then newest first; keyset-paginated."""
-    query = base_query()
+    # a narrow query picks the page (sort keys only), then the page's rows are loaded in full
+    query = joined(SlideImage.id, SlideImage.received_at, priority.label("pr"))
     conditions: list[ColumnElement[bool]] = []
     if status_:
         conditions.append(SlideImage.status.in_(status_))
@@ -129,9 +136,11 @@ def list_specimens(
     if cursor:
         conditions.append(tuple_(priority, SlideImage.received_at, SlideImage.id) < tuple_(*decode_cursor(cursor)))
     query = query.where(*conditions).order_by(priority.desc(), SlideImage.received_at.desc(), SlideImage.id.desc())
-    rows = session.execute(query.limit(limit + 1)).all()
-    items = [to_item(r) for r in rows[:limit]]
-    return SpecimenPage(items=items, next_cursor=encode_cursor(rows[limit - 1]) if len(rows) > limit else None)
+    keys = session.execute(query.limit(limit + 1)).all()
+    page = [k.id for k in keys[:limit]]
+    full = {r[0].id: r for r in session.execute(base_query().where(SlideImage.id.in_(page)))} if page else {}
+    items = [to_item(full[i]) for i in page]
+    return SpecimenPage(items=items, next_cursor=encode_cursor(keys[limit - 1]) if len(keys) > limit else None)
 
 
 @router.get("/overview", response_model=Overview)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     inbox_prefix: str = Field("inbox/", description="Key prefix where scanners upload slide images.")
 
     cell_model_path: Path | None = Field(None, description="Pin the cell classifier weights; empty = bundled model.")
+    retrain_cron: str = Field("0 3 * * 0", description="Scheduled retraining (cron: minute hour dom month dow).")
+    retrain_min_new_labels: int = Field(200, description="Start a run once this many new reviewed cell labels exist.")
+    retrain_parameters: dict[str, Any] = Field(default_factory=dict,
+                                               description="Parameters of scheduled runs (JSON; see RunParameters).")
     signing_key: SecretStr = Field(
         SecretStr("embedded-mode-not-secret"),
         description="HMAC key for local presigned URLs; set a random value in production.",

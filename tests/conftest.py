@@ -12,6 +12,7 @@ When a service is unreachable the tests that need it are skipped with the reason
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request otherwise
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HEP2_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -115,7 +115,8 @@ def train_cells(
 def evaluate_cells_cmd(
     data: Annotated[Path, typer.Option(help="Folder with labels.csv (I3A layout) or a manifest CSV.")],
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the metrics JSON.")],
-    model: Annotated[Path | None, typer.Option(help="safetensors file; default: the bundled one.")] = None,
+    model: Annotated[list[Path] | None, typer.Option(help="safetensors file (repeat: averaging "
+                                                         "ensemble); default: the bundled one.")] = None,
     tta: Annotated[int | None, typer.Option(help="1 or 8; default: the model card's.")] = None,
     batch_size: int = 256,
     device: str = "auto",

@@ -9,12 +9,11 @@ from typing import Any
 from hep2.storage import ObjectStorage
 from training.card import hardware
 from training.datasets import load_manifest
-from training.ensemble import predict_proba
 from training.inference import CellClassifier
 from training.metrics import classification_metrics
 
 
-def evaluate_cells(data: str | Path, weights: str | Path | None = None, tta: int | None = None,
+def evaluate_cells(data: str | Path, weights: str | Path | list[Path] | None = None, tta: int | None = None,
                    batch_size: int = 256, device: str = "auto", limit: int | None = None,
                    storage: ObjectStorage | None = None) -> dict[str, Any]:
     """Metrics of ``weights`` (default: the bundled model) on every cell of ``data``.
@@ -29,10 +28,10 @@ def evaluate_cells(data: str | Path, weights: str | Path | None = None, tta: int
     x = table.load(clf.config.img_size, clf.config.use_mask)
     t_pre = time.perf_counter() - t0
     t0 = time.perf_counter()
-    probs = predict_proba(clf.model, x, tta=clf.tta, batch_size=batch_size, device=clf.device)
+    probs = clf.predict_array(x)
     t_model = time.perf_counter() - t0
     result: dict[str, Any] = {
-        "data": str(data), "weights": str(clf.weights), "tta": clf.tta, "n_cells": len(table),
+        "data": str(data), "weights": [str(p) for p in clf.paths], "tta": clf.tta, "n_cells": len(table),
         **classification_metrics(table.labels, probs.argmax(1)),
         "throughput": {"device": str(clf.device), "batch_size": batch_size,
                        "model_cells_per_s": len(table) / max(t_model, 1e-9),

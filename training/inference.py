@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from hep2.vocabulary import CELL_PATTERNS, Pattern
-from training.ensemble import predict_proba, resolve_device
+from training.ensemble import average, predict_proba, resolve_device
 from training.models import load_checkpoint
 from training.transforms import prepare_crop
 
@@ -29,16 +29,27 @@ def model_card(weights: str | Path) -> dict[str, Any]:
 class CellClassifier:
     """Staining-pattern probabilities for cell crops, in :data:`CELL_PATTERNS` order.
 
-    ``tta`` defaults to what the model card says (8 dihedral views for the shipped model).
+    ``weights`` may list several checkpoints with the same input config: their probabilities are averaged
+    (an ensemble). ``tta`` defaults to what the first model card says (8 dihedral views when shipped).
     """
 
-    def __init__(self, weights: str | Path | None = None, device: str | torch.device | None = "auto",
-                 tta: int | None = None, batch_size: int = 256) -> None:
-        self.weights = Path(weights) if weights else DEFAULT_MODEL
-        if not self.weights.is_file():
-            raise FileNotFoundError(f"cell classifier weights not found: {self.weights}")
+    def __init__(self, weights: str | Path | Sequence[str | Path] | None = None,
+                 device: str | torch.device | None = "auto", tta: int | None = None,
+                 batch_size: int = 256) -> None:
+        paths = [DEFAULT_MODEL] if not weights else [weights] if isinstance(weights, str | Path) else weights
+        self.paths = [Path(p) for p in paths]
+        self.weights = self.paths[0]
         self.device = resolve_device(device)
-        self.model, self.config = load_checkpoint(self.weights, self.device)
+        self.models = []
+        for path in self.paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"cell classifier weights not found: {path}")
+            model, config = load_checkpoint(path, self.device)
+            if self.models and config != self.config:
+                raise ValueError(f"{path}: ensemble members need the same input config")
+            self.models.append(model)
+            self.config = config
+        self.model = self.models[0]
         self.card = model_card(self.weights)
         self.tta = tta if tta is not None else int(self.card.get("tta", 1))
         self.batch_size = batch_size
@@ -60,8 +71,12 @@ class CellClassifier:
         """Probabilities ``(N, 6)`` (rows sum to 1) for a list of (image uint8 HxW, mask bool HxW)."""
         if not crops:
             return np.zeros((0, len(CELL_PATTERNS)), np.float32)
-        x = self.preprocess(crops)
-        return predict_proba(self.model, x, tta=self.tta, batch_size=self.batch_size, device=self.device)
+        return self.predict_array(self.preprocess(crops))
+
+    def predict_array(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for already pre-processed crops ``uint8 (N, C, S, S)``."""
+        return average([predict_proba(m, x, tta=self.tta, batch_size=self.batch_size, device=self.device)
+                        for m in self.models])
 
     def predict_patterns(self, crops: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[Pattern]:
         """The most probable pattern of each crop."""

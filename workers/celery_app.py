@@ -11,6 +11,7 @@ from datetime import timedelta
 from functools import cache
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from hep2.settings import Settings, get_settings
@@ -22,6 +23,7 @@ TASK_ROUTES = {
     "hep2.sweep_inbox": {"queue": "cpu"},
     "hep2.requeue_stale": {"queue": "cpu"},
     "hep2.train_model": {"queue": "training"},
+    "hep2.scheduled_retrain": {"queue": "cpu"},
 }
 
 
@@ -52,10 +54,20 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         beat_schedule={
             "sweep-inbox": {"task": "hep2.sweep_inbox", "schedule": settings.sweep_interval_s},
             "requeue-stale": {"task": "hep2.requeue_stale", "schedule": settings.sweep_interval_s},
+            "retrain-scheduled": {"task": "hep2.scheduled_retrain", "schedule": _cron(settings.retrain_cron),
+                                  "args": ["schedule"]},
+            "retrain-new-labels": {"task": "hep2.scheduled_retrain", "schedule": settings.sweep_interval_s,
+                                   "args": ["labels"]},
         },
         timezone="UTC",
     )
     return app
+
+
+def _cron(expression: str) -> crontab:
+    minute, hour, day_of_month, month, day_of_week = expression.split()
+    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
+                   day_of_week=day_of_week)
 
 
 def celery_client(settings: Settings | None = None) -> Celery:

@@ -13,7 +13,7 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
 from db.base import utcnow
-from db.models import SlideStatus
+from db.models import ModelTask, SlideStatus
 from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import ObjectNotFoundError, storage_from_settings
@@ -116,3 +116,31 @@ def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
     return {"slide_id": slide_id, **outcome}
 
 
+
+
+@celery_app.task(name="hep2.train_model", soft_time_limit=get_settings().training_time_limit_s - 60,
+                 time_limit=get_settings().training_time_limit_s)
+def train_model_task(run_id: int) -> dict[str, object]:
+    """Run a queued training run (queue ``training``)."""
+    from training.retrain import run_training
+
+    return run_training(run_id, storage_from_settings())
+
+
+@celery_app.task(name="hep2.scheduled_retrain")
+def scheduled_retrain_task(trigger: str = "schedule", parameters: dict | None = None) -> dict[str, object]:
+    """Beat: start a run on schedule, or when enough new reviewed labels exist (``trigger="labels"``).
+
+    ``parameters`` default to ``HEP2_RETRAIN_PARAMETERS``."""
+    from training.retrain import due_for_retraining, start_training
+
+    settings = get_settings()
+    with session_scope() as session:
+        reason = due_for_retraining(session, trigger, settings.retrain_min_new_labels)
+        if reason is None:
+            return {"started": None}
+        run = start_training(session, ModelTask.CELL_PATTERN, actor="beat",
+                             parameters=parameters or settings.retrain_parameters, trigger=trigger)
+        run_id = run.id
+    train_model_task.delay(run_id)
+    return {"started": run_id, "reason": reason}

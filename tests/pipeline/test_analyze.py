@@ -134,7 +134,7 @@ def test_evaluate_fields_cli_on_a_synthetic_set(tmp_path: Path, tiny_weights: Pa
 
 
 def test_score_counts() -> None:
-    base = {"needs_review": False, "pattern": "homogeneous"}
+    base = {"needs_review": False, "pattern": "homogeneous", "best_known_pattern": "homogeneous"}
     entries = [{**base, "image": "a", "kind": "in_vocab", "expected": "homogeneous", "intensity_class": "positive"},
                {**base, "image": "b", "kind": "in_vocab", "expected": "speckled", "intensity_class": "negative"},
                {**base, "image": "c", "kind": "negative", "expected": "negative", "intensity_class": "negative"},
@@ -145,5 +145,30 @@ def test_score_counts() -> None:
     s = score(entries)
     assert s["errors"] == ["f"]
     assert s["posneg"] == {"n": 5, "accuracy": 0.8, "positives_called_negative": 1, "negatives_called_positive": 0}
-    assert s["in_vocab_pattern"]["accuracy"] == 0.5
+    assert s["in_vocab_pattern"]["accuracy"] == 0.5 and s["in_vocab_pattern"]["best_known_accuracy"] == 0.5
     assert s["out_of_vocab"]["flagged_for_review"] == 0.5 and s["out_of_vocab"]["confident_known_class"] == 1
+
+
+def test_expected_call_maps_codes() -> None:
+    from workers.pipeline.cli import expected_call
+
+    assert expected_call("ZIA", "speckled", 1) == ("in_vocab", "speckled")
+    assert expected_call("ACA", "centromere", 1) == ("in_vocab", "centromere")
+    assert expected_call("NEG", "negative", 0) == ("negative", "negative")
+    assert expected_call("DOT", "nuclear dots", 1) == ("oov", None)
+    assert expected_call("XYZ", "Golgi", 1) == ("in_vocab", "golgi")  # other data sets: by the pattern column
+    assert expected_call("XYZ", "rods and rings", 1) == ("oov", None)
+
+
+def test_model_versions_hash_the_weights(tiny_weights: Path) -> None:
+    import hashlib
+
+    from training.inference import CellClassifier
+
+    single = Models(segmenter=ClassicalSegmenter(), classifier=CellClassifier(tiny_weights, device="cpu"))
+    info = single.versions()
+    assert info["segmenter"] == {"name": "classical"}
+    assert info["classifier"]["sha256"] == hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
+    pair = Models(segmenter=ClassicalSegmenter(),
+                  classifier=CellClassifier([tiny_weights, tiny_weights], device="cpu")).versions()["classifier"]
+    assert len(pair["members"]) == 2 and pair["sha256"] != info["classifier"]["sha256"]

@@ -8,7 +8,7 @@ from hep2.vocabulary import CELL_PATTERNS, Pattern
 from tests.pipeline.helpers_stages import agh_crop, disk_field, one_hot_probs, threshold_labels
 from workers.pipeline.analyze import CONFIG_ENV, load_config
 from workers.pipeline.cells import Cell, background_level, measure_cells
-from workers.pipeline.specimen import SpecimenConfig, aggregate, cytoplasm_ratio
+from workers.pipeline.specimen import SpecimenConfig, aggregate, calibrate_oov, cytoplasm_ratio
 
 
 def _cells(probs: np.ndarray, mitotic: int = 0) -> list[Cell]:
@@ -108,3 +108,14 @@ def test_config_files_and_env(tmp_path, monkeypatch) -> None:
     assert load_config().specimen.oov_cytoplasm_ratio == 0.8
     monkeypatch.delenv(CONFIG_ENV)
     assert load_config().specimen == SpecimenConfig()
+
+
+def test_calibrate_oov_passes_every_reference_specimen() -> None:
+    rng = np.random.default_rng(1)
+    sharp = rng.dirichlet(np.ones(6) * 0.2, size=50)  # confident group
+    vague = rng.dirichlet(np.ones(6) * 1.5, size=50)  # unsure but in-vocabulary group
+    probs, groups = np.vstack([sharp, vague]), np.array(["a"] * 50 + ["b"] * 50)
+    cfg = SpecimenConfig(**calibrate_oov(probs, groups))
+    assert cfg.oov_min_cell_confidence <= vague.max(axis=1).mean() <= sharp.max(axis=1).mean()
+    for members in (sharp, vague):
+        assert not any("vocabulary" in r for r in aggregate(_cells(members), "positive", config=cfg).reasons)

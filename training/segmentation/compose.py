@@ -4,18 +4,24 @@ The I3A Task-1 set (``../shared/data/i3a-task1``) has single cells (54–111 px,
 masks but no whole fields, so fields are composed, at the segmenter's *working resolution*, as follows
 (:func:`compose_field`; every random choice comes from one ``numpy.random.Generator``):
 
-1. **Background**: a level of ``gain × U(0.02, 0.3) + U(0, 0.03)`` (full scale; ``gain`` see 2.), times an *uneven illumination* surface (a smooth
-   random field: Gaussian-blurred noise at sigma = size/3, plus a linear ramp; ±30 %), plus faint diffuse
-   "cytoplasm" texture (blurred noise, up to 40 % of the cell brightness in some fields) that is NOT labelled.
+1. **Background**: a level of ``gain × U(0.02, 0.3) + U(0, 0.03)`` (full scale; ``gain`` see 2.), times an
+   *uneven illumination* surface (a smooth random field: Gaussian-blurred noise at sigma = size/3, plus a
+   linear ramp; ±30 %), plus faint diffuse "cytoplasm" texture (blurred noise, up to 40 % of the cell
+   brightness in some fields) that is NOT labelled.
 2. **Cells**: a field scale ``s`` log-uniform in ``[scale_min, scale_max]`` (default 0.15–0.75: nuclei of
-   ~8–70 px at working resolution, i.e. 16–140 px in a full-resolution field read at scale 0.5), per-cell
-   jitter ×U(0.85, 1.15); each cell is cut out with its mask (the crop's own background, its median outside
-   the mask, is subtracted), stretched to its 99th percentile, randomly rotated (any angle) and flipped,
-   and pasted with a gain (field gain log-uniform in [0.1, 0.9], per cell ×U(0.5, 1.5)).
+   ~8–70 px at working resolution; at inference the segmenter rescales each field so that its typical
+   nucleus is ~28 px across, see ``workers.pipeline.segmentation.estimate_scale``), per-cell
+   jitter ×U(0.85, 1.15); each cell is cut out with its mask (the crop's own background, its 10th
+   percentile outside the mask, is subtracted), stretched to its 99th percentile, randomly rotated (any
+   angle) and flipped, and pasted *with its real surroundings* (cytoplasm, bits of neighbours; unlabelled)
+   fading out over a soft margin (exp(-distance / (0.15 × cell size)); 30 % of cells are pasted without
+   them), with a gain (field gain log-uniform in [0.1, 0.9], per cell ×U(0.5, 1.5)).
    Placement allows *touching and overlapping* cells: a new cell may cover at most ``max_overlap`` (25 %)
-   of its area on earlier ones; it is drawn on top (its label wins, brightness is the maximum). Cells may
-   be cut by the field border. Density: 0.2–1.0 of the area the cells would tile.
-3. **Distractors** (not labelled): small bright debris specks (2–4 px).
+   of its area on earlier ones; it is drawn on top (its label wins; the covered cell keeps 30 % of its
+   brightness beneath it). Cells may be cut by the field border. Density: 0.2–1.0 of the area the cells
+   would tile.
+3. **Distractors** (not labelled): a diffuse cytoplasm body around 60 % of the nuclei (the blurred,
+   widened nucleus mask at 5–35 % of the field gain), small bright debris specks (2–4 px).
 4. **Optics and sensor**: Gaussian blur sigma ``U(0, 1.5)``, signal-dependent (shot) noise plus read noise,
    and 8-bit quantisation in half the fields.
 5. **Dim fields**: 12 % of fields have a field gain of 0.01–0.04 (weak, "negative-ish" wells; cells still
@@ -41,7 +47,7 @@ from training.datasets import CellTable
 
 @dataclass(frozen=True)
 class CellBank:
-    """Cut-out cells: float32 images (background-subtracted, ~[0, 1]) and bool masks."""
+    """Cut-out cells: float32 images (background-subtracted, ~[0, 1], with their surroundings) and bool masks."""
 
     images: list[np.ndarray]
     masks: list[np.ndarray]
@@ -61,7 +67,12 @@ def split_groups(groups: Sequence[str], val_fraction: float = 0.2, seed: int = 0
 
 
 def cut_out(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One I3A crop → (float32 cell with its background removed, stretched to ~[0, 1]; bool mask)."""
+    """One I3A crop → (float32 crop minus its background, the cell stretched to ~[0, 1]; bool mask).
+
+    The crop keeps what surrounds the cell (cytoplasm, parts of neighbours): pasted with a soft margin it
+    gives the network real unlabelled context next to labelled nuclei. The background is the crop's 10th
+    percentile outside the mask.
+    """
     img = image.astype(np.float32)
     if img.ndim == 3:
         img = img[..., :3].max(axis=-1)
@@ -70,11 +81,10 @@ def cut_out(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
         m = m[..., 0]
     if not m.any():
         m = np.ones_like(m)
-    bg = float(np.median(img[~m])) if (~m).any() else float(img.min())
+    bg = float(np.percentile(img[~m], 10)) if (~m).any() else float(img.min())
     cell = np.clip(img - bg, 0, None)
     top = float(np.percentile(cell[m], 99)) if m.any() else 1.0
-    cell = np.where(m, cell / max(top, 1.0), 0.0).astype(np.float32)
-    return cell, m
+    return (cell / max(top, 1.0)).astype(np.float32), m
 
 
 def load_bank(table: CellTable, indices: Sequence[int] | None = None) -> CellBank:
@@ -96,8 +106,9 @@ def _smooth_field(shape: tuple[int, int], sigma: float, rng: np.random.Generator
     return f / max(float(np.abs(f).max()), 1e-6)
 
 
-def _transform(cell: np.ndarray, mask: np.ndarray, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Scale, rotate (any angle) and flip one cell and its mask."""
+def _transform(cell: np.ndarray, mask: np.ndarray, scale: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Scale, rotate (any angle) and flip one cell and its mask; the surroundings fade out (soft margin)."""
     if rng.random() < 0.5:
         cell, mask = cell[:, ::-1], mask[:, ::-1]
     cell = ndimage.zoom(cell, scale, order=1)
@@ -105,7 +116,10 @@ def _transform(cell: np.ndarray, mask: np.ndarray, scale: float, rng: np.random.
     angle = float(rng.uniform(0, 360))
     cell = ndimage.rotate(cell, angle, order=1, reshape=True)
     m = ndimage.rotate(m, angle, order=1, reshape=True) > 0.5
-    return np.where(m, np.clip(cell, 0, None), 0.0).astype(np.float32), m
+    margin = ndimage.distance_transform_edt(~m)
+    alpha = np.exp(-margin / max(3.0, 0.15 * np.sqrt(m.sum()))) * float(rng.uniform(0.0, 1.0) < 0.7)
+    alpha = np.where(m, 1.0, alpha)
+    return (np.clip(cell, 0, None) * alpha).astype(np.float32), m
 
 
 def compose_field(bank: CellBank, size: tuple[int, int] = (192, 192), rng: np.random.Generator | None = None,
@@ -125,6 +139,7 @@ def compose_field(bank: CellBank, size: tuple[int, int] = (192, 192), rng: np.ra
         mean_area = float(np.mean([m.sum() for m in bank.masks[:200]])) * scale**2
         n_cells = int(rng.uniform(0.2, 1.0) * h * w / max(mean_area, 1.0))
     attempts = 0
+    halos: list[tuple[slice, slice, np.ndarray, float]] = []
     while n_cells > 0 and attempts < 4 * n_cells + 10:
         attempts += 1
         k = int(rng.integers(len(bank)))
@@ -137,7 +152,10 @@ def compose_field(bank: CellBank, size: tuple[int, int] = (192, 192), rng: np.ra
             continue
         sub_c = cell[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] * gain * rng.uniform(0.5, 1.5)
         labels[ys, xs][sub_m] = int(labels.max()) + 1
-        cells[ys, xs] = np.where(sub_m, np.maximum(sub_c, cells[ys, xs] * 0.3), cells[ys, xs])
+        covered = np.maximum(sub_c, cells[ys, xs] * 0.3)
+        cells[ys, xs] = np.where(sub_m, covered, np.maximum(cells[ys, xs], sub_c))  # context: unlabelled
+        if rng.random() < 0.6:  # a cytoplasm body around the nucleus, unlabelled
+            halos.append((ys, xs, sub_m, float(gain * rng.uniform(0.05, 0.35))))
         n_cells -= 1
     labels = _drop_slivers(labels)
     background = gain * rng.uniform(0.02, 0.3) + rng.uniform(0.0, 0.03)
@@ -145,6 +163,11 @@ def compose_field(bank: CellBank, size: tuple[int, int] = (192, 192), rng: np.ra
     illum = 1.0 + 0.2 * _smooth_field(size, max(h, w) / 3, rng) + rng.uniform(-0.1, 0.1) * (yy + xx - 1)
     cyto = ndimage.gaussian_filter(rng.random(size).astype(np.float32), rng.uniform(2, 6))
     cyto = (cyto - cyto.min()) / max(float(np.ptp(cyto)), 1e-6) * gain * rng.uniform(0, 0.4)
+    body = np.zeros(size, np.float32)
+    for ys, xs, sub_m, level in halos:
+        grown = ndimage.gaussian_filter(sub_m.astype(np.float32), max(1.0, 0.25 * np.sqrt(sub_m.sum())))
+        body[ys, xs] = np.maximum(body[ys, xs], np.clip(grown * 3, 0, 1) * level)
+    cells = np.where(labels > 0, cells, np.maximum(cells, body))
     signal = (background + cyto + cells) * illum
     for _ in range(int(rng.integers(0, 6))):  # debris specks, unlabelled
         cy, cx, r = int(rng.integers(h)), int(rng.integers(w)), int(rng.integers(1, 3))

@@ -80,7 +80,8 @@ def evaluate(data: str | Path, segmenters: dict[str, Segmenter]) -> dict[str, An
             labels = segmenter.segment(field)
             s = score(truths[name], labels)
             scores.append(s)
-            per_image[name] = {**s.summary(), "pred_objects": int(labels.max()), "seconds": round(time.time() - start, 2)}
+            per_image[name] = {**s.summary(), "pred_objects": int(labels.max()),
+                               "seconds": round(time.time() - start, 2)}
         result["segmenters"][seg_name] = {"per_image": per_image, "overall": total(scores).summary()}
     return result
 

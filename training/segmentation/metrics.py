@@ -64,6 +64,7 @@ def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 def score(true: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) -> SegScores:
     """Pixel overlap of the foregrounds and one-to-one instance matches (IoU ≥ threshold) of one image."""
+    true, pred = _consecutive(true), _consecutive(pred)
     t, p = true > 0, pred > 0
     ious = iou_matrix(true, pred)
     tp = 0
@@ -71,6 +72,12 @@ def score(true: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) -> Seg
         rows, cols = linear_sum_assignment(-ious)
         tp = int((ious[rows, cols] >= iou_threshold).sum())
     return SegScores(int((t & p).sum()), int(p.sum()), int(t.sum()), tp, int(pred.max()) - tp, int(true.max()) - tp)
+
+
+def _consecutive(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 1..N (a crop of a labelled image keeps only some ids)."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    return (inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)).astype(np.int64)
 
 
 def total(scores: Iterable[SegScores]) -> SegScores:

@@ -23,7 +23,14 @@ from training.datasets import i3a_root, load_manifest
 from training.ensemble import resolve_device
 from training.segmentation.compose import CellBank, compose_batch, load_bank, split_groups
 from training.segmentation.metrics import score, total
-from workers.pipeline.segmentation import DEFAULT_CONFIG, build_model, labels_from_maps, normalize, save_weights
+from workers.pipeline.segmentation import (
+    DEFAULT_CONFIG,
+    build_model,
+    labels_from_maps,
+    load_model,
+    normalize,
+    save_weights,
+)
 
 
 @dataclass
@@ -43,6 +50,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     time_budget_min: float = 0.0  # stop after this many minutes (0: no limit)
     max_cells: int = 0  # use at most this many training cells (0: all; small for tests)
+    init: str = ""  # start from these weights (fine-tuning) instead of a random init
     model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_CONFIG))
 
 
@@ -90,7 +98,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         val_idx = val_idx[:: max(1, len(val_idx) // cfg.max_cells)]
     bank: CellBank = load_bank(table, train_idx)
     val = compose_batch(load_bank(table, val_idx), cfg.val_fields, cfg.val_patch, np.random.default_rng(10_000))
-    model = build_model(cfg.model).to(device)
+    if cfg.init:
+        model, cfg.model = load_model(cfg.init, device)
+        model.train()
+    else:
+        model = build_model(cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * cfg.steps_per_epoch)
     out = Path(cfg.out)
@@ -108,7 +120,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         metrics = validate(model, val, cfg.model, device)
         row = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "val": metrics,
                "elapsed_s": round(time.time() - start, 1)}

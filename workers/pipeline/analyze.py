@@ -82,20 +82,42 @@ class Models:
         return self._classifier
 
     def versions(self) -> dict[str, Any]:
-        """What produced a result: segmenter name/weights and classifier weights file, sha256 and card."""
-        out: dict[str, Any] = {"segmenter": {"name": getattr(self._segmenter, "name", None)}}
-        weights = getattr(self._segmenter, "weights", None)
-        if weights and Path(weights).is_file():
-            out["segmenter"].update(weights=Path(weights).name, sha256=_sha256(Path(weights)))
+        """What produced a result: per model its name, weights file(s), sha256 and model-card fields.
+
+        An ensemble classifier's ``sha256`` is the sha256 of its members' hashes (one line each), so the
+        combination has one identity; ``members`` lists the files.
+        """
+        seg = self._segmenter
+        seg_info: dict[str, Any] = {"name": getattr(seg, "name", None)}
+        seg_weights = getattr(seg, "weights", None)
+        if seg_weights is None and seg_info["name"] == "unet":
+            from workers.pipeline.segmentation import DEFAULT_WEIGHTS
+
+            seg_weights = DEFAULT_WEIGHTS
+        seg_info.update(_files_info([seg_weights] if seg_weights else []))
         clf = self._classifier
-        info: dict[str, Any] = {"name": type(clf).__name__ if clf is not None else None}
-        weights = getattr(clf, "weights", None)
-        if weights and Path(weights).is_file():
-            info.update(weights=Path(weights).name, sha256=_sha256(Path(weights)))
+        clf_info: dict[str, Any] = {"name": type(clf).__name__ if clf is not None else None}
+        paths = getattr(clf, "paths", None) or ([clf.weights] if getattr(clf, "weights", None) else [])
+        clf_info.update(_files_info(paths))
         card = getattr(clf, "card", None) or {}
-        info.update({k: card[k] for k in ("name", "version", "date", "arch", "tta") if k in card})
-        out["classifier"] = info
-        return out
+        clf_info.update({k: card[k] for k in ("name", "version", "date", "arch", "tta") if k in card})
+        if clf is not None and hasattr(clf, "tta"):
+            clf_info["tta"] = clf.tta
+        return {"segmenter": seg_info, "classifier": clf_info}
+
+
+def _files_info(paths: list[Any]) -> dict[str, Any]:
+    files = [Path(p) for p in paths if p and Path(p).is_file()]
+    if not files:
+        return {}
+    hashes = [_sha256(f) for f in files]
+    if len(files) == 1:
+        card = Path(files[0]).with_suffix(".json")
+        extra = {"card": card.name} if card.is_file() else {}
+        return {"weights": files[0].name, "sha256": hashes[0], **extra}
+    combined = hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+    return {"weights": "+".join(f.name for f in files), "sha256": combined,
+            "members": [{"weights": f.name, "sha256": h} for f, h in zip(files, hashes, strict=True)]}
 
 
 @dataclass

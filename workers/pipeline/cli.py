@@ -96,7 +96,9 @@ def score(per_image: list[dict[str, Any]]) -> dict[str, Any]:
                    "negatives_called_positive": sum(e in called_pos for e in ok if e["kind"] == "negative")},
         "in_vocab_pattern": {"n": len(inv), "accuracy": _share(sum(e["pattern"] == e["expected"] for e in inv),
                                                               len(inv)),
-                             "sent_to_review": sum(bool(e["needs_review"]) for e in inv)},
+                             "sent_to_review": sum(bool(e["needs_review"]) for e in inv),
+                             "best_known_accuracy": _share(sum(e["best_known_pattern"] == e["expected"]
+                                                               for e in inv), len(inv))},
         "out_of_vocab": {"n": len(oov), "flagged_for_review": _share(sum(bool(e["needs_review"]) for e in oov),
                                                                      len(oov)),
                          "called_other": _share(sum(e["pattern"] == "other" for e in oov), len(oov)),
@@ -178,10 +180,11 @@ def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         typer.echo(f"images {result['n_images']} (errors {len(result['errors'])}), {result['seconds']} s")
         typer.echo(f"  pos/neg accuracy {pn['accuracy']}  positives called negative {pn['positives_called_negative']}"
                    f"  negatives called positive {pn['negatives_called_positive']}")
-        typer.echo(f"  in-vocabulary pattern accuracy {iv['accuracy']} (n={iv['n']}, to review {iv['sent_to_review']})")
+        typer.echo(f"  in-vocabulary pattern accuracy {iv['accuracy']} (n={iv['n']}, to review {iv['sent_to_review']}, "
+                   f"classifier's top known pattern right {iv['best_known_accuracy']})")
         typer.echo(f"  out-of-vocabulary flagged {ov['flagged_for_review']} (n={ov['n']}, called other "
                    f"{ov['called_other']}, confident known class {ov['confident_known_class']})")
         for e in result["images"]:
             typer.echo(f"  {e['image']:<12} " + (f"ERROR {e['error']}" if "error" in e else
-                       f"{e['intensity_class']:<12} {e['pattern']:<16} conf {e['confidence']:.2f} "
-                       f"review {e['needs_review']}"))
+                       f"{e['intensity_class']:<12} {e['pattern']:<16} top {e['best_known_pattern'] or '-':<16} "
+                       f"conf {e['confidence']:.2f} review {e['needs_review']}"))

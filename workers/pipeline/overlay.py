@@ -75,7 +75,7 @@ def render_overlay(field: FieldImage, labels: np.ndarray, cells: list[Cell], tit
     font = ImageFont.load_default()
     for c in cells:
         if c.mitotic:
-            draw.text((c.centroid[1] * scale + 6, c.centroid[0] * scale - 6), "M", fill=MITOTIC, font=font)
+            draw.text((c.bbox[3] * scale + 2, c.bbox[0] * scale - 4), "M", fill=MITOTIC, font=font)
     _legend(draw, image.size, counts, mitotic, title, font)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)

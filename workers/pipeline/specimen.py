@@ -35,8 +35,8 @@ class SpecimenConfig(BaseModel):
     min_cells: int = Field(10, ge=1, description="Fewer interphase cells: needs review.")
     min_confidence: float = Field(0.5, description="Top pattern's mean probability below this: weak, review.")
     min_agreement: float = Field(0.5, description="Share of cells voting for the top pattern below this: review.")
-    oov_max_entropy: float = Field(0.5, description="Mean normalised cell entropy above this: out of vocabulary.")
-    oov_min_cell_confidence: float = Field(0.6, description="Mean cell max-probability below this: OOV.")
+    oov_max_entropy: float = Field(0.65, description="Mean normalised cell entropy above this: out of vocabulary.")
+    oov_min_cell_confidence: float = Field(0.55, description="Mean cell max-probability below this: OOV.")
     oov_cytoplasm_ratio: float = Field(0.5, description="Cytoplasm/nucleus signal ratio above this: cytoplasmic.")
     mixed_min_probability: float = Field(0.25, description="Second pattern's mean probability for 'mixed'.")
     mixed_min_votes: float = Field(0.2, description="Second pattern's share of cell votes for 'mixed'.")
@@ -84,6 +84,21 @@ def cytoplasm_ratio(field_image: FieldImage, labels: np.ndarray, cells: list[Cel
             continue
         ratios.append((float(np.median(sig[sl][ring])) - background) / inside)
     return float(np.median(ratios)) if ratios else None
+
+
+def calibrate_oov(probs: np.ndarray, groups: np.ndarray, step: float = 0.05) -> dict[str, float]:
+    """OOV thresholds from a classifier's predictions on held-out *in-vocabulary* specimens (e.g. I3A groups).
+
+    Per specimen group: mean cell max-probability and mean normalised entropy. The thresholds are the most
+    extreme group values, rounded outward to ``step``, so that no held-out in-vocabulary specimen would be
+    called out of vocabulary by these two rules.
+    """
+    probs, groups = np.asarray(probs, np.float64), np.asarray(groups)
+    ent = _entropy(probs)
+    conf = [probs[groups == g].max(axis=1).mean() for g in np.unique(groups)]
+    unsure = [ent[groups == g].mean() for g in np.unique(groups)]
+    return {"oov_min_cell_confidence": round(float(np.floor(min(conf) / step) * step), 4),
+            "oov_max_entropy": round(float(np.ceil(max(unsure) / step) * step), 4)}
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:

@@ -1,0 +1,190 @@
+"""Specimens (filters, keyset pagination, detail, cells), review semantics, presigned URLs, metrics, errors."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+from api.app import create_app
+from db.models import Cell, Review, SlideStatus, SpecimenResult
+from db.session import session_scope
+from hep2.settings import get_settings
+from hep2.storage import storage_from_settings
+from tests.api.conftest import Seeded, auth, seed_specimen
+
+pytestmark = pytest.mark.integration
+
+
+def pages(client: TestClient, key: str, **params: object) -> list[list[dict]]:
+    out, cursor = [], None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        body = client.get("/v1/specimens", params=query, headers=auth(key)).json()
+        out.append(body["items"])
+        cursor = body["next_cursor"]
+        if not cursor:
+            return out
+
+
+def test_filters_and_cursor_pagination(client: TestClient, keys: dict[str, str]) -> None:
+    patient = f"P-{secrets.token_hex(3)}"
+    seeded = [seed_specimen(pattern=p, intensity=i, needs_review=n, patient=patient, received_days_ago=d)
+              for p, i, n, d in [("speckled", "positive", False, 0), ("homogeneous", "positive", True, 1),
+                                 ("centromere", "intermediate", False, 2), ("speckled", "negative", True, 3),
+                                 ("negative", "negative", False, 4), ("golgi", "positive", False, 5),
+                                 ("speckled", "positive", False, 6)]]
+    viewer = keys["viewer"]
+    got = pages(client, viewer, patient=patient, limit=3)
+    assert [len(p) for p in got] == [3, 3, 1]
+    ids = [s["id"] for p in got for s in p]
+    # needs review (unreviewed) first, then newest first; no duplicates across pages
+    assert ids == [seeded[i].slide_id for i in (1, 3, 0, 2, 4, 5, 6)]
+
+    def ids_for(**params: object) -> set[int]:
+        return {s["id"] for p in pages(client, viewer, patient=patient, **params) for s in p}
+
+    assert ids_for(pattern="speckled") == {seeded[i].slide_id for i in (0, 3, 6)}
+    assert ids_for(pattern=["golgi", "centromere"]) == {seeded[i].slide_id for i in (2, 5)}
+    assert ids_for(intensity="negative") == {seeded[i].slide_id for i in (3, 4)}
+    assert ids_for(needs_review="true") == {seeded[i].slide_id for i in (1, 3)}
+    assert ids_for(status="needs_review") == {seeded[i].slide_id for i in (1, 3)}
+    items = pages(client, viewer, patient=patient)[0]
+    middle = items[3]["received_at"]
+    assert ids_for(received_to=middle) == {seeded[i].slide_id for i in (3, 4, 5, 6)}
+    assert ids_for(received_from=middle) == {seeded[i].slide_id for i in (0, 1, 2)}
+    assert pages(client, viewer, patient="nobody-else") == [[]]
+    # a review moves the item out of the needs-review head and changes what the pattern filter sees
+    client.post(f"/v1/specimens/{seeded[1].slide_id}/review", json={"action": "correct", "pattern": "speckled"},
+                headers=auth(keys["reviewer"]))
+    assert ids_for(pattern="speckled") == {seeded[i].slide_id for i in (0, 1, 3, 6)}
+    assert [s["id"] for s in pages(client, viewer, patient=patient)[0]][:2] == [seeded[3].slide_id,
+                                                                               seeded[0].slide_id]
+    for bad in ({"cursor": "!!"}, {"limit": 0}, {"pattern": "bogus"}, {"patient": "has space"}):
+        response = client.get("/v1/specimens", params=bad, headers=auth(viewer))
+        assert response.status_code in (400, 422) and "Traceback" not in response.text
+
+
+def test_detail_cells_and_overview(client: TestClient, keys: dict[str, str], specimen: Seeded) -> None:
+    detail = client.get(f"/v1/specimens/{specimen.slide_id}", headers=auth(keys["viewer"])).json()
+    assert detail["result"]["intensity_index"] == 3.2 and detail["result"]["second_pattern"] == "homogeneous"
+    assert detail["model_versions"][0]["version"] == "test-v1"
+    assert detail["attempts"][0]["stage_timings_ms"]["segment"] == 340.0
+    cells = client.get(f"/v1/specimens/{specimen.slide_id}/cells", headers=auth(keys["viewer"])).json()
+    assert len(cells) == 5 and set(cells[0]["probabilities"]) >= {"speckled", "golgi"}
+    assert {"bbox_x", "bbox_y", "bbox_w", "bbox_h"} <= set(cells[0])
+    overview = client.get("/v1/specimens/overview", headers=auth(keys["viewer"])).json()
+    assert overview["total"] >= 1 and overview["per_day"] and overview["per_pattern"]
+    assert client.get("/v1/specimens/2147483647", headers=auth(keys["viewer"])).status_code == 404
+
+
+def test_review_never_overwrites_the_model(client: TestClient, keys: dict[str, str]) -> None:
+    seeded = seed_specimen(pattern="speckled", intensity="positive", needs_review=True)
+    reviewer = auth(keys["reviewer"])
+    url = f"/v1/specimens/{seeded.slide_id}/review"
+    body = client.post(url, json={"action": "correct", "pattern": "nucleolar", "comment": "clear nucleoli"},
+                       headers=reviewer).json()
+    assert body["final"] == {"pattern": "nucleolar", "intensity": "positive"}
+    assert body["result"]["pattern"] == "speckled"  # the model's own output is still there
+    body = client.post(url, json={"action": "correct", "intensity": "intermediate"}, headers=reviewer).json()
+    assert body["final"] == {"pattern": "nucleolar", "intensity": "intermediate"}  # latest review per field wins
+    body = client.post(url, json={"action": "confirm"}, headers=reviewer).json()
+    assert body["final"] == {"pattern": "nucleolar", "intensity": "intermediate"}
+    assert client.post(url, json={"action": "correct"}, headers=reviewer).status_code == 422
+    assert client.post(url, json={"action": "correct", "pattern": "plaid"}, headers=reviewer).status_code == 422
+    cell_id = seeded.cell_ids[0]
+    assert client.post(f"/v1/cells/{cell_id}/review", json={"pattern": "golgi"},
+                       headers=reviewer).json()["final_pattern"] == "golgi"
+    with session_scope() as session:
+        result = session.get(SpecimenResult, seeded.result_id)
+        assert (result.pattern, result.intensity_class) == ("speckled", "positive")
+        assert session.get(Cell, cell_id).predicted_pattern != "golgi"
+        reviews = session.scalars(select(Review).where((Review.specimen_result_id == seeded.result_id)
+                                                       | (Review.cell_id == cell_id)).order_by(Review.id)).all()
+        assert [(r.field, r.old_value, r.new_value) for r in reviews] == [
+            ("pattern", "speckled", "nucleolar"), ("intensity", "positive", "intermediate"),
+            ("pattern", "nucleolar", "nucleolar"), ("intensity", "intermediate", "intermediate"),
+            ("cell_pattern", reviews[-1].old_value, "golgi")]
+        assert all(r.reviewer == "test-reviewer" and r.created_at for r in reviews)
+    cells = client.get(f"/v1/specimens/{seeded.slide_id}/cells", headers=auth(keys["viewer"])).json()
+    assert next(c for c in cells if c["id"] == cell_id)["reviewed"] is True
+    history = client.get(f"/v1/specimens/{seeded.slide_id}/reviews", headers=auth(keys["viewer"])).json()
+    assert len(history) == 5
+
+
+def test_rerun_refuses_rejected_input(client: TestClient, keys: dict[str, str], sent: list) -> None:
+    seeded = seed_specimen(status=SlideStatus.REJECTED, with_result=False)
+    response = client.post(f"/v1/jobs/{seeded.slide_id}/rerun", headers=auth(keys["ops"]))
+    assert response.status_code == 409 and sent == []
+    jobs = client.get("/v1/jobs", headers=auth(keys["viewer"])).json()
+    assert seeded.slide_id in {j["slide_id"] for j in jobs}
+    assert set(client.get("/v1/queues", headers=auth(keys["viewer"])).json()) == {"gpu", "cpu", "training"}
+
+
+def test_presigned_overlay_url_over_s3(client: TestClient, keys: dict[str, str], specimen: Seeded) -> None:
+    detail = client.get(f"/v1/specimens/{specimen.slide_id}", headers=auth(keys["viewer"])).json()
+    assert "Expires=" in detail["overlay_url"] or "X-Amz-Expires" in detail["overlay_url"]
+    response = httpx.get(detail["overlay_url"])
+    assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
+
+
+def test_presigned_url_in_embedded_mode(api_env: dict[str, str], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEP2_STORAGE_BACKEND", "local")
+    monkeypatch.setenv("HEP2_STORAGE_ROOT", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        storage = storage_from_settings()
+        storage.put("overlays/x/attempt 1.png", b"\x89PNG local")
+        url = storage.presigned_url("overlays/x/attempt 1.png", 60)
+        local = TestClient(create_app(), raise_server_exceptions=False)
+        response = local.get(url)
+        assert response.status_code == 200 and response.content == b"\x89PNG local"
+        assert response.headers["content-type"] == "image/png"
+        assert local.get(url.replace("signature=", "signature=0")).status_code in (403, 422)
+        tampered = url[:-1] + ("0" if url[-1] != "0" else "1")
+        assert local.get(tampered).status_code == 403
+        expired = storage.presigned_url("overlays/x/attempt 1.png", -5)
+        assert local.get(expired).status_code == 403
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+def test_metrics_format(client: TestClient, specimen: Seeded) -> None:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert families["hep2_slides"].type == "gauge"
+    statuses = {s.labels["status"]: s.value for s in families["hep2_slides"].samples}
+    assert set(statuses) == {s.value for s in SlideStatus} and statuses["needs_review"] >= 1
+    latency = families["hep2_stage_latency_seconds"]
+    assert latency.type == "histogram"
+    counts = {s.labels["stage"]: s.value for s in latency.samples if s.name.endswith("_count")}
+    assert counts["segment"] >= 1
+    assert {s.labels["queue"] for s in families["hep2_queue_depth"].samples} == {"gpu", "cpu", "training"}
+
+
+def test_errors_are_generic(api_env: dict[str, str], keys: dict[str, str]) -> None:
+    app = create_app()
+
+    @app.get("/v1/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    response = TestClient(app, raise_server_exceptions=False).get("/v1/boom")
+    assert response.status_code == 500
+    assert response.json()["detail"] == "internal server error" and len(response.json()["error_id"]) == 12
+    assert "secret" not in response.text and "Traceback" not in response.text
+
+
+def test_dashboard_is_served(client: TestClient) -> None:
+    assert client.get("/", follow_redirects=False).headers["location"] == "/dashboard/"
+    page = client.get("/dashboard/")
+    assert page.status_code == 200 and "app.js" in page.text
+    assert client.get("/openapi.json").json()["components"]["securitySchemes"]

@@ -1,0 +1,249 @@
+"""A training run of the service: snapshot -> grouped K-fold CV -> final fit -> candidate -> policy.
+
+The challenger (this run's parameters) and the champion (the production version's parameters) are
+trained and tested on the same grouped folds, so the promotion policy compares like with like. Per-fold
+metrics are stored as each fold finishes; progress (fold, epoch, percent) is updated every epoch; a
+cancellation request is honoured at the next epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from db import audit
+from db.base import utcnow
+from db.models import FoldMetrics, ModelTask, ModelVersion, RunStatus, TrainingRun
+from db.session import session_scope
+from hep2 import __version__
+from hep2.storage import ObjectStorage
+from training import registry
+from training.card import git_commit
+from training.cv import assert_no_group_leakage, grouped_kfold, inner_validation_split
+from training.ensemble import predict_proba
+from training.metrics import CLASS_NAMES, classification_metrics, summarize_folds
+from training.models import ModelConfig, save_checkpoint
+from training.snapshot import build_snapshot
+from training.trainer import JsonlLogger, TrainConfig, fit
+
+
+class RunCancelled(Exception):
+    """Ops asked to cancel the run."""
+
+
+@dataclass
+class RunParameters:
+    """What a run trains; stored on the run (and on the model version it produces)."""
+
+    arch: str = "resnet18_w32"
+    img_size: int = 64
+    use_mask: bool = True
+    epochs: int = 20
+    batch_size: int = 128
+    max_steps: int | None = None
+    folds: int = 5
+    seed: int = 0
+    tta: int = 8
+    datasets: list[str] | None = None
+    include_reviews: bool = True
+    compare_with_production: bool = True
+    auto_promote: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunParameters:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training parameter(s): {sorted(unknown)}")
+        return cls(**data)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(arch=self.arch, img_size=self.img_size, use_mask=self.use_mask)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, max_steps=self.max_steps,
+                           seed=self.seed, progress=False, patience=max(3, self.epochs // 3))
+
+
+def start_training(session: Session, task: ModelTask | str, actor: str, parameters: dict[str, Any] | None = None,
+                   trigger: str = "api") -> TrainingRun:
+    """Create a queued run (the caller sends ``hep2.train_model`` after commit)."""
+    task = ModelTask(task)
+    if task is not ModelTask.CELL_PATTERN:
+        raise ValueError(f"training {task.value} through the service is not supported yet")
+    params = RunParameters.from_dict(parameters or {})
+    run = TrainingRun(task=task, trigger=trigger, requested_by=actor, parameters=params.__dict__,
+                      status=RunStatus.QUEUED, folds=params.folds)
+    session.add(run)
+    session.flush()
+    audit.record(session, actor, "training.start", "training_run", run.id, trigger=trigger)
+    return run
+
+
+def due_for_retraining(session: Session, trigger: str, min_new_labels: int) -> str | None:
+    """Why a scheduled run should start now, or None. Never while another run is queued or running;
+    ``labels``: only once ``min_new_labels`` reviews exist that no earlier run's snapshot contained."""
+    from sqlalchemy import func, select
+
+    from db.models import Dataset, Review
+
+    busy = session.scalar(select(func.count()).select_from(TrainingRun)
+                          .where(TrainingRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])))
+    if busy:
+        return None
+    if trigger == "schedule":
+        has_data = session.scalar(select(func.count()).select_from(Dataset)) or session.scalar(
+            select(func.count()).select_from(Review).where(Review.cell_id.is_not(None)))
+        return "scheduled retraining" if has_data else None
+    last = session.scalar(select(func.max(TrainingRun.started_at)))
+    new = session.scalar(select(func.count()).select_from(Review).where(
+        Review.cell_id.is_not(None), Review.created_at > last if last else True))
+    return f"{new} new reviewed cell labels" if new >= min_new_labels else None
+
+
+class ProgressLog(JsonlLogger):
+    """Writes epoch progress to the run row and raises :class:`RunCancelled` when asked to stop."""
+
+    def __init__(self, run_id: int, fit_index: int, total_fits: int, epochs: int, fold: int | str) -> None:
+        super().__init__(None, fold=fold)
+        self.run_id, self.fit_index, self.total_fits, self.epochs, self.fold = (
+            run_id, fit_index, total_fits, epochs, fold)
+
+    def log(self, event: str, **fields: Any) -> None:
+        super().log(event, **fields)
+        if event != "epoch":
+            return
+        done = self.fit_index + (fields.get("epoch", 0) + 1) / self.epochs
+        with session_scope() as session:
+            run = session.get(TrainingRun, self.run_id)
+            assert run is not None
+            run.current_fold = self.fold if isinstance(self.fold, int) else None
+            run.current_epoch = fields.get("epoch", 0) + 1
+            run.progress_pct = round(min(99.0, 100.0 * done / self.total_fits), 1)
+            if run.cancel_requested:
+                raise RunCancelled(f"run {self.run_id} cancelled at fold {self.fold}, epoch {run.current_epoch}")
+
+
+def _cv_summary(fold_metrics: list[dict[str, Any]], signature: str) -> dict[str, Any]:
+    """Mean MCA and per-class recall over the test folds (what the promotion policy compares)."""
+    mean = summarize_folds(fold_metrics)
+    recall = {name: mean[f"recall_{name}"]["mean"] for name in CLASS_NAMES
+              if mean[f"recall_{name}"]["mean"] is not None}
+    return {"mca": mean["mca"]["mean"], "recall": recall, "folds_signature": signature,
+            "folds": len(fold_metrics), "summary": mean}
+
+
+def run_training(run_id: int, storage: ObjectStorage) -> dict[str, Any]:
+    """Execute a queued run end to end; returns what happened (also stored on the run)."""
+    with session_scope() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+            return {"run_id": run_id, "skipped": f"run is {run.status.value if run else 'missing'}"}
+        params = RunParameters.from_dict(run.parameters)
+        run.status, run.started_at, run.progress_pct, run.error = RunStatus.RUNNING, utcnow(), 0.0, None
+        snapshot_key, table = build_snapshot(session, storage, run_id, params.datasets, params.include_reviews)
+        run.snapshot_uri, run.snapshot_rows, run.snapshot_sha256 = snapshot_key, len(table), table.data_hash()
+        champion = registry.production(session, ModelTask.CELL_PATTERN) if params.compare_with_production else None
+        champion_params = _champion_parameters(champion)
+    try:
+        return _train(run_id, storage, params, table, champion, champion_params)
+    except RunCancelled as exc:
+        _finish(run_id, RunStatus.CANCELLED, str(exc))
+        return {"run_id": run_id, "status": "cancelled"}
+    except Exception as exc:
+        _finish(run_id, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _champion_parameters(champion: ModelVersion | None) -> RunParameters | None:
+    if champion is None:
+        return None
+    known = {k: v for k, v in (champion.parameters or {}).items() if k in RunParameters.__dataclass_fields__}
+    return RunParameters.from_dict(known) if known else None
+
+
+def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: Any, champion: ModelVersion | None,
+           champion_params: RunParameters | None) -> dict[str, Any]:
+    y, groups = table.labels, table.groups
+    folds = grouped_kfold(y, groups, params.folds, params.seed)
+    signature = hashlib.sha256(json.dumps([sorted(set(groups[test].tolist())) for _, test in folds]).encode())
+    contenders = [("challenger", params)] + ([("champion", champion_params)] if champion_params else [])
+    total_fits = len(folds) * len(contenders) + 1
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in contenders}
+    cache: dict[tuple[int, bool], np.ndarray] = {}
+    fit_index = 0
+    for k, (train, test) in enumerate(folds):
+        assert_no_group_leakage(groups, train, test)
+        for name, p in contenders:
+            x = _images(table, p, cache)
+            inner_train, val = inner_validation_split(y[train], groups[train], 0.125, p.seed + k)
+            tr, va = train[inner_train], train[val]
+            assert_no_group_leakage(groups, tr, va)
+            result = fit(x[tr], y[tr], p.model_config(), p.train_config(), x[va], y[va],
+                         ProgressLog(run_id, fit_index, total_fits, p.epochs, k))
+            metrics = classification_metrics(y[test], predict_proba(result.model, x[test], tta=p.tta).argmax(1))
+            results[name].append(metrics)
+            fit_index += 1
+            if name == "challenger":
+                _store_fold(run_id, k, metrics, sorted(set(groups[test].tolist())))
+    cv = _cv_summary(results["challenger"], signature.hexdigest())
+    metrics: dict[str, Any] = {"cv": cv, "per_fold": results["challenger"]}
+    if champion is not None and "champion" in results:
+        metrics["champion_cv"] = {**_cv_summary(results["champion"], signature.hexdigest()),
+                                  "production_version": champion.version}
+
+    x = _images(table, params, cache)
+    inner_train, val = inner_validation_split(y, groups, 0.125, params.seed)
+    final = fit(x[inner_train], y[inner_train], params.model_config(), params.train_config(), x[val], y[val],
+                ProgressLog(run_id, fit_index, total_fits, params.epochs, "final"))
+    return _register(run_id, storage, params, table, final.model, metrics)
+
+
+def _images(table: Any, p: RunParameters, cache: dict[tuple[int, bool], np.ndarray]) -> np.ndarray:
+    key = (p.img_size, p.use_mask)
+    if key not in cache:
+        cache[key] = table.load(p.img_size, p.use_mask)
+    return cache[key]
+
+
+def _store_fold(run_id: int, fold: int, metrics: dict[str, Any], test_groups: list[str]) -> None:
+    with session_scope() as session:
+        session.add(FoldMetrics(run_id=run_id, fold=fold, mean_class_accuracy=metrics["mca"],
+                                accuracy=metrics["accuracy"], metrics=metrics, test_groups=test_groups,
+                                finished_at=utcnow()))
+
+
+def _register(run_id: int, storage: ObjectStorage, params: RunParameters, table: Any, model: Any,
+              metrics: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = save_checkpoint(model, params.model_config(), Path(tmp) / "model.safetensors", half=True,
+                                  extra={"tta": params.tta})
+        card = {"metrics": metrics, "parameters": params.__dict__, "data_hash": table.data_hash(),
+                "code_version": git_commit().get("commit") or __version__, "tta": params.tta,
+                "protocol": "grouped K-fold by specimen_group (patient/specimen)", "training_run": run_id}
+        with session_scope() as session:
+            version = registry.publish(session, storage, ModelTask.CELL_PATTERN, weights, card,
+                                       actor=f"training-run:{run_id}", training_run_id=run_id)
+            decision = (registry.promote(session, version.id, actor=f"training-run:{run_id}")
+                        if params.auto_promote else (False, "auto-promotion disabled for this run"))
+            run = session.get(TrainingRun, run_id)
+            assert run is not None
+            run.mean_metrics = {"cv": metrics["cv"], "champion_cv": metrics.get("champion_cv"),
+                                "model_version": version.version, "promoted": decision[0], "decision": decision[1]}
+            run.status, run.finished_at, run.progress_pct = RunStatus.SUCCEEDED, utcnow(), 100.0
+            return {"run_id": run_id, "status": "succeeded", "model_version": version.version,
+                    "promoted": decision[0], "decision": decision[1]}
+
+
+def _finish(run_id: int, status: RunStatus, error: str) -> None:
+    with session_scope() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is not None:
+            run.status, run.error, run.finished_at = status, error, utcnow()

@@ -1,0 +1,84 @@
+"""``hep2 train segmentation`` and ``hep2 evaluate segmentation`` (mounted by hep2/cli.py via :func:`register`)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
+    """Add the segmentation commands to the ``train`` and ``evaluate`` groups."""
+    train_app.command("segmentation")(train_segmentation)
+    evaluate_app.command("segmentation")(evaluate_segmentation)
+
+
+def train_segmentation(
+    data: Annotated[Path | None, typer.Option(help="I3A folder (labels.csv, images/, masks/); "
+                                                   "default ../shared/data/i3a-task1.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the weights, model card and JSON-lines log.")] = Path(
+        "training/weights"),
+    name: Annotated[str, typer.Option(help="File stem of the weights and card.")] = "segmenter-default",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 50,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    patch: Annotated[int, typer.Option(min=64, help="Composed field side (working resolution), ×32.")] = 160,
+    lr: Annotated[float, typer.Option()] = 3e-3,
+    encoder: Annotated[str, typer.Option(help="smp/timm encoder (tu-<timm name>).")] = "tu-lcnet_075",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: default).")] = 0,
+    time_budget_min: Annotated[float, typer.Option(help="Stop after this many minutes (0: none).")] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    init: Annotated[Path | None, typer.Option(help="Fine-tune from these weights instead of a random init.")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="uobcs-edges folder: scored into the model card "
+                                                        "after training.")] = None,
+) -> None:
+    """Train the U-Net segmenter from scratch on fields composed from I3A cells; write weights + card."""
+    from training.segmentation.train import TrainConfig, train
+    from workers.pipeline.segmentation import DEFAULT_CONFIG
+
+    cfg = TrainConfig(data=str(data or ""), out=str(out), name=name, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                      batch_size=batch_size, patch=patch, lr=lr, device=device, threads=threads,
+                      time_budget_min=time_budget_min, seed=seed, init=str(init or ""),
+                      model={**DEFAULT_CONFIG, "encoder": encoder})
+    card = train(cfg)
+    card_path = out / f"{name}.json"
+    card["command"] = shlex.join(["hep2", "train", "segmentation", *sys.argv[3:]]) if len(sys.argv) > 2 else ""
+    if eval_data:
+        from training.segmentation.evaluate import evaluate
+        from workers.pipeline.segmentation import ClassicalSegmenter, UnetSegmenter
+
+        result = evaluate(eval_data, {"unet": UnetSegmenter(weights=out / f"{name}.safetensors"),
+                                      "classical": ClassicalSegmenter()})
+        card["uobcs_edges"] = {k: v["overall"] for k, v in result["segmenters"].items()}
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    typer.echo(json.dumps(card.get("validation"), indent=2))
+
+
+def evaluate_segmentation(
+    data: Annotated[Path, typer.Option(help="Folder of <name>.png + <name>_edges.png (uobcs-edges layout).")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result as JSON.")] = None,
+    segmenter: Annotated[str, typer.Option(help="unet, classical or both.")] = "both",
+    weights: Annotated[Path | None, typer.Option(help="U-Net weights (default: the bundled ones).")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Pixel Dice / IoU and object F1 (IoU ≥ 0.5) of the segmenters on hand-outlined fields."""
+    from training.segmentation.evaluate import evaluate, format_table
+    from workers.pipeline.segmentation import ClassicalSegmenter, UnetSegmenter
+
+    if segmenter not in ("unet", "classical", "both"):
+        raise typer.BadParameter("--segmenter must be unet, classical or both")
+    chosen = {}
+    if segmenter in ("unet", "both"):
+        chosen["unet"] = UnetSegmenter(weights=weights, device=device)
+    if segmenter in ("classical", "both"):
+        chosen["classical"] = ClassicalSegmenter()
+    result = evaluate(data, chosen)
+    typer.echo(format_table(result))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
