@@ -9,6 +9,7 @@ pages. Reports p50/p95 in milliseconds.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import statistics
@@ -100,14 +101,14 @@ def run(specimens: int, requests: int, json_out: Path) -> dict[str, Any]:
                             headers=headers).json()["next_cursor"]
     report = {
         "what": "GET /v1/specimens (worklist page of 50) through the ASGI stack, in process",
-        "database": get_engine().dialect.name + " " + ".".join(map(str, get_engine().dialect.server_version_info
-                                                                    or ())),
+        "database": _database_version(),
         "specimens": total, "seeded_now": added, "seed_s": round(seed_s, 1),
         "first_page_ms": _timed(client, "/v1/specimens?limit=50", headers, requests),
         "page_21_ms": _timed(client, f"/v1/specimens?limit=50&cursor={cursor}", headers, max(requests // 4, 10)),
         "filtered_pattern_needs_review_ms": _timed(
             client, "/v1/specimens?limit=50&pattern=speckled&needs_review=true", headers, max(requests // 4, 10)),
         "filtered_patient_ms": _timed(client, "/v1/specimens?patient=BENCH-004321", headers, max(requests // 4, 10)),
+        "load_average_1m": round(os.getloadavg()[0], 2), "date": utcnow().date().isoformat(),
         "python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus(),
     }
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,13 @@ def run(specimens: int, requests: int, json_out: Path) -> dict[str, Any]:
     return report
 
 
-def _cpus() -> int | None:
-    import os
+def _database_version() -> str:
+    engine = get_engine()
+    with engine.connect() as connection:
+        info = engine.dialect.server_version_info or ()
+    del connection
+    return f"{engine.dialect.name} {'.'.join(map(str, info))}".strip()
 
+
+def _cpus() -> int | None:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

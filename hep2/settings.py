@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
     inbox_prefix: str = Field("inbox/", description="Key prefix where scanners upload slide images.")
 
+    pipeline_config: Path | None = Field(
+        None, description="JSON/TOML with a lab's pipeline cut-offs (cells, intensity, specimen; docs/pipeline.md).")
     cell_model_path: Path | None = Field(None, description="Pin the cell classifier weights; empty = bundled model.")
     retrain_cron: str = Field("0 3 * * 0", description="Scheduled retraining (cron: minute hour dom month dow).")
     retrain_min_new_labels: int = Field(200, description="Start a run once this many new reviewed cell labels exist.")

@@ -37,7 +37,7 @@ def bench_fields(count: int, size: tuple[int, int], data_dir: Path | None) -> li
 def models_alone(fields: list[tuple[str, bytes]]) -> dict[str, Any]:
     from workers.pipeline.analyze import Models, analyze_field
 
-    models = Models()
+    models = Models(classifier_weights=get_settings().cell_model_path)
     analyze_field(fields[0][1], models)  # warm-up: load the models
     started = time.perf_counter()
     stages: dict[str, float] = {}
@@ -93,6 +93,17 @@ def environment() -> dict[str, Any]:
 
 
 def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Path) -> dict[str, Any]:
+    """Measure both paths on the same fields; in embedded mode the service state goes to ``var/bench``."""
+    if not get_settings().database_url:
+        import shutil
+
+        state = Path("var/bench").resolve()
+        shutil.rmtree(state, ignore_errors=True)
+        os.environ["HEP2_STATE_DIR"] = str(state)
+        get_settings.cache_clear()
+        from db.migrate import upgrade
+
+        upgrade()
     fields = bench_fields(count, size, data_dir)
     report: dict[str, Any] = {"environment": environment(),
                               "inputs": str(data_dir) if data_dir else f"SYNTHETIC fields {size[0]}x{size[1]}"}

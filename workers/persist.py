@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from db.models import AttemptOutcome, Cell, ModelStage, ModelTask, ModelVersion, SlideStatus, SpecimenResult
 from db.session import session_scope
+from hep2.settings import get_settings
 from hep2.storage import ObjectStorage
 from hep2.vocabulary import CELL_PATTERNS
 from workers import jobs
@@ -27,7 +28,7 @@ def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Mode
     download_ms = round((perf_counter() - started) * 1000.0, 1)
     sidecar = dict(claim.sidecar or {})
     try:
-        analysis = analyze_field(data, models, sidecar=sidecar, config=load_config())
+        analysis = analyze_field(data, models, sidecar=sidecar, config=load_config(get_settings().pipeline_config))
     except InvalidImageError as exc:
         with session_scope() as session:
             jobs.finish_attempt(session, claim, AttemptOutcome.REJECTED, SlideStatus.REJECTED, str(exc),
