@@ -16,11 +16,17 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
 
-# Debian's docker-compose validates docker-compose.yml in a test; installed when we are root and it is missing.
+# Debian packages some tests use: docker-compose validates docker-compose.yml, chromium runs the dashboard
+# test. Installed when we are root with apt and they are missing; otherwise those tests skip with a reason.
+DEBIAN_TOOLS := docker-compose chromium
+
 tools:
-	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
-	  || echo "note: docker-compose not installed; the compose validation test will be skipped"; }
+	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: not installed:$$missing; the tests that need them will be skipped"; fi; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/hep2 demo
