@@ -6,7 +6,6 @@ write their own audit rows, imported when used (501 if that part is not installe
 
 from __future__ import annotations
 
-import importlib
 from datetime import datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Any
@@ -206,17 +205,10 @@ def get_model(version_id: DbPath, session: SessionDep, _: Viewer) -> ModelDetail
     return ModelDetail(version=ModelVersionOut.model_validate(version), run=run_detail(session, run) if run else None)
 
 
-def _training(module: str) -> Any:
-    try:
-        return importlib.import_module(f"training.{module}")
-    except ImportError as exc:  # the registry (issue 7) is not installed
-        raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, f"training.{module} is not available") from exc
-
-
 @router.post("/models/{version_id}/promote", response_model=PromotionOut)
 def promote_model(version_id: DbPath, body: PromoteIn, session: SessionDep, who: Ops) -> PromotionOut:
     """Promote a version through the registry's policy (``force`` overrides it); 409 when refused."""
-    registry = _training("registry")
+    from training import registry  # late: it imports torch, which the other endpoints do not need
     if session.get(ModelVersion, version_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"model version {version_id} not found")
     promoted, message = registry.promote(session, version_id, actor=who.actor, force=body.force)
@@ -232,7 +224,7 @@ def promote_model(version_id: DbPath, body: PromoteIn, session: SessionDep, who:
 @router.post("/models/rollback", response_model=ModelVersionOut)
 def rollback_model(body: RollbackIn, session: SessionDep, who: Ops) -> ModelVersion:
     """Put the previous production version of ``task`` back (409 when there is none)."""
-    registry = _training("registry")
+    from training import registry  # late: it imports torch, which the other endpoints do not need
     try:
         version = registry.rollback(session, body.task, actor=who.actor)
     except (LookupError, ValueError) as exc:
@@ -263,9 +255,8 @@ def get_run(run_id: DbPath, session: SessionDep, _: Viewer) -> RunDetail:
 @router.post("/training-runs", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
 def start_run(body: TrainingIn, session: SessionDep, who: Ops) -> TrainingRun:
     """Queue a training run (task ``hep2.train_model`` on the ``training`` queue); 422 for unknown parameters."""
+    from training import retrain
     from workers.celery_app import celery_client
-
-    retrain = _training("retrain")
     try:
         run = retrain.start_training(session, body.task, actor=who.actor, trigger="api",
                                      parameters=dict(body.parameters))

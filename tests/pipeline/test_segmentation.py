@@ -25,6 +25,7 @@ from workers.pipeline.segmentation import (
     default_segmenter,
     labels_from_maps,
     save_weights,
+    unet_promoted,
     watershed_split,
 )
 from workers.pipeline.types import FieldImage
@@ -95,9 +96,19 @@ def test_unet_segmenter_tiles_and_returns_labels(tmp_path) -> None:
     assert labels.dtype == np.int32 and labels.shape == (100, 120)
 
 
+def test_default_segmenter_follows_the_promotion_gate(tmp_path) -> None:
+    expected = UnetSegmenter if unet_promoted() else ClassicalSegmenter
+    assert isinstance(default_segmenter(), expected)
+    weights = tmp_path / "seg.safetensors"
+    assert not unet_promoted(weights)
+    weights.write_bytes(b"x")
+    assert unet_promoted(weights)
+    weights.with_suffix(".json").write_text('{"promoted": false}')
+    assert not unet_promoted(weights)
+
+
 @needs_weights
 def test_bundled_unet_recovers_synthetic_nuclei() -> None:
-    assert isinstance(default_segmenter(), UnetSegmenter)
     field = synthetic(cells=20)
     labels = UnetSegmenter(device="cpu").segment(field)
     assert 12 <= labels.max() <= 26

@@ -31,6 +31,7 @@ def train_segmentation(
     encoder: Annotated[str, typer.Option(help="smp/timm encoder (tu-<timm name>).")] = "tu-lcnet_075",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: default).")] = 0,
+    workers: Annotated[int, typer.Option(help="DataLoader processes composing fields (GPU: ~CPU cores - 2).")] = 0,
     time_budget_min: Annotated[float, typer.Option(help="Stop after this many minutes (0: none).")] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     init: Annotated[Path | None, typer.Option(help="Fine-tune from these weights instead of a random init.")] = None,
@@ -43,7 +44,7 @@ def train_segmentation(
 
     cfg = TrainConfig(data=str(data or ""), out=str(out), name=name, epochs=epochs, steps_per_epoch=steps_per_epoch,
                       batch_size=batch_size, patch=patch, lr=lr, device=device, threads=threads,
-                      time_budget_min=time_budget_min, seed=seed, init=str(init or ""),
+                      time_budget_min=time_budget_min, seed=seed, init=str(init or ""), workers=workers,
                       model={**DEFAULT_CONFIG, "encoder": encoder})
     card = train(cfg)
     card_path = out / f"{name}.json"
@@ -55,6 +56,9 @@ def train_segmentation(
         result = evaluate(eval_data, {"unet": UnetSegmenter(weights=out / f"{name}.safetensors"),
                                       "classical": ClassicalSegmenter()})
         card["uobcs_edges"] = {k: v["overall"] for k, v in result["segmenters"].items()}
+        unet, classical = card["uobcs_edges"]["unet"], card["uobcs_edges"]["classical"]
+        # promotion gate read by default_segmenter(): the U-Net replaces the baseline only if it is not worse
+        card["promoted"] = unet["object_f1"] >= classical["object_f1"] and unet["dice"] >= classical["dice"]
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     typer.echo(json.dumps(card.get("validation"), indent=2))
 

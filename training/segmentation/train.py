@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,22 @@ class TrainConfig:
     time_budget_min: float = 0.0  # stop after this many minutes (0: no limit)
     max_cells: int = 0  # use at most this many training cells (0: all; small for tests)
     init: str = ""  # start from these weights (fine-tuning) instead of a random init
+    workers: int = 0  # DataLoader processes composing fields (0: compose in the training process)
     model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_CONFIG))
+
+
+class ComposedBatches(torch.utils.data.IterableDataset):
+    """An endless stream of composed training batches; each DataLoader worker has its own seed."""
+
+    def __init__(self, bank: CellBank, batch_size: int, patch: int, seed: int) -> None:
+        self.bank, self.batch_size, self.patch, self.seed = bank, batch_size, patch, seed
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            signals, _, dist = compose_batch(self.bank, self.batch_size, self.patch, rng)
+            yield signals, dist
 
 
 def loss_fn(logits: torch.Tensor, fg: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
@@ -88,7 +104,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
     data = Path(cfg.data) if cfg.data else i3a_root()
     table = load_manifest(data / "labels.csv")
@@ -109,13 +124,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / f"{cfg.name}-train.jsonl"
     start, best, history = time.time(), (-1.0, None), []
+    stream = iter(torch.utils.data.DataLoader(ComposedBatches(bank, cfg.batch_size, cfg.patch, cfg.seed),
+                                              batch_size=None, num_workers=cfg.workers,
+                                              persistent_workers=cfg.workers > 0))
     for epoch in range(cfg.epochs):
         losses = []
         for _ in range(cfg.steps_per_epoch):
-            signals, _, dist = compose_batch(bank, cfg.batch_size, cfg.patch, rng)
-            x = to_input(signals, cfg.model).to(device)
-            fg_t = torch.from_numpy((dist > 0).astype(np.float32)).to(device)
-            loss = loss_fn(model(x), fg_t, torch.from_numpy(dist).to(device))
+            signals, dist = next(stream)
+            x = to_input(np.asarray(signals), cfg.model).to(device)
+            dist = torch.as_tensor(dist).to(device)
+            loss = loss_fn(model(x), (dist > 0).float(), dist)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -13,7 +13,8 @@ background level before segmenting, and any instance that touches the (dilated) 
   watershed of the predicted distance from markers where it exceeds ``marker_threshold``. Large images are
   tiled with overlap.
 
-:func:`default_segmenter` returns the U-Net when its bundled weights exist, else the classical one.
+:func:`default_segmenter` returns the U-Net when its bundled weights exist and their model card does not
+mark them ``"promoted": false``, else the classical one.
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ def save_weights(model: Any, path: str | Path, config: dict[str, Any], half: boo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"config": json.dumps({**DEFAULT_CONFIG, **config})})
+    path.chmod(0o644)  # safetensors writes 0600; the file is shipped
     return path
 
 
@@ -344,5 +346,18 @@ def labels_from_maps(prob: np.ndarray, dist: np.ndarray, annotation: np.ndarray 
 
 
 def default_segmenter(device: str = "auto") -> UnetSegmenter | ClassicalSegmenter:
-    """The U-Net with its bundled weights when they exist, else the classical baseline."""
-    return UnetSegmenter(device=device) if DEFAULT_WEIGHTS.exists() else ClassicalSegmenter()
+    """The U-Net when its bundled weights exist and its model card does not say ``"promoted": false``,
+    else the classical baseline (a promotion gate: a U-Net that scores below the baseline is shipped for
+    inspection but not used by default)."""
+    return UnetSegmenter(device=device) if unet_promoted() else ClassicalSegmenter()
+
+
+def unet_promoted(weights: Path = DEFAULT_WEIGHTS) -> bool:
+    """Whether the bundled U-Net is the default: its weights exist and its card does not demote it."""
+    if not weights.exists():
+        return False
+    card = weights.with_suffix(".json")
+    try:
+        return bool(json.loads(card.read_text()).get("promoted", True)) if card.exists() else True
+    except (OSError, ValueError):
+        return True
