@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     pipeline_config: Path | None = Field(
         None, description="JSON/TOML with a lab's pipeline cut-offs (cells, intensity, specimen; docs/pipeline.md).")
+    segmenter: Literal["auto", "unet", "classical"] = Field(
+        "auto", description="Nucleus segmenter when the registry has none: auto = the bundled card's choice.")
     cell_model_path: Path | None = Field(None, description="Pin the cell classifier weights; empty = bundled model.")
     retrain_cron: str = Field("0 3 * * 0", description="Scheduled retraining (cron: minute hour dom month dow).")
     retrain_min_new_labels: int = Field(200, description="Start a run once this many new reviewed cell labels exist.")

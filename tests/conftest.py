@@ -17,6 +17,7 @@ import os
 import secrets
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -52,9 +53,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """An empty, fresh PostgreSQL database for this test session (not migrated)."""
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """Create an empty PostgreSQL database, yield its URL, drop it afterwards."""
     name = f"hep2_test_{os.getpid()}_{secrets.token_hex(3)}"
     try:
         admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5)
@@ -63,8 +64,24 @@ def postgres_url() -> Iterator[str]:
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         params = psycopg.conninfo.conninfo_to_dict(PG_ADMIN_DSN)
-        yield f"postgresql+psycopg://{params['user']}@{params['host']}:{params['port']}/{name}"
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        try:
+            yield f"postgresql+psycopg://{params['user']}@{params['host']}:{params['port']}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session (not migrated)."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (e.g. migrating it up and down)."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,11 @@ def _storage(enabled: bool) -> ObjectStorage | None:
 
 def _command_line(ctx: typer.Context) -> str:
     """The invoked command with every option spelled out (defaults included): reproducible as is."""
-    words = ["hep2", *ctx.command_path.split()[1:]]
+    names, node = [], ctx
+    while node.parent is not None:  # sub-command names up to (not including) the root program
+        names.insert(0, node.info_name or "")
+        node = node.parent
+    words = ["hep2", *names]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
         if value is None or param.hidden or param.name in ("progress",):

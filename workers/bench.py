@@ -35,9 +35,13 @@ def bench_fields(count: int, size: tuple[int, int], data_dir: Path | None) -> li
 
 
 def models_alone(fields: list[tuple[str, bytes]]) -> dict[str, Any]:
-    from workers.pipeline.analyze import Models, analyze_field
+    from db.session import session_scope
+    from hep2.storage import storage_from_settings
+    from workers.model_cache import ModelCache
+    from workers.pipeline.analyze import analyze_field
 
-    models = Models(classifier_weights=get_settings().cell_model_path)
+    with session_scope() as session:  # the models a worker would use now (registry, pins, settings)
+        models = ModelCache().get(session, storage_from_settings(), get_settings())
     analyze_field(fields[0][1], models)  # warm-up: load the models
     started = time.perf_counter()
     stages: dict[str, float] = {}

@@ -41,11 +41,12 @@ class ModelCache:
     def get(self, session: Session, storage: ObjectStorage, settings: Settings) -> Models:
         weights = resolve_weights(session, storage, settings)
         if self._models is None or weights != self._weights:
-            segmenter = None
-            if weights[ModelTask.SEGMENTATION] is not None:
-                from workers.pipeline.segmentation import UnetSegmenter
+            from workers.pipeline.segmentation import UnetSegmenter, default_segmenter
 
+            if weights[ModelTask.SEGMENTATION] is not None:
                 segmenter = UnetSegmenter(weights=weights[ModelTask.SEGMENTATION])
+            else:
+                segmenter = default_segmenter(kind=settings.segmenter)
             self._models = Models(segmenter=segmenter, classifier_weights=weights[ModelTask.CELL_PATTERN])
             self._weights = weights
         return self._models

@@ -106,10 +106,11 @@ def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
     with session_scope() as session:
         claim = jobs.claim(session, slide_id, self.request.id, self.request.hostname or "?",
                            stale_after=timedelta(seconds=settings.task_time_limit_s))
-        models = None if isinstance(claim, str) else _model_cache.get(session, storage, settings)
-    if isinstance(claim, str) or models is None:
+    if isinstance(claim, str):
         log.info("analyze_slide(%s) skipped: %s", slide_id, claim)
         return {"slide_id": slide_id, "skipped": claim}
+    with session_scope() as session:  # after the claim's commit: a model that fails to load fails the attempt
+        models = _model_cache.get(session, storage, settings)
     started = perf_counter()
     outcome = run_claimed_analysis(claim, storage, models)
     log.info("slide %s: %s in %.0f ms", slide_id, outcome, (perf_counter() - started) * 1000)

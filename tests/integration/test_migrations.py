@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, delete, inspect
 from sqlalchemy.exc import IntegrityError
 
 from db import migrate
@@ -14,14 +14,15 @@ from db.models import Base
 pytestmark = pytest.mark.integration
 
 
-def test_upgrade_downgrade_upgrade(postgres_url: str) -> None:
-    engine = create_engine(postgres_url)
+def test_upgrade_downgrade_upgrade(empty_postgres_url: str) -> None:
+    url = empty_postgres_url
+    engine = create_engine(url)
     try:
-        migrate.upgrade(postgres_url)
+        migrate.upgrade(url)
         assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
-        migrate.downgrade(postgres_url, "base")
+        migrate.downgrade(url, "base")
         assert inspect(engine).get_table_names() == ["alembic_version"]
-        migrate.upgrade(postgres_url)
+        migrate.upgrade(url)
         assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
@@ -46,5 +47,9 @@ def test_only_one_production_model_per_task(database_url: str) -> None:
 
     with session_scope(database_url) as session:
         session.add_all([version("t1", ModelStage.PRODUCTION), version("t2", ModelStage.CANDIDATE)])
-    with pytest.raises(IntegrityError), session_scope(database_url) as session:
-        session.add(version("t3", ModelStage.PRODUCTION))
+    try:
+        with pytest.raises(IntegrityError), session_scope(database_url) as session:
+            session.add(version("t3", ModelStage.PRODUCTION))
+    finally:  # the database is shared with the worker tests: leave no fake production model behind
+        with session_scope(database_url) as session:
+            session.execute(delete(ModelVersion).where(ModelVersion.version.in_(["t1", "t2", "t3"])))

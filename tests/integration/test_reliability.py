@@ -23,6 +23,8 @@ from db.models import AnalysisAttempt, SlideImage
 from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
+from hep2.synthetic import synthetic_png
+from hep2.vocabulary import Pattern
 from tests.conftest import free_port
 from tests.integration import uploads as up
 from workers.celery_app import create_celery_app
@@ -94,8 +96,8 @@ def wait_for_status(key: str, status: str, timeout_s: float = 60.0) -> None:
 def test_worker_killed_mid_task_is_redelivered_without_duplicates(private_broker, tmp_path: Path) -> None:
     _, env = private_broker
     storage, app = storage_from_settings(), create_celery_app()
-    key = "inbox/kill9/big-field.png"
-    up.upload(storage, [(key, up.small_field(0))])
+    key = "inbox/kill9/big-field.png"  # full size, so that the analysis runs long enough to be interrupted
+    up.upload(storage, [(key, synthetic_png(Pattern.SPECKLED, seed=9, size=(966, 1296), cells=60))])
     node = f"kill9-{os.getpid()}@{socket.gethostname()}"
     with worker_process(app, env, node, tmp_path / "worker.log") as worker:
         app.send_task("hep2.register_upload", args=[key])
@@ -120,7 +122,7 @@ def test_worker_killed_mid_task_is_redelivered_without_duplicates(private_broker
 def test_broker_restart_mid_batch_loses_nothing(private_broker, tmp_path: Path) -> None:
     server, env = private_broker
     storage, app = storage_from_settings(), create_celery_app()
-    keys = [f"inbox/redis-restart/field-{i}.png" for i in range(8)]
+    keys = [f"inbox/redis-restart/field-{i}.png" for i in range(24)]
     up.upload(storage, ((key, up.small_field(i)) for i, key in enumerate(keys)))
     node = f"restart-{os.getpid()}@{socket.gethostname()}"
     with worker_process(app, env, node, tmp_path / "worker.log"):
@@ -131,9 +133,9 @@ def test_broker_restart_mid_batch_loses_nothing(private_broker, tmp_path: Path) 
             assert time.monotonic() < deadline
             time.sleep(0.1)
         server.kill()  # every queued message is gone: this Redis keeps nothing on disk
+        lost = {k: s for k, s in up.statuses(keys).items() if s not in up.FINAL}
         time.sleep(1.0)
         server.start()
-        lost = {k: s for k, s in up.statuses(keys).items() if s not in up.FINAL}
         # beat's jobs, run by hand: the sweep registers what was never registered, the re-queue re-sends
         # what was queued or running when the messages vanished
         deadline = time.monotonic() + 240
@@ -146,5 +148,5 @@ def test_broker_restart_mid_batch_loses_nothing(private_broker, tmp_path: Path) 
     final = up.statuses(keys)
     assert set(final.values()) <= {"done", "needs_review"}, final
     counts = up.counts(keys)
-    assert counts["slides"] == 8 and counts["results"] == 8, counts
+    assert counts["slides"] == 24 and counts["results"] == 24, counts
     assert lost, "the restart came too late to test anything"

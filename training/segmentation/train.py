@@ -99,6 +99,27 @@ def validate(model: torch.nn.Module, val: tuple[np.ndarray, np.ndarray, np.ndarr
     return total(scores).summary()
 
 
+def validate_classical(val: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, float | int]:
+    """The classical baseline on the same composed validation fields (the U-Net's promotion gate)."""
+    from workers.pipeline.segmentation import ClassicalSegmenter
+    from workers.pipeline.types import FieldImage
+
+    segmenter, scores = ClassicalSegmenter(min_area=10), []
+    for signal, truth in zip(val[0], val[1], strict=True):
+        signal = np.asarray(signal, dtype=np.float32)
+        field = FieldImage(signal, 8, "composed", "composed field", np.zeros(signal.shape, dtype=bool))
+        scores.append(score(truth, segmenter.segment(field)))
+    return total(scores).summary()
+
+
+def validation_fields(cfg: TrainConfig, table: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed composed fields of held-out specimen groups that every epoch is validated on."""
+    _, val_idx = split_groups(table.groups, seed=cfg.seed)
+    if cfg.max_cells:
+        val_idx = val_idx[:: max(1, len(val_idx) // cfg.max_cells)]
+    return compose_batch(load_bank(table, val_idx), cfg.val_fields, cfg.val_patch, np.random.default_rng(10_000))
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, keep the best epoch by validation object F1 + Dice, write weights + model card; the card."""
     if cfg.threads:
@@ -107,12 +128,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     data = Path(cfg.data) if cfg.data else i3a_root()
     table = load_manifest(data / "labels.csv")
-    train_idx, val_idx = split_groups(table.groups, seed=cfg.seed)
+    train_idx, _ = split_groups(table.groups, seed=cfg.seed)
     if cfg.max_cells:
         train_idx = train_idx[:: max(1, len(train_idx) // cfg.max_cells)]
-        val_idx = val_idx[:: max(1, len(val_idx) // cfg.max_cells)]
     bank: CellBank = load_bank(table, train_idx)
-    val = compose_batch(load_bank(table, val_idx), cfg.val_fields, cfg.val_patch, np.random.default_rng(10_000))
+    val = validation_fields(cfg, table)
     if cfg.init:
         model, cfg.model = load_model(cfg.init, device)
         model.train()
@@ -154,6 +174,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     card = {"model": "segmentation-models-pytorch " + cfg.model["arch"], "architecture": cfg.model,
             "trained_from_scratch": True, "training": asdict(cfg), "data": str(data),
             "data_hash": table.data_hash(), "train_cells": len(bank), "validation": best[1],
+            "validation_classical": validate_classical(val),
             "epochs_run": len(history), "train_seconds": round(time.time() - start, 1),
             "validation_protocol": "composed fields (compose.py) of held-out I3A specimen groups, "
                                    f"{cfg.val_fields} x {cfg.val_patch}px at working resolution"}

@@ -345,11 +345,14 @@ def labels_from_maps(prob: np.ndarray, dist: np.ndarray, annotation: np.ndarray 
     return drop_annotated(labels, annotation) if annotation is not None else labels
 
 
-def default_segmenter(device: str = "auto") -> UnetSegmenter | ClassicalSegmenter:
-    """The U-Net when its bundled weights exist and its model card does not say ``"promoted": false``,
-    else the classical baseline (a promotion gate: a U-Net that scores below the baseline is shipped for
-    inspection but not used by default)."""
-    return UnetSegmenter(device=device) if unet_promoted() else ClassicalSegmenter()
+def default_segmenter(device: str = "auto", kind: str = "auto") -> UnetSegmenter | ClassicalSegmenter:
+    """``kind="auto"``: the U-Net when its bundled weights exist and its model card does not say
+    ``"promoted": false``, else the classical baseline (a promotion gate, decided on validation fields: a
+    U-Net below the baseline is shipped for inspection but not used). ``"unet"`` / ``"classical"`` force one."""
+    if kind not in ("auto", "unet", "classical"):
+        raise ValueError(f"unknown segmenter {kind!r}: auto, unet or classical")
+    use_unet = kind == "unet" or (kind == "auto" and unet_promoted())
+    return UnetSegmenter(device=device) if use_unet else ClassicalSegmenter()
 
 
 def unet_promoted(weights: Path = DEFAULT_WEIGHTS) -> bool:
