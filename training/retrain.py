@@ -12,6 +12,7 @@ import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,11 @@ def due_for_retraining(session: Session, trigger: str, min_new_labels: int) -> s
     from sqlalchemy import func, select
 
     from db.models import Dataset, Review
+    from hep2.settings import get_settings
 
-    busy = session.scalar(select(func.count()).select_from(TrainingRun)
-                          .where(TrainingRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])))
+    recent = utcnow() - timedelta(seconds=get_settings().training_time_limit_s)  # older ones died with a worker
+    busy = session.scalar(select(func.count()).select_from(TrainingRun).where(
+        TrainingRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]), TrainingRun.created_at > recent))
     if busy:
         return None
     if trigger == "schedule":

@@ -1,7 +1,8 @@
 """Training-set snapshots: registered manifests plus the cells reviewers confirmed or corrected.
 
 A snapshot is written to object storage as one manifest (``snapshots/run-<id>/labels.csv``) whose image
-and mask columns hold absolute keys (``/datasets/...``), plus the crops of reviewed cells. Its SHA-256
+and mask columns hold absolute keys (``/datasets/...``), plus the crops of reviewed cells (stored by
+content under ``reviewed-cells/``, so the same rows always give the same manifest). Its SHA-256
 (over the manifest and every image and mask, see ``CellTable.data_hash``) is stored on the training run,
 so a run can be reproduced from exactly the rows it used.
 
@@ -14,6 +15,7 @@ a patient's cells across training and test.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,9 +126,12 @@ def build_snapshot(session: Session, storage: ObjectStorage, run_id: int, datase
         cells = reviewed_cells(session)
         for cell_id, (image, mask) in crop_reviewed(storage, cells).items():
             cell = next(c for c in cells if c.cell_id == cell_id)
-            image_key, mask_key = f"{prefix}cells/{cell_id}.png", f"{prefix}cells/{cell_id}_mask.png"
-            storage.put(image_key, _png(image), "image/png")
-            storage.put(mask_key, _png(mask.astype(np.uint8) * 255), "image/png")
+            # content-addressed, outside the run's folder: the same reviews give the same manifest and hash
+            image_png, mask_png = _png(image), _png(mask.astype(np.uint8) * 255)
+            image_key = f"reviewed-cells/{cell_id}-{hashlib.sha256(image_png).hexdigest()[:16]}.png"
+            mask_key = f"reviewed-cells/{cell_id}-{hashlib.sha256(mask_png).hexdigest()[:16]}-mask.png"
+            storage.put(image_key, image_png, "image/png")
+            storage.put(mask_key, mask_png, "image/png")
             rows.append({"cell_id": f"review:{cell_id}", "pattern": cell.label, "specimen_group": cell.group,
                          "image": "/" + image_key, "mask": "/" + mask_key, "source": "reviews"})
     if not rows:

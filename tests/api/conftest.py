@@ -163,3 +163,21 @@ def seed_specimen(pattern: str = "speckled", intensity: str = "positive", needs_
 def specimen(api_env: dict[str, str]) -> Seeded:
     """A shared, analysed specimen that needs review (tests may add reviews to it)."""
     return seed_specimen(needs_review=True, patient="PSEUDO-shared")
+
+
+@pytest.fixture(scope="package", autouse=True)
+def no_fake_models_left_in_production(service_env: dict[str, str]) -> Iterator[None]:
+    """These tests put model versions without real artefacts into production and leave training runs
+    "running" that no worker runs; the database is shared with the worker tests, whose workers would try to
+    load those models and whose scheduler would wait for those runs. Archive and cancel them at the end."""
+    yield
+    from sqlalchemy import or_, update
+
+    from db.models import RunStatus, TrainingRun
+
+    with session_scope() as session:
+        session.execute(update(ModelVersion).where(or_(ModelVersion.artifact_uri == "x",
+                                                       ModelVersion.artifact_uri == "bundled:test"))
+                        .values(stage=ModelStage.ARCHIVED))
+        session.execute(update(TrainingRun).where(TrainingRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
+                        .values(status=RunStatus.CANCELLED, error="test fixture"))

@@ -42,8 +42,8 @@ def test_only_one_production_model_per_task(database_url: str) -> None:
     from db.session import session_scope
 
     def version(name: str, stage: ModelStage) -> ModelVersion:
-        return ModelVersion(task=ModelTask.SEGMENTATION, version=name, stage=stage,
-                            artifact_uri=f"models/segmentation/{name}/", sha256="0" * 64)
+        return ModelVersion(task=ModelTask.SPECIMEN_PATTERN, version=name, stage=stage,  # a task nothing else uses
+                            artifact_uri=f"models/specimen_pattern/{name}/", sha256="0" * 64)
 
     with session_scope(database_url) as session:
         session.add_all([version("t1", ModelStage.PRODUCTION), version("t2", ModelStage.CANDIDATE)])
