@@ -29,12 +29,20 @@ def worker_process(app: Celery, env: Mapping[str, str], node: str, log_path: Pat
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + start_timeout_s
-        while not app.control.ping(destination=[node], timeout=1.0):
+        while not _answers_ping(app, node):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise WorkerStartError(f"worker {node} did not start; log:\n{log_path.read_text()[-4000:]}")
         yield proc
     finally:
         stop_process_group(proc)
+
+
+def _answers_ping(app: Celery, node: str) -> bool:
+    try:
+        return bool(app.control.ping(destination=[node], timeout=1.0))
+    except Exception:  # the broker is (re)starting (each transport raises its own errors): ask again
+        time.sleep(0.5)
+        return False
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
