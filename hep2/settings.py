@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     retrain_min_new_labels: int = Field(200, description="Start a run once this many new reviewed cell labels exist.")
     retrain_parameters: dict[str, Any] = Field(default_factory=dict,
                                                description="Parameters of scheduled runs (JSON; see RunParameters).")
+    promotion_min_mca_gain: float = Field(
+        0.005, description="A candidate must beat production's grouped-CV MCA on the same folds by this much.")
+    promotion_max_recall_drop: float = Field(0.02, description="...and no class recall may fall by more than this.")
     signing_key: SecretStr = Field(
         SecretStr("embedded-mode-not-secret"),
         description="HMAC key for local presigned URLs; set a random value in production.",

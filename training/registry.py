@@ -35,6 +35,13 @@ class PromotionPolicy:
     max_recall_drop: float = 0.02
     """No class recall may fall by more than this."""
 
+    @classmethod
+    def from_settings(cls) -> PromotionPolicy:
+        from hep2.settings import get_settings
+
+        settings = get_settings()
+        return cls(settings.promotion_min_mca_gain, settings.promotion_max_recall_drop)
+
 
 def artifact_prefix(task: ModelTask, version: str) -> str:
     return f"models/{task.value}/{version}/"
@@ -110,7 +117,7 @@ def promote(session: Session, version_id: int, actor: str, force: bool = False,
     current = production(session, candidate.task, lock=True)
     if current is not None and current.id == candidate.id:
         return True, "already production"
-    ok, reason = decide_promotion(candidate, current, policy or PromotionPolicy())
+    ok, reason = decide_promotion(candidate, current, policy or PromotionPolicy.from_settings())
     if force and not ok:
         ok, reason = True, f"forced by {actor} (policy said: {reason})"
     if not ok:

@@ -108,7 +108,7 @@ class SlideImage(CreatedAt, Base):
     specimen: Mapped[Specimen | None] = relationship(back_populates="slides")
     attempts: Mapped[list[AnalysisAttempt]] = relationship(back_populates="slide",
                                                            order_by="AnalysisAttempt.number")
-    results: Mapped[list[SpecimenResult]] = relationship(back_populates="slide")
+    results: Mapped[list[SpecimenResult]] = relationship(back_populates="slide", order_by="SpecimenResult.id")
 
     def transition(self, to: SlideStatus, reason: str | None = None) -> None:
         """Move to ``to`` if the state machine allows it; stamp the matching timestamp."""
