@@ -36,7 +36,7 @@ class SpecimenConfig(BaseModel):
     min_confidence: float = Field(0.5, description="Top pattern's mean probability below this: weak, review.")
     min_agreement: float = Field(0.5, description="Share of cells voting for the top pattern below this: review.")
     oov_max_entropy: float = Field(0.65, description="Mean normalised cell entropy above this: out of vocabulary.")
-    oov_min_cell_confidence: float = Field(0.55, description="Mean cell max-probability below this: OOV.")
+    oov_min_cell_confidence: float = Field(0.50, description="Mean cell max-probability below this: OOV.")
     oov_cytoplasm_ratio: float = Field(0.5, description="Cytoplasm/nucleus signal ratio above this: cytoplasmic.")
     mixed_min_probability: float = Field(0.25, description="Second pattern's mean probability for 'mixed'.")
     mixed_min_votes: float = Field(0.2, description="Second pattern's share of cell votes for 'mixed'.")
