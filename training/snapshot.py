@@ -123,9 +123,9 @@ def build_snapshot(session: Session, storage: ObjectStorage, run_id: int, datase
                          "specimen_group": group, "image": "/" + base + r.image,
                          "mask": "/" + base + r.mask if r.mask else "", "source": dataset.name})
     if include_reviews:
-        cells = reviewed_cells(session)
-        for cell_id, (image, mask) in crop_reviewed(storage, cells).items():
-            cell = next(c for c in cells if c.cell_id == cell_id)
+        cells = {c.cell_id: c for c in reviewed_cells(session)}
+        for cell_id, (image, mask) in crop_reviewed(storage, list(cells.values())).items():
+            cell = cells[cell_id]
             # content-addressed, outside the run's folder: the same reviews give the same manifest and hash
             image_png, mask_png = _png(image), _png(mask.astype(np.uint8) * 255)
             image_key = f"reviewed-cells/{cell_id}-{hashlib.sha256(image_png).hexdigest()[:16]}.png"

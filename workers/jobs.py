@@ -8,6 +8,7 @@ once the holder's time limit has passed. Every attempt is a row, so the history 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.models import AnalysisAttempt, AttemptOutcome, SlideImage, SlideStatus
+from db.session import session_scope
 
 FINAL_STATES = frozenset({SlideStatus.DONE, SlideStatus.NEEDS_REVIEW, SlideStatus.REJECTED})
 
@@ -133,10 +135,6 @@ def slide_statuses(session: Session, keys: list[str]) -> dict[str, SlideStatus]:
 
 def wait_for_final(keys: list[str], timeout_s: float, poll_s: float = 0.5) -> dict[str, SlideStatus]:
     """Poll until every key has a slide in a final state (done, needs_review, rejected, failed)."""
-    import time
-
-    from db.session import session_scope
-
     final = FINAL_STATES | {SlideStatus.FAILED}
     deadline = time.monotonic() + timeout_s
     while True:
