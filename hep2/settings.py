@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     segmenter: Literal["auto", "unet", "classical"] = Field(
         "auto", description="Nucleus segmenter when the registry has none: auto = the bundled card's choice.")
     cell_model_path: Path | None = Field(None, description="Pin the cell classifier weights; empty = bundled model.")
+    accept_16bit: bool = Field(
+        False, description="Analyse 16-bit images; off = reject them (classifier and cut-offs are calibrated on "
+                           "8-bit). Turn on after recalibrating the intensity cut-offs for 16-bit scans.")
     retrain_cron: str = Field("0 3 * * 0", description="Scheduled retraining (cron: minute hour dom month dow).")
     retrain_min_new_labels: int = Field(200, description="Start a run once this many new reviewed cell labels exist.")
     retrain_parameters: dict[str, Any] = Field(default_factory=dict,

@@ -66,6 +66,8 @@ def train_cells(
     lr: float = 3e-3,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0: off).")] = 8,
     balance: Annotated[str, typer.Option(help="sampler, loss or none (Golgi is rare).")] = "sampler",
+    field_aug: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per-sample probability of whole-field "
+                                             "acquisition augmentation (zoom, blur, noise, mask error).")] = 0.0,
     tta: Annotated[int, typer.Option(help="Test-time views: 1 or 8 (dihedral).")] = 8,
     seed: Annotated[int, typer.Option(help="Training seed (initialisation, sampling, augmentation).")] = 0,
     split_seed: Annotated[int, typer.Option(help="Seed of the folds and validation splits.")] = 0,
@@ -98,6 +100,7 @@ def train_cells(
         torch.set_num_threads(threads)
     model_cfg = ModelConfig(arch=model, img_size=img_size, use_mask=mask)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, balance=balance,
+                            field_aug=field_aug,
                             seed=seed, device=device, max_steps=max_steps, progress=progress)
     exp = ExperimentConfig(protocol=protocol, folds=folds, split=_parse_split(split), tta=tta, cv=cv,
                            final_fit=final_fit or bool(export), limit=limit,

@@ -91,6 +91,8 @@ def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_c
     if exp.cv:
         summary.update(_cross_validate(table, x, y, groups, grouped, model_cfg, train_cfg, exp, out, log))
         (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    else:
+        summary.update(_earlier_cv(out / "cv.json", summary))
     if exp.final_fit:
         tr, va = _inner_split(np.arange(len(y)), y, groups, grouped and table.has_groups,
                               exp.val_fraction, exp.split_seed)
@@ -105,6 +107,22 @@ def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_c
         write_card(out / "final" / "model.json", **card)
         summary["final"] = str(ckpt)
     return summary
+
+
+def _earlier_cv(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The CV results of an earlier run of the same recipe on the same data in this folder (``--no-cv``
+    after a CV run: the final fit's model card still carries its CV), else nothing."""
+    if not path.is_file():
+        return {}
+    earlier, now = json.loads(path.read_text()), json.loads(json.dumps(summary))  # tuples → lists, as stored
+    same = ("data_hash", "protocol", "split", "folds", "tta", "model")
+    train_now, train_then = dict(now["train"]), dict(earlier.get("train", {}))
+    for volatile in ("progress", "device"):
+        train_now.pop(volatile, None), train_then.pop(volatile, None)
+    if any(earlier.get(k) != now[k] for k in same) or train_now != train_then:
+        return {}
+    keys = ("fold_info", "fold_metrics", "cv_mean", "pooled", "specimen_thresholds")
+    return {**{k: earlier[k] for k in keys if k in earlier}, "cv_command": earlier.get("command")}
 
 
 def _cross_validate(table: CellTable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, grouped: bool,
@@ -145,8 +163,20 @@ def _cross_validate(table: CellTable, x: np.ndarray, y: np.ndarray, groups: np.n
             rec = table.records[i]
             w.writerow([rec.cell_id, rec.group, fold_of[i], CLASS_NAMES[y[i]], CLASS_NAMES[int(oof[i].argmax())],
                         *[f"{p:.4f}" for p in oof[i]]])
-    return {"fold_info": fold_info, "fold_metrics": fold_metrics, "cv_mean": summarize_folds(fold_metrics),
-            "pooled": pooled}
+    result = {"fold_info": fold_info, "fold_metrics": fold_metrics, "cv_mean": summarize_folds(fold_metrics),
+              "pooled": pooled}
+    if grouped:
+        result["specimen_thresholds"] = oov_thresholds(oof[tested], groups[tested])
+    return result
+
+
+def oov_thresholds(probs: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """The pipeline's out-of-vocabulary thresholds for this classifier, from out-of-fold predictions on
+    held-out specimen groups (all in the vocabulary); the specimen stage reads them from the model card."""
+    from workers.pipeline.specimen import calibrate_oov
+
+    return {**calibrate_oov(probs, groups), "calibrated_on": f"out-of-fold predictions, {len(set(groups))} "
+            "held-out specimen groups (specimen.calibrate_oov)"}
 
 
 def export(run_dir: str | Path, weights_dir: str | Path, name: str) -> tuple[Path, Path]:
@@ -158,6 +188,11 @@ def export(run_dir: str | Path, weights_dir: str | Path, name: str) -> tuple[Pat
     card = json.loads((src / "model.json").read_text())
     card["weights"] = w.name
     card.pop("fold_metrics", None)  # the per-fold confusion matrices stay in the run folder's cv.json
+    if "specimen_thresholds" not in card and card.get("protocol") == "grouped" and (src.parent / "oof.csv").is_file():
+        with (src.parent / "oof.csv").open() as fh:  # runs made before the card carried them
+            rows = list(csv.DictReader(fh))
+        probs = np.array([[float(r[c]) for c in CLASS_NAMES] for r in rows])
+        card["specimen_thresholds"] = oov_thresholds(probs, np.array([r["group"] for r in rows]))
     c.write_text(json.dumps(card, indent=2) + "\n")
     return w, c
 

@@ -29,6 +29,7 @@ from training import registry
 from training.card import git_commit
 from training.cv import assert_no_group_leakage, grouped_kfold, inner_validation_split
 from training.ensemble import predict_proba
+from training.experiment import oov_thresholds
 from training.metrics import CLASS_NAMES, classification_metrics, summarize_folds
 from training.models import ModelConfig, save_checkpoint
 from training.snapshot import build_snapshot
@@ -52,6 +53,7 @@ class RunParameters:
     folds: int = 5
     seed: int = 0
     tta: int = 8
+    field_aug: float = 0.5
     datasets: list[str] | None = None
     include_reviews: bool = True
     compare_with_production: bool = True
@@ -70,7 +72,8 @@ class RunParameters:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, max_steps=self.max_steps,
-                           seed=self.seed, progress=False, patience=max(3, self.epochs // 3))
+                           seed=self.seed, progress=False, patience=max(3, self.epochs // 3),
+                           field_aug=self.field_aug)
 
 
 def start_training(session: Session, task: ModelTask | str, actor: str, parameters: dict[str, Any] | None = None,
@@ -182,6 +185,7 @@ def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: An
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in contenders}
     cache: dict[tuple[int, bool], np.ndarray] = {}
     fit_index = 0
+    oof = np.zeros((len(y), len(CLASS_NAMES)), np.float32)
     for k, (train, test) in enumerate(folds):
         assert_no_group_leakage(groups, train, test)
         for name, p in contenders:
@@ -191,13 +195,16 @@ def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: An
             assert_no_group_leakage(groups, tr, va)
             result = fit(x[tr], y[tr], p.model_config(), p.train_config(), x[va], y[va],
                          ProgressLog(run_id, fit_index, total_fits, p.epochs, k))
-            metrics = classification_metrics(y[test], predict_proba(result.model, x[test], tta=p.tta).argmax(1))
+            probs = predict_proba(result.model, x[test], tta=p.tta)
+            metrics = classification_metrics(y[test], probs.argmax(1))
             results[name].append(metrics)
             fit_index += 1
             if name == "challenger":
+                oof[test] = probs
                 _store_fold(run_id, k, metrics, sorted(set(groups[test].tolist())))
     cv = _cv_summary(results["challenger"], signature.hexdigest())
     metrics: dict[str, Any] = {"cv": cv, "per_fold": results["challenger"]}
+    thresholds = oov_thresholds(oof, groups)
     if champion is not None and "champion" in results:
         metrics["champion_cv"] = {**_cv_summary(results["champion"], signature.hexdigest()),
                                   "production_version": champion.version}
@@ -206,7 +213,7 @@ def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: An
     inner_train, val = inner_validation_split(y, groups, 0.125, params.seed)
     final = fit(x[inner_train], y[inner_train], params.model_config(), params.train_config(), x[val], y[val],
                 ProgressLog(run_id, fit_index, total_fits, params.epochs, "final"))
-    return _register(run_id, storage, params, table, final.model, metrics)
+    return _register(run_id, storage, params, table, final.model, metrics, thresholds)
 
 
 def _images(table: Any, p: RunParameters, cache: dict[tuple[int, bool], np.ndarray]) -> np.ndarray:
@@ -224,13 +231,14 @@ def _store_fold(run_id: int, fold: int, metrics: dict[str, Any], test_groups: li
 
 
 def _register(run_id: int, storage: ObjectStorage, params: RunParameters, table: Any, model: Any,
-              metrics: dict[str, Any]) -> dict[str, Any]:
+              metrics: dict[str, Any], thresholds: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         weights = save_checkpoint(model, params.model_config(), Path(tmp) / "model.safetensors", half=True,
                                   extra={"tta": params.tta})
         card = {"metrics": metrics, "parameters": params.__dict__, "data_hash": table.data_hash(),
                 "code_version": git_commit().get("commit") or __version__, "tta": params.tta,
-                "protocol": "grouped K-fold by specimen_group (patient/specimen)", "training_run": run_id}
+                "protocol": "grouped K-fold by specimen_group (patient/specimen)", "training_run": run_id,
+                "specimen_thresholds": thresholds}
         with session_scope() as session:
             version = registry.publish(session, storage, ModelTask.CELL_PATTERN, weights, card,
                                        actor=f"training-run:{run_id}", training_run_id=run_id)

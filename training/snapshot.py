@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Cell, Dataset, Review, SlideImage, Specimen
+from hep2.settings import get_settings
 from hep2.storage import ObjectStorage
 from hep2.vocabulary import CELL_PATTERNS, parse_pattern
 from training.datasets import CellTable, load_manifest
@@ -81,12 +82,14 @@ def reviewed_cells(session: Session) -> list[ReviewedCell]:
 def crop_reviewed(storage: ObjectStorage, cells: list[ReviewedCell]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """cell id -> (uint8 image, bool mask), cut the way the pipeline cuts cells for the classifier."""
     from workers.pipeline.cells import crop_cell, measure_cells
-    from workers.pipeline.decode import decode_image
+    from workers.pipeline.decode import ImageLimits, decode_image
     from workers.pipeline.segmentation import default_segmenter
 
-    segmenter, crops = default_segmenter(), {}
+    settings = get_settings()  # the same segmenter and input policy as the workers
+    segmenter, limits, crops = default_segmenter(kind=settings.segmenter), ImageLimits(
+        accept_16bit=settings.accept_16bit), {}
     for key in sorted({c.slide_key for c in cells}):
-        field = decode_image(storage.get(key))
+        field = decode_image(storage.get(key), limits)
         labels = np.asarray(segmenter.segment(field), dtype=np.int32)
         by_label = {m.label: m for m in measure_cells(field, labels)}
         for cell in (c for c in cells if c.slide_key == key):

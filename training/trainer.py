@@ -39,9 +39,11 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     balance: Literal["sampler", "loss", "none"] = "sampler"
-    patience: int = 8  # epochs without validation-MCA gain before stopping (0 = never stop early)
+    patience: int = 8  # epochs without validation-MCA gain before stopping, then the best epoch is kept;
+    # 0 = run the whole schedule and keep the last epoch (validation is only logged)
     max_angle: float = 18.0
     jitter: float = 0.2
+    field_aug: float = 0.0  # probability of whole-field acquisition perturbations per sample (transforms.augment)
     seed: int = 0
     device: str = "auto"
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
@@ -96,7 +98,7 @@ def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
 def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfig,
         x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
         log: JsonlLogger | None = None) -> TrainResult:
-    """Train a fresh model; with a validation set, keep the epoch of best validation MCA and stop early."""
+    """Train a fresh model; with a validation set and ``patience``, stop early and keep the best epoch."""
     gen = seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     log = log or JsonlLogger(None)
@@ -141,7 +143,8 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: T
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(device)
             if len(idx) < 2:
                 continue
-            xb = augment(xt[idx], model_cfg.use_mask, cfg.max_angle, cfg.jitter, generator=gen)
+            xb = augment(xt[idx], model_cfg.use_mask, cfg.max_angle, cfg.jitter, generator=gen,
+                         field_aug=cfg.field_aug)
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(device):
@@ -175,12 +178,11 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: T
         log.log("epoch", **rec)
         if step >= total or (cfg.patience and stale >= cfg.patience):
             break
-    if best_state is not None:
+    if best_state is not None and cfg.patience:
         model.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
+    else:  # the annealed end of the schedule: one noisy validation split does not pick an early epoch
+        best_epoch, best_mca = len(history), history[-1].get("val_mca") if history else None
     model.eval()
     seconds = time.time() - start
-    log.log("end", best_epoch=best_epoch, best_val_mca=best_mca if best_state else None,
-            seconds=round(seconds, 1))
-    return TrainResult(model, best_epoch, best_mca if best_state else None, history, seconds)
+    log.log("end", best_epoch=best_epoch, best_val_mca=best_mca, seconds=round(seconds, 1))
+    return TrainResult(model, best_epoch, best_mca, history, seconds)

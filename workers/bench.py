@@ -6,6 +6,11 @@
   upload to the last committed result, after one warm-up field so model loading is not counted.
 
 Both run on the same hardware with the same fields; the ratio is end-to-end / models-alone.
+
+* classifier batch sweep (``--only batch-sweep`` runs it alone): cells/s of the worker's cell classifier
+  (``predict_array``, its TTA, autocast on CUDA) when one batch holds one slide's cells (the median number of
+  classified cells per field of the models-alone run, else 150) or 512, 1024, 2048 cells, i.e. whether
+  batching the cells of several queued slides together would pay on this hardware.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import json
 import os
 import platform
 import socket
+import statistics
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hep2.settings import get_settings
@@ -34,24 +42,130 @@ def bench_fields(count: int, size: tuple[int, int], data_dir: Path | None) -> li
             for i in range(count)]
 
 
-def models_alone(fields: list[tuple[str, bytes]]) -> dict[str, Any]:
+SWEEP_BATCHES = (512, 1024, 2048)
+DEFAULT_SLIDE_CELLS = 150
+"""Per-slide batch of the sweep when no models-alone run measured one (cells classified per field)."""
+
+
+def worker_models() -> Any:
+    """The models a worker would use now (registry, pins, settings)."""
     from db.session import session_scope
     from hep2.storage import storage_from_settings
     from workers.model_cache import ModelCache
+
+    with session_scope() as session:
+        return ModelCache().get(session, storage_from_settings(), get_settings())
+
+
+def models_alone(fields: list[tuple[str, bytes]], models: Any) -> dict[str, Any]:
     from workers.pipeline.analyze import analyze_field
 
-    with session_scope() as session:  # the models a worker would use now (registry, pins, settings)
-        models = ModelCache().get(session, storage_from_settings(), get_settings())
-    analyze_field(fields[0][1], models)  # warm-up: load the models
+    sixteen = get_settings().accept_16bit
+    analyze_field(fields[0][1], models, accept_16bit=sixteen)  # warm-up: load the models
     started = time.perf_counter()
     stages: dict[str, float] = {}
+    classified = []
     for _, data in fields:
-        for stage, ms in analyze_field(data, models).timings_ms.items():
+        result = analyze_field(data, models, accept_16bit=sixteen)
+        classified.append(sum(c.probabilities is not None for c in result.cells))
+        for stage, ms in result.timings_ms.items():
             stages[stage] = stages.get(stage, 0.0) + ms
     seconds = time.perf_counter() - started
     return {"fields": len(fields), "seconds": round(seconds, 3), "fields_per_s": round(len(fields) / seconds, 3),
             "mean_stage_ms": {k: round(v / len(fields), 1) for k, v in stages.items()},
-            "model_versions": models.versions()}
+            "median_classified_cells": int(statistics.median(classified)), "model_versions": models.versions()}
+
+
+def sweep_crops(models: Any, fields: Callable[[], list[tuple[str, bytes]]], limit: int = 512,
+                ) -> tuple[np.ndarray, str]:
+    """Up to ``limit`` real cells pre-processed for the classifier: I3A Task-1 crops, else cut from ``fields``."""
+    from training.datasets import i3a_root, load_manifest
+
+    clf, root = models.classifier, i3a_root()
+    if (root / "labels.csv").is_file():
+        table = load_manifest(root)
+        picked = np.linspace(0, len(table) - 1, min(limit, len(table))).round().astype(int)
+        crops = table.subset(picked.tolist()).load(clf.config.img_size, clf.config.use_mask, workers=2)
+        return crops, f"{len(crops)} of the {len(table)} I3A Task-1 cells, evenly spaced ({root})"
+    from workers.pipeline.cells import crop_cell, measure_cells
+    from workers.pipeline.decode import ImageLimits, decode_image
+
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    used = 0
+    for _, data in fields():
+        used += 1
+        field = decode_image(data, ImageLimits(accept_16bit=True))
+        labels = np.asarray(models.segmenter.segment(field), dtype=np.int32)
+        pairs += [crop_cell(field, labels, c) for c in measure_cells(field, labels) if c.excluded is None]
+        if len(pairs) >= limit:
+            break
+    return clf.preprocess(pairs[:limit]), f"{min(len(pairs), limit)} cells cut from {used} bench fields"
+
+
+def _autocast_dtype(device: torch.device) -> str | None:
+    """The mixed-precision dtype ``training.ensemble.predict_proba`` uses on ``device`` (None: float32)."""
+    if device.type != "cuda":
+        return None
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def _predict_seconds(classifier: Any, x: np.ndarray, calls: int) -> float:
+    """Seconds of ``calls`` ``predict_array(x)`` calls in one batch each (numpy out: CUDA work is finished)."""
+    classifier.batch_size = len(x)  # predict_proba splits its input into chunks of batch_size
+    started = time.perf_counter()
+    for _ in range(calls):
+        classifier.predict_array(x)
+    return time.perf_counter() - started
+
+
+def _sweep_row(size: int, calls: int, rounds: list[float]) -> dict[str, Any]:
+    seconds = statistics.median(rounds)
+    return {"batch_size": size, "calls": calls, "cells": calls * size, "seconds": round(seconds, 4),
+            "ms_per_batch": round(1000 * seconds / calls, 2), "cells_per_s": round(calls * size / seconds, 1),
+            "cells_per_s_rounds": [round(calls * size / t, 1) for t in rounds]}
+
+
+def batch_sweep(classifier: Any, crops: np.ndarray, sizes: Sequence[int], repeats: int = 3) -> dict[str, Any]:
+    """cells/s of ``classifier.predict_array`` with one batch of ``size`` cells, for each of ``sizes``.
+
+    ``sizes[0]`` is the per-slide batch. Every measurement classifies the same number of cells (the largest
+    size, in ``ceil(largest / size)`` calls of ``size`` crops tiled from ``crops``). After one warm-up call per
+    size, the sizes are timed in turn, ``repeats`` rounds (so a shared machine's load hits them alike); the
+    median round is reported, with the load average before and after.
+    """
+    largest, saved = max(sizes), classifier.batch_size
+    inputs = {size: np.ascontiguousarray(np.resize(crops, (size, *crops.shape[1:]))) for size in sizes}
+    calls = {size: -(-largest // size) for size in sizes}
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    load_before = os.getloadavg()[0]
+    try:
+        for size in sizes:
+            _predict_seconds(classifier, inputs[size], 1)  # warm-up: allocations, cuDNN algorithm choice
+        for _ in range(repeats):
+            for size in sizes:
+                times[size].append(_predict_seconds(classifier, inputs[size], calls[size]))
+    finally:
+        classifier.batch_size = saved
+    rows = [_sweep_row(size, calls[size], times[size]) for size in sizes]
+    return {"device": str(classifier.device), "autocast": _autocast_dtype(classifier.device),
+            "tta": classifier.tta, "weights": [Path(p).name for p in classifier.paths], "unique_crops": len(crops),
+            "crop_shape": list(crops.shape[1:]), "repeats": repeats, "torch_threads": torch.get_num_threads(),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "per_slide_batch": sizes[0], "batches": rows,
+            "speedup_largest_vs_per_slide": round(rows[-1]["cells_per_s"] / rows[0]["cells_per_s"], 3)}
+
+
+def run_batch_sweep(models: Any, fields: Callable[[], list[tuple[str, bytes]]],
+                    slide_cells: int | None) -> dict[str, Any]:
+    """:func:`batch_sweep` of the worker's classifier on real crops; ``slide_cells`` None → 150."""
+    per_slide = slide_cells or DEFAULT_SLIDE_CELLS
+    crops, source = sweep_crops(models, fields)
+    if not len(crops):
+        raise RuntimeError(f"no cells to time ({source})")
+    sizes = [per_slide, *(b for b in SWEEP_BATCHES if b > per_slide)]
+    result = batch_sweep(models.classifier, crops, sizes)
+    return {"crops": source, "per_slide_batch_from": "median classified cells per field (models alone)"
+            if slide_cells else f"default {DEFAULT_SLIDE_CELLS} (no models-alone run)", **result}
 
 
 def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
@@ -96,8 +210,8 @@ def environment() -> dict[str, Any]:
             "worker": socket.gethostname()}
 
 
-def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Path) -> dict[str, Any]:
-    """Measure both paths on the same fields; in embedded mode the service state goes to ``var/bench``."""
+def _prepare_state() -> None:
+    """Embedded mode (no database URL): fresh service state in ``var/bench``, migrated."""
     if not get_settings().database_url:
         import shutil
 
@@ -108,11 +222,25 @@ def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Pat
         from db.migrate import upgrade
 
         upgrade()
-    fields = bench_fields(count, size, data_dir)
-    report: dict[str, Any] = {"environment": environment(),
-                              "inputs": str(data_dir) if data_dir else f"SYNTHETIC fields {size[0]}x{size[1]}"}
-    report["models_alone"] = models_alone(fields)
-    report["end_to_end"] = end_to_end(fields, out.parent)
-    report["ratio"] = round(report["end_to_end"]["fields_per_s"] / report["models_alone"]["fields_per_s"], 3)
-    out.write_text(json.dumps(report, indent=2))
+
+
+def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Path,
+              only: str | None = None) -> dict[str, Any]:
+    """Measure both paths and the batch sweep on the same fields (``only="batch-sweep"``: the sweep alone)."""
+    _prepare_state()
+    report: dict[str, Any] = {"environment": environment()}
+    models = worker_models()
+    if only == "batch-sweep":
+        report["classifier_batch_sweep"] = run_batch_sweep(
+            models, lambda: bench_fields(min(count, 4), size, data_dir), None)
+    else:
+        report["inputs"] = str(data_dir) if data_dir else f"SYNTHETIC fields {size[0]}x{size[1]}"
+        fields = bench_fields(count, size, data_dir)
+        report["models_alone"] = models_alone(fields, models)
+        report["end_to_end"] = end_to_end(fields, out.parent)
+        report["ratio"] = round(report["end_to_end"]["fields_per_s"] / report["models_alone"]["fields_per_s"], 3)
+        report["classifier_batch_sweep"] = run_batch_sweep(
+            models, lambda: fields, report["models_alone"]["median_classified_cells"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,16 +103,27 @@ def celery_worker_app() -> Celery:
     return celery_app
 
 
+class BenchPart(StrEnum):
+    batch_sweep = "batch-sweep"
+
+
 def bench(
     json_out: Path = typer.Option(Path("bench.json"), "--json", help="Where to write the report."),
     count: int = typer.Option(20, help="Fields per measurement."),
     height: int = typer.Option(966, help="SYNTHETIC field height (ignored with --data)."),
     width: int = typer.Option(1296, help="SYNTHETIC field width (ignored with --data)."),
     data: Path | None = typer.Option(None, help="Folder of real field images to cycle through."),
+    only: BenchPart | None = typer.Option(None, help="Run one part only: batch-sweep (classifier cells/s by "
+                                                     "batch size)."),
 ) -> None:
-    """Fields/s for the models alone and through queue, storage and database; writes JSON."""
+    """Fields/s for the models alone and through queue, storage and database, classifier batch sweep; JSON."""
     from workers.bench import run_bench
 
-    report = run_bench(count, (height, width), data, json_out)
-    typer.echo(f"models alone: {report['models_alone']['fields_per_s']} fields/s; end to end: "
-               f"{report['end_to_end']['fields_per_s']} fields/s; ratio {report['ratio']}; wrote {json_out}")
+    report = run_bench(count, (height, width), data, json_out, only.value if only else None)
+    if "models_alone" in report:
+        typer.echo(f"models alone: {report['models_alone']['fields_per_s']} fields/s; end to end: "
+                   f"{report['end_to_end']['fields_per_s']} fields/s; ratio {report['ratio']}")
+    sweep = report["classifier_batch_sweep"]
+    rates = ", ".join(f"{b['batch_size']}: {b['cells_per_s']}" for b in sweep["batches"])
+    typer.echo(f"classifier cells/s by batch size on {sweep['device']} (TTA {sweep['tta']}): {rates}; largest vs "
+               f"per-slide batch x{sweep['speedup_largest_vs_per_slide']}; wrote {json_out}")

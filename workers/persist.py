@@ -27,8 +27,10 @@ def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Mode
     data = storage.get(claim.key)
     download_ms = round((perf_counter() - started) * 1000.0, 1)
     sidecar = dict(claim.sidecar or {})
+    settings = get_settings()
     try:
-        analysis = analyze_field(data, models, sidecar=sidecar, config=load_config(get_settings().pipeline_config))
+        analysis = analyze_field(data, models, sidecar=sidecar, config=load_config(settings.pipeline_config),
+                                 accept_16bit=settings.accept_16bit)
     except InvalidImageError as exc:
         with session_scope() as session:
             jobs.finish_attempt(session, claim, AttemptOutcome.REJECTED, SlideStatus.REJECTED, str(exc),

@@ -92,4 +92,5 @@ def bad_inputs() -> dict[str, bytes]:
         "empty.png": b"",
         "not-an-image.png": b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n",
         "bomb.png": png_bomb(),
+        "sixteen-bit.png": png16(2),  # rejected unless HEP2_ACCEPT_16BIT=true
     }

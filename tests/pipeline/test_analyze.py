@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from hep2.synthetic import synthetic_png
+from hep2.synthetic import synthetic_field, synthetic_png
 from hep2.vocabulary import Pattern
 from tests.pipeline.helpers_stages import RecordingClassifier, disk_field
 from workers.pipeline.analyze import Models, analyze_field
@@ -108,6 +108,29 @@ def test_analyze_cli_lists_bad_files_and_writes_json(tmp_path: Path, tiny_weight
     data = json.loads(out.read_text())
     assert "error" in data[str(bad)] and data[str(good)]["intensity"]["intensity_class"] == "positive"
     assert (tmp_path / "ov" / "well.overlay.png").is_file()
+
+
+def test_analyze_cli_rejects_16_bit_unless_accepted(tmp_path: Path, tiny_weights: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from hep2.cli import app
+    from hep2.settings import get_settings
+
+    green = synthetic_field(Pattern.SPECKLED, seed=1, size=(256, 320), cells=12)[..., 1]
+    path = tmp_path / "well16.png"
+    Image.fromarray(green.astype(np.uint16) * 257).save(path)
+    args = ["analyze", str(path), "--classifier", str(tiny_weights), "--segmenter", "classical", "--device", "cpu"]
+    rejected = CliRunner().invoke(app, args)
+    assert rejected.exit_code == 0 and "REJECTED: 16-bit image (PNG, 16 bits per sample)" in rejected.output
+    accepted = CliRunner().invoke(app, [*args, "--accept-16bit"])
+    assert accepted.exit_code == 0 and "REJECTED" not in accepted.output and "well16.png  " in accepted.output
+    monkeypatch.setenv("HEP2_ACCEPT_16BIT", "true")
+    get_settings.cache_clear()
+    try:
+        assert "REJECTED" not in CliRunner().invoke(app, args).output  # the setting is the default
+        assert "REJECTED: 16-bit" in CliRunner().invoke(app, [*args, "--reject-16bit"]).output
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
 
 
 def test_evaluate_fields_cli_on_a_synthetic_set(tmp_path: Path, tiny_weights: Path) -> None:

@@ -32,17 +32,18 @@ def tiff_bytes(*pages: np.ndarray, **kwargs: object) -> bytes:
     return buf.getvalue()
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG whose IHDR claims ``width`` × ``height`` (a decompression-bomb shape)."""
+def png_header_only(width: int, height: int, bit_depth: int = 8) -> bytes:
+    """A tiny gray PNG whose IHDR claims ``width`` × ``height`` (a decompression-bomb shape)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
     idat = chunk(b"IDAT", zlib.compress(b"\0" * 1000))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 GRAY = (np.arange(128 * 160) % 251).astype(np.uint8).reshape(128, 160)
+ACCEPT_16 = ImageLimits(accept_16bit=True)
 
 
 @pytest.mark.parametrize(("data", "reason"), [
@@ -76,7 +77,7 @@ def test_random_damage_never_leaks_a_decoder_exception() -> None:
             for pos in rng.integers(0, len(data), size=int(rng.integers(1, 8))):
                 data[pos] = int(rng.integers(256))
             try:
-                field = decode_image(bytes(data))
+                field = decode_image(bytes(data), ACCEPT_16)
             except InvalidImageError:
                 continue
             assert field.signal.dtype == np.float32 and 0 <= field.signal.min() <= field.signal.max() <= 1
@@ -110,10 +111,30 @@ def test_gray_8_bit_png_and_blank_image_are_accepted() -> None:
     assert blank.signal.max() == 0 and not blank.annotation_mask.any()
 
 
-def test_16_bit_png_and_tiff_are_scaled_by_65535() -> None:
+def test_16_bit_png_and_tiff_are_rejected_by_default_with_a_readable_reason() -> None:
+    value = np.full((96, 96), 40_000, np.uint16)
+    rgb16 = np.zeros((80, 90, 3), np.uint16)
+    cases = [(png_bytes(value), "PNG"), (tiff_bytes(value), "TIFF"), (tiff_bytes(rgb16, photometric="rgb"), "TIFF")]
+    for data, fmt in cases:
+        with pytest.raises(InvalidImageError) as caught:
+            decode_image(data)
+        reason = str(caught.value)
+        assert reason.startswith(f"16-bit image ({fmt}, 16 bits per sample): this service analyses 8-bit images")
+        assert "HEP2_ACCEPT_16BIT=true" in reason and "calibrat" in reason
+
+
+def test_16_bit_header_is_rejected_before_decoding() -> None:
+    header = png_header_only(100_000, 100_000, bit_depth=16)  # 10 GP: far too large to decode
+    with pytest.raises(InvalidImageError, match="16-bit image"):
+        decode_image(header)
+    with pytest.raises(InvalidImageError, match="too large"):
+        decode_image(header, ACCEPT_16)
+
+
+def test_16_bit_png_and_tiff_are_scaled_by_65535_when_accepted() -> None:
     value = np.full((96, 96), 40_000, np.uint16)
     for data, fmt in ((png_bytes(value), "PNG"), (tiff_bytes(value), "TIFF")):
-        field = decode_image(data)
+        field = decode_image(data, ACCEPT_16)
         assert field.bit_depth == 16 and field.source_format == fmt
         np.testing.assert_allclose(field.signal, 40_000 / 65535, atol=1e-6)
 
@@ -128,7 +149,7 @@ def test_rgb_becomes_the_green_channel() -> None:
     np.testing.assert_allclose(decode_image(png_bytes(rgba)).signal, 100 / 255, atol=1e-6)
     rgb16 = np.zeros((80, 90, 3), np.uint16)
     rgb16[..., 1] = 30_000
-    field = decode_image(tiff_bytes(rgb16, photometric="rgb"))
+    field = decode_image(tiff_bytes(rgb16, photometric="rgb"), ACCEPT_16)
     assert field.bit_depth == 16
     np.testing.assert_allclose(field.signal, 30_000 / 65535, atol=1e-6)
     palette = Image.fromarray(rgb).convert("P")

@@ -8,7 +8,14 @@ from hep2.vocabulary import CELL_PATTERNS, Pattern
 from tests.pipeline.helpers_stages import agh_crop, disk_field, one_hot_probs, threshold_labels
 from workers.pipeline.analyze import CONFIG_ENV, load_config
 from workers.pipeline.cells import Cell, background_level, measure_cells
-from workers.pipeline.specimen import SpecimenConfig, aggregate, calibrate_oov, cytoplasm_ratio
+from workers.pipeline.specimen import (
+    SpecimenConfig,
+    aggregate,
+    calibrate_cytoplasm,
+    calibrate_oov,
+    crop_cytoplasm_ratio,
+    cytoplasm_ratio,
+)
 
 
 def _cells(probs: np.ndarray, mitotic: int = 0) -> list[Cell]:
@@ -103,9 +110,9 @@ def test_config_files_and_env(tmp_path, monkeypatch) -> None:
     assert cfg.intensity.negative_below == 7.5 and cfg.specimen.min_cells == 3
     assert cfg.cells.crop_max_level == 52  # untouched sections keep their defaults
     js = tmp_path / "lab.json"
-    js.write_text('{"specimen": {"oov_cytoplasm_ratio": 0.8}}')
+    js.write_text('{"specimen": {"oov_cytoplasm_ratio": 0.9}}')
     monkeypatch.setenv(CONFIG_ENV, str(js))
-    assert load_config().specimen.oov_cytoplasm_ratio == 0.8
+    assert load_config().specimen.oov_cytoplasm_ratio == 0.9
     monkeypatch.delenv(CONFIG_ENV)
     assert load_config().specimen == SpecimenConfig()
 
@@ -119,3 +126,30 @@ def test_calibrate_oov_passes_every_reference_specimen() -> None:
     assert cfg.oov_min_cell_confidence <= vague.max(axis=1).mean() <= sharp.max(axis=1).mean()
     for members in (sharp, vague):
         assert not any("vocabulary" in r for r in aggregate(_cells(members), "positive", config=cfg).reasons)
+
+
+def _crop(cyto: float, dots: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:80, :80]
+    r = np.hypot(yy - 40, xx - 40)
+    image = np.where(r < 30, 0.9 * cyto, 0.05) + np.where(r < 20, 0.6, 0.0)
+    if dots:  # punctate nucleus: dark nucleoplasm, a few bright spots
+        image = np.where(r < 20, 0.1, image)
+        image[(r < 20) & (yy % 4 < 2) & (xx % 4 < 2)] = 0.9
+    return image, r < 20
+
+
+def test_crop_cytoplasm_ratio_uses_the_bright_part_of_punctate_nuclei() -> None:
+    plain = crop_cytoplasm_ratio(*_crop(0.0))
+    ringed = crop_cytoplasm_ratio(*_crop(0.6))
+    punctate = crop_cytoplasm_ratio(*_crop(0.2, dots=True))
+    assert plain is not None and ringed is not None and punctate is not None
+    assert plain < 0.05 < punctate < 0.3 < ringed
+    assert crop_cytoplasm_ratio(np.zeros((8, 8)), np.ones((8, 8), bool)) is None  # no background to measure
+
+
+def test_calibrate_cytoplasm_passes_every_nuclear_group_and_ignores_golgi() -> None:
+    ratios = np.array([0.1, 0.2, 0.3, 0.42, 0.44, 1.5, 1.4])
+    groups = np.array(["a", "a", "b", "c", "c", "g", "g"])
+    patterns = np.array(["speckled", "speckled", "nucleolar", "nuclear_membrane", "nuclear_membrane",
+                         "golgi", "golgi"])
+    assert calibrate_cytoplasm(ratios, groups, patterns) == 0.45

@@ -38,8 +38,19 @@ def test_train_grouped_export_and_evaluate_end_to_end(tiny_i3a: Path, tmp_path: 
     assert card["command"].startswith("hep2 train cells --data")
     assert {"commit", "dirty"} <= set(card["code"]) and card["hardware"]["cpu_cores"] >= 1
     assert len(card["cv_mean"]["mca"]["folds"]) == 2 and card["tta"] == 8
+    thresholds = card["specimen_thresholds"]  # calibrated on the out-of-fold predictions
+    assert 0 < thresholds["oov_min_cell_confidence"] <= 1 and 0 < thresholds["oov_max_entropy"] <= 1
     clf = CellClassifier(weights / "tiny.safetensors")
     assert clf.tta == 8 and clf.config.img_size == 32
+
+    # a later final fit of the same recipe in the same folder keeps the CV in its card; another recipe does not
+    common = ("train", "cells", "--data", tiny_i3a, "--out", run, "--protocol", "grouped", "--folds", "2",
+              "--model", "resnet10_w32", "--max-steps", "3", "--img-size", "32", "--tta", "8", "--no-progress",
+              "--no-cv", "--final-fit")
+    _invoke(*common, "--epochs", "2")
+    assert json.loads((run / "final" / "model.json").read_text())["cv_mean"] == card["cv_mean"]
+    _invoke(*common, "--epochs", "3")
+    assert "cv_mean" not in json.loads((run / "final" / "model.json").read_text())
 
     out = _invoke("evaluate", "cells", "--data", tiny_i3a, "--model", weights / "tiny.safetensors",
                   "--json", tmp_path / "eval.json")

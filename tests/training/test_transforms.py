@@ -8,6 +8,8 @@ from training.transforms import (
     augment,
     dihedral,
     fit_square,
+    gaussian_blur,
+    jitter_mask,
     percentile_stretch,
     prepare_crop,
     random_dihedral,
@@ -92,3 +94,32 @@ def test_augment_returns_unit_range_floats_and_a_binary_mask() -> None:
     assert y.min() >= 0 and y.max() <= 1
     assert set(torch.unique(y[:, 1]).tolist()) <= {0.0, 1.0}
     assert not torch.allclose(y[:, 0], x[:, 0].float() / 255)  # something was augmented
+
+
+def test_field_augmentation_keeps_range_and_binary_mask_and_changes_the_batch() -> None:
+    x = torch.zeros((32, 2, 32, 32), dtype=torch.uint8)
+    x[:, :, 8:24, 8:24] = 255
+    plain = augment(x, True, max_angle=0, jitter=0, generator=torch.Generator().manual_seed(1))
+    field = augment(x, True, max_angle=0, jitter=0, generator=torch.Generator().manual_seed(1), field_aug=1.0)
+    assert field.min() >= 0 and field.max() <= 1
+    assert set(torch.unique(field[:, 1]).tolist()) <= {0.0, 1.0}
+    assert not torch.allclose(plain[:, 0], field[:, 0])
+    areas = field[:, 1].sum(dim=(1, 2))
+    assert len(torch.unique(areas)) > 3  # zoom and mask error vary per sample
+
+
+def test_gaussian_blur_is_identity_at_sigma_zero_and_keeps_the_mean() -> None:
+    x = torch.rand(3, 20, 20)
+    same = gaussian_blur(x, torch.zeros(3))
+    assert torch.allclose(same, x, atol=1e-5)
+    blurred = gaussian_blur(x, torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.allclose(blurred[0], x[0], atol=1e-5)
+    assert blurred[2].std() < blurred[1].std() < x[1].std()
+    assert torch.allclose(blurred.mean(dim=(1, 2)), x.mean(dim=(1, 2)), atol=0.02)
+
+
+def test_jitter_mask_grows_shrinks_or_keeps_each_mask() -> None:
+    m = torch.zeros(3, 12, 12)
+    m[:, 4:8, 4:8] = 1
+    out = jitter_mask(m, torch.tensor([1.0, -1.0, 0.0]))
+    assert out[0].sum() == 36 and out[1].sum() == 4 and out[2].sum() == 16

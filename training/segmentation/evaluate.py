@@ -27,7 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from training.segmentation.metrics import score, total
-from workers.pipeline.decode import decode_image
+from workers.pipeline.decode import ImageLimits, decode_image
 from workers.pipeline.types import Segmenter
 
 
@@ -70,7 +70,8 @@ def evaluate(data: str | Path, segmenters: dict[str, Segmenter]) -> dict[str, An
     """Per image and pooled Dice / IoU / object F1 (IoU ≥ 0.5, Hungarian) of each segmenter."""
     pairs = find_pairs(Path(data))
     truths = {name: edges_to_instances(np.asarray(Image.open(edges))) for name, _, edges in pairs}
-    fields = {name: decode_image(image.read_bytes()) for name, image, _ in pairs}
+    limits = ImageLimits(accept_16bit=True)  # annotated evaluation fields of any bit depth
+    fields = {name: decode_image(image.read_bytes(), limits) for name, image, _ in pairs}
     result: dict[str, Any] = {"data": str(data), "images": {n: {"true_objects": int(t.max())}
                                                             for n, t in truths.items()}, "segmenters": {}}
     for seg_name, segmenter in segmenters.items():

@@ -143,15 +143,27 @@ class SlideAnalysis:
         return out
 
 
-def _decode(data: bytes) -> FieldImage:
-    from workers.pipeline.decode import decode_image
+def specimen_rules(config: SpecimenConfig, classifier: Any) -> SpecimenConfig:
+    """The lab's specimen rules, with the out-of-vocabulary thresholds calibrated for this classifier (its
+    model card's ``specimen_thresholds``) wherever the lab's configuration does not set them itself."""
+    card = getattr(classifier, "card", None) or {}
+    calibrated = {k: v for k, v in (card.get("specimen_thresholds") or {}).items()
+                  if k in SpecimenConfig.model_fields and k not in config.model_fields_set}
+    return config.model_copy(update=calibrated) if calibrated else config
 
-    return decode_image(data)
+
+def _decode(data: bytes, accept_16bit: bool) -> FieldImage:
+    from workers.pipeline.decode import ImageLimits, decode_image
+
+    return decode_image(data, ImageLimits(accept_16bit=accept_16bit))
 
 
 def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, config: PipelineConfig | None = None,
-                  title: str = "") -> SlideAnalysis:
-    """Run every stage on one image; raises :class:`InvalidImageError` for input that cannot be analysed."""
+                  title: str = "", accept_16bit: bool = False) -> SlideAnalysis:
+    """Run every stage on one image; raises :class:`InvalidImageError` for input that cannot be analysed.
+
+    ``accept_16bit``: analyse 16-bit images instead of rejecting them (callers pass ``HEP2_ACCEPT_16BIT``).
+    """
     cfg = config or PipelineConfig()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -162,7 +174,7 @@ def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, conf
         timings[name] = round((now - clock) * 1000.0, 1)
         clock = now
 
-    image = _decode(data)
+    image = _decode(data, accept_16bit)
     lap("decode")
     labels = np.asarray(models.segmenter.segment(image))
     if labels.shape != image.shape:
@@ -177,7 +189,9 @@ def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, conf
         classify_cells(image, labels, cells, models.classifier, cfg.cells)
     lap("classify")
     ratio = cytoplasm_ratio(image, labels, cells, background_level(image, labels)[0])
-    specimen = aggregate(cells, intensity.intensity_class, ratio, cfg.specimen)
+    rules = specimen_rules(cfg.specimen, models.classifier) if intensity.intensity_class != "negative" \
+        else cfg.specimen
+    specimen = aggregate(cells, intensity.intensity_class, ratio, rules)
     lap("specimen")
     overlay = render_overlay(image, labels, cells, title=title)
     lap("overlay")

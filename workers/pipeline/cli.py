@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from hep2.vocabulary import NEGATIVE, parse_pattern
@@ -45,7 +46,7 @@ def _hardware() -> dict[str, Any]:
 
 
 def evaluate_fields(data: Path, models: Any, config: Any = None, overlay_dir: Path | None = None,
-                    ) -> dict[str, Any]:
+                    accept_16bit: bool = False) -> dict[str, Any]:
     """Run the pipeline on every image of ``data/labels.csv`` and score it (see docs/pipeline.md)."""
     from workers.pipeline.analyze import analyze_field
     from workers.pipeline.types import InvalidImageError
@@ -56,7 +57,8 @@ def evaluate_fields(data: Path, models: Any, config: Any = None, overlay_dir: Pa
         kind, want = expected_call(row["code"], row.get("pattern", ""), int(row["ana_positive"]))
         entry: dict[str, Any] = {"image": row["image"], "code": row["code"], "kind": kind, "expected": want}
         try:
-            result = analyze_field((data / row["image"]).read_bytes(), models, config=config, title=row["image"])
+            result = analyze_field((data / row["image"]).read_bytes(), models, config=config, title=row["image"],
+                                   accept_16bit=accept_16bit)
         except InvalidImageError as exc:
             entry.update(error=str(exc))
             per_image.append(entry)
@@ -133,17 +135,22 @@ def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         segmenter: Annotated[str, typer.Option(help="default | unet | classical")] = "default",
         device: str = "auto",
         cells: Annotated[bool, typer.Option(help="Include per-cell records in the JSON.")] = False,
+        accept_16bit: Annotated[bool | None, typer.Option(
+            "--accept-16bit/--reject-16bit", help="Analyse or reject 16-bit images; default: "
+                                                  "$HEP2_ACCEPT_16BIT (reject).")] = None,
     ) -> None:
         """Analyse slide images with the bundled models; prints a table, bad files with their reason."""
+        from hep2.settings import get_settings
         from workers.pipeline.analyze import analyze_field, load_config
         from workers.pipeline.types import InvalidImageError
 
         cfg, models, results = load_config(config), _models(classifier, segmenter, device), {}
+        sixteen = get_settings().accept_16bit if accept_16bit is None else accept_16bit
         header = f"{'file':<28} {'intensity':<22} {'pattern':<17} {'ICAP':<10} {'second':<17} {'cells':>5}  review"
         typer.echo(header)
         for path in files:
             try:
-                r = analyze_field(path.read_bytes(), models, config=cfg, title=path.name)
+                r = analyze_field(path.read_bytes(), models, config=cfg, title=path.name, accept_16bit=sixteen)
             except (InvalidImageError, OSError) as exc:
                 typer.echo(f"{path.name:<28} REJECTED: {exc}")
                 results[str(path)] = {"error": str(exc)}
@@ -170,10 +177,15 @@ def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         segmenter: Annotated[str, typer.Option(help="default | unet | classical")] = "default",
         device: str = "auto",
     ) -> None:
-        """Whole-field evaluation: pos/neg, in-vocabulary pattern accuracy, out-of-vocabulary review share."""
+        """Whole-field evaluation: pos/neg, in-vocabulary pattern accuracy, out-of-vocabulary review share.
+
+        16-bit images are analysed only with ``HEP2_ACCEPT_16BIT=true`` (as in the service).
+        """
+        from hep2.settings import get_settings
         from workers.pipeline.analyze import load_config
 
-        result = evaluate_fields(data, _models(classifier, segmenter, device), load_config(config), overlay_dir)
+        result = evaluate_fields(data, _models(classifier, segmenter, device), load_config(config), overlay_dir,
+                                 accept_16bit=get_settings().accept_16bit)
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n")
         pn, iv, ov = result["posneg"], result["in_vocab_pattern"], result["out_of_vocab"]
@@ -188,3 +200,41 @@ def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
             typer.echo(f"  {e['image']:<12} " + (f"ERROR {e['error']}" if "error" in e else
                        f"{e['intensity_class']:<12} {e['pattern']:<16} top {e['best_known_pattern'] or '-':<16} "
                        f"conf {e['confidence']:.2f} review {e['needs_review']}"))
+
+    @evaluate_app.command("cytoplasm")
+    def calibrate_cytoplasm_cmd(
+        data: Annotated[Path, typer.Option(help="Cells with masks and specimen groups (i3a-task1 layout).")],
+        json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON.")] = None,
+    ) -> None:
+        """Calibrate ``oov_cytoplasm_ratio`` on nuclear in-vocabulary specimens (per-class group ranges too)."""
+        result = cytoplasm_calibration(data)
+        for name, r in result["per_pattern"].items():
+            typer.echo(f"  {name:<18} groups {r['groups']:>3}  group medians {r['min']:.2f} .. {r['max']:.2f}")
+        typer.echo(f"oov_cytoplasm_ratio = {result['oov_cytoplasm_ratio']}")
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def cytoplasm_calibration(data: Path) -> dict[str, Any]:
+    """Each cell's :func:`~workers.pipeline.specimen.crop_cytoplasm_ratio`, per specimen group → the threshold."""
+    from hep2.vocabulary import CELL_PATTERNS
+    from training.datasets import load_manifest
+    from workers.pipeline.specimen import calibrate_cytoplasm, crop_cytoplasm_ratio
+
+    table = load_manifest(data)
+    ratios = np.full(len(table), np.nan)
+    for i in range(len(table)):
+        image, mask = table.read_crop(i)
+        if mask is not None:
+            ratio = crop_cytoplasm_ratio(image, mask)
+            ratios[i] = np.nan if ratio is None else ratio
+    patterns = np.array([CELL_PATTERNS[k].value for k in table.labels])
+    groups, per_pattern = table.groups, {}
+    for name in dict.fromkeys(patterns):
+        medians = [float(np.nanmedian(ratios[(groups == g) & (patterns == name)]))
+                   for g in np.unique(groups[patterns == name])]
+        per_pattern[name] = {"groups": len(medians), "min": round(min(medians), 3), "max": round(max(medians), 3)}
+    return {"data": str(data), "cells_measured": int((~np.isnan(ratios)).sum()), "per_pattern": per_pattern,
+            "oov_cytoplasm_ratio": calibrate_cytoplasm(ratios, groups, patterns),
+            "rule": "highest specimen-group median over nuclear (non-Golgi) groups, rounded up to 0.05"}

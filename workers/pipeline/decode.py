@@ -15,6 +15,10 @@ exception escapes):
 * **Channels**: RGB(A) → the green channel (FITC), alpha dropped; gray as is; palette images are expanded to
   RGB first (then green); 1-bit, floating-point and 32-bit integer images are rejected (no fluorescence
   scale); other colour spaces (CMYK, YCbCr, LAB) are rejected.
+* **Bit depth**: more than 8 bits per sample (16-bit PNG, 9–16-bit TIFF) is rejected from the header unless
+  ``ImageLimits.accept_16bit`` (the service sets it from ``HEP2_ACCEPT_16BIT``): the classifier was trained
+  and the intensity cut-offs calibrated on 8-bit images, so a 16-bit image's fluorescence index is not
+  comparable to the lab's calibration. Accepted, 16-bit images are decoded as follows.
 * **Scale**: ``signal = value / full scale``: 255 for 8-bit, 65535 for 16-bit, except a TIFF whose
   BitsPerSample says 9–15 (a packed 12-bit camera image, say), which is scaled by ``2**bits - 1``.
   16-bit *RGB* PNG: Pillow keeps only the most significant byte of each sample, so such PNGs are read at
@@ -45,6 +49,7 @@ class ImageLimits:
     max_decoded_bytes: int = 512 * 2**20  # height × width × samples × bytes/sample of the page read
     min_side: int = 64  # px; smaller is a crop or a thumbnail, not a field
     detect_annotations: bool = True
+    accept_16bit: bool = False  # more than 8 bits per sample; off = rejected (8-bit calibration)
 
 
 MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
@@ -95,6 +100,15 @@ def _to_signal(array: np.ndarray, full_scale: float, rule: str) -> tuple[np.ndar
         raise InvalidImageError(f"unsupported sample layout {array.shape}: expected gray or RGB(A)")
     signal = np.clip(plane.astype(np.float32) / full_scale, 0.0, 1.0)
     return signal, ", ".join(x for x in (how, rule) if x)
+
+
+def _check_bit_depth(fmt: str, bits: int, limits: ImageLimits) -> None:
+    """Reject more than 8 bits per sample unless ``limits.accept_16bit`` (see the module docstring)."""
+    if bits > 8 and not limits.accept_16bit:
+        raise InvalidImageError(
+            f"16-bit image ({fmt}, {bits} bits per sample): this service analyses 8-bit images (the classifier and "
+            "the intensity cut-offs are calibrated on 8-bit scans, so the fluorescence index would not be "
+            "comparable); set HEP2_ACCEPT_16BIT=true after calibrating intensity cut-offs for 16-bit scans")
 
 
 # ------------------------------------------------------------------------------------------------ Pillow
@@ -162,6 +176,7 @@ def _decode_tiff(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, int, str
             raise InvalidImageError(f"unsupported TIFF sample type {dtype} ({page.bitspersample} bits)")
         if len(shape) > 3 or ("S" not in axes and len(shape) == 3):
             raise InvalidImageError(f"unsupported TIFF page layout {axes} {shape}: expected gray or RGB(A)")
+        _check_bit_depth("TIFF", int(page.bitspersample), limits)
         try:
             array = page.asarray()
         except Exception as exc:  # tifffile raises many types; a codec it lacks → try Pillow
@@ -233,6 +248,8 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> FieldImage:
         raise InvalidImageError(f"file too large: {len(data) / 2**20:.0f} MiB exceeds "
                                 f"{limits.max_bytes / 2**20:.0f} MiB")
     fmt = sniff(bytes(data[:1024]))
+    if fmt == "PNG":
+        _check_bit_depth(fmt, _png_bit_depth(data), limits)
     try:
         if fmt == "TIFF":
             signal, bits, rule = _decode_tiff(data, limits)

@@ -37,7 +37,7 @@ class SpecimenConfig(BaseModel):
     min_agreement: float = Field(0.5, description="Share of cells voting for the top pattern below this: review.")
     oov_max_entropy: float = Field(0.65, description="Mean normalised cell entropy above this: out of vocabulary.")
     oov_min_cell_confidence: float = Field(0.50, description="Mean cell max-probability below this: OOV.")
-    oov_cytoplasm_ratio: float = Field(0.5, description="Cytoplasm/nucleus signal ratio above this: cytoplasmic.")
+    oov_cytoplasm_ratio: float = Field(0.8, description="Cytoplasm/nucleus signal ratio above this: cytoplasmic.")
     mixed_min_probability: float = Field(0.25, description="Second pattern's mean probability for 'mixed'.")
     mixed_min_votes: float = Field(0.2, description="Second pattern's share of cell votes for 'mixed'.")
     review_intermediate: bool = Field(False, description="Send intermediate-intensity specimens to review.")
@@ -63,23 +63,30 @@ class SpecimenResult:
     cytoplasm_ratio: float | None = None
 
 
+def ring_width(area: float) -> int:
+    """Width (px) of the ring around a nucleus of ``area`` px where cytoplasmic signal is measured."""
+    return max(3, round(0.3 * np.sqrt(area / np.pi)))
+
+
 def cytoplasm_ratio(field_image: FieldImage, labels: np.ndarray, cells: list[Cell], background: float,
                     ) -> float | None:
-    """Median over interphase cells of (ring around the nucleus − bg) / (nucleus − bg); None if unmeasurable.
+    """Median over interphase cells of (ring around the nucleus − bg) / (nucleus p90 − bg); None if unmeasurable.
 
-    The ring is ``max(3, 0.3 × equivalent radius)`` px wide, outside every segmented nucleus.
+    The ring is :func:`ring_width` px wide, outside every segmented nucleus. The nucleus counts by its 90th
+    percentile, as in the intensity index: punctate nuclear patterns (nucleoli, centromeres) stain a small
+    part of it, and its median would make them look cytoplasmic.
     """
     sig, h, w = field_image.signal, *labels.shape
     ratios = []
     for c in cells:
         if not c.interphase:
             continue
-        r = max(3, round(0.3 * np.sqrt(c.area / np.pi)))
+        r = ring_width(c.area)
         y0, x0, y1, x1 = c.bbox
         sl = (slice(max(y0 - r, 0), min(y1 + r, h)), slice(max(x0 - r, 0), min(x1 + r, w)))
         own = labels[sl] == c.label
         ring = ndimage.binary_dilation(own, iterations=r) & (labels[sl] == 0) & ~field_image.annotation_mask[sl]
-        inside = float(np.median(sig[sl][own])) - background
+        inside = float(np.percentile(sig[sl][own], 90)) - background
         if ring.sum() < 10 or inside <= 0:
             continue
         ratios.append((float(np.median(sig[sl][ring])) - background) / inside)
@@ -99,6 +106,30 @@ def calibrate_oov(probs: np.ndarray, groups: np.ndarray, step: float = 0.05) -> 
     unsure = [ent[groups == g].mean() for g in np.unique(groups)]
     return {"oov_min_cell_confidence": round(float(np.floor(min(conf) / step) * step), 4),
             "oov_max_entropy": round(float(np.ceil(max(unsure) / step) * step), 4)}
+
+
+def crop_cytoplasm_ratio(image: np.ndarray, mask: np.ndarray) -> float | None:
+    """:func:`cytoplasm_ratio` for one cell crop with its mask (e.g. an I3A cell): the background is the 10th
+    percentile outside the mask (a crop has too little background for the field's rule)."""
+    img, own = np.asarray(image, np.float64), np.asarray(mask) > 0
+    if own.sum() < 20 or (~own).sum() < 50:
+        return None
+    background = float(np.percentile(img[~own], 10))
+    ring = ndimage.binary_dilation(own, iterations=ring_width(own.sum())) & ~own
+    inside = float(np.percentile(img[own], 90)) - background
+    if ring.sum() < 10 or inside <= 0:
+        return None
+    return (float(np.median(img[ring])) - background) / inside
+
+
+def calibrate_cytoplasm(ratios: np.ndarray, groups: np.ndarray, patterns: np.ndarray, step: float = 0.05,
+                        ) -> float:
+    """``oov_cytoplasm_ratio`` from cells of *nuclear* in-vocabulary specimens (Golgi groups are ignored): the
+    highest specimen-group median ratio, rounded up to ``step``, so no such specimen is called cytoplasmic."""
+    ratios, groups, patterns = np.asarray(ratios, np.float64), np.asarray(groups), np.asarray(patterns)
+    keep = ~np.isnan(ratios) & (patterns != Pattern.GOLGI.value)
+    medians = [np.median(ratios[keep & (groups == g)]) for g in np.unique(groups[keep])]
+    return round(float(np.ceil(max(medians) / step) * step), 4)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:

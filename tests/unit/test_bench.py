@@ -1,0 +1,52 @@
+"""``hep2 bench``'s classifier batch sweep: the JSON shape on a tiny model (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hep2.synthetic import synthetic_png
+from hep2.vocabulary import Pattern
+from workers import bench
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A randomly initialised small classifier on the CPU, without TTA."""
+    from training.inference import CellClassifier
+    from training.models import ModelConfig, create_model, save_checkpoint
+
+    config = ModelConfig(arch="resnet10_w32", img_size=32)
+    path = save_checkpoint(create_model(config), config, tmp_path_factory.mktemp("w") / "tiny.safetensors")
+    return CellClassifier(path, device="cpu", tta=1)
+
+
+def test_batch_sweep_reports_a_positive_rate_per_batch_size(tiny_classifier: Any) -> None:
+    crops = np.random.default_rng(0).integers(0, 256, (5, tiny_classifier.config.in_chans, 32, 32), np.uint8)
+    sweep = json.loads(json.dumps(bench.batch_sweep(tiny_classifier, crops, [3, 8], repeats=1)))
+    assert sweep["device"] == "cpu" and sweep["autocast"] is None and sweep["tta"] == 1
+    assert sweep["per_slide_batch"] == 3 and sweep["unique_crops"] == 5 and sweep["weights"] == ["tiny.safetensors"]
+    assert [(b["batch_size"], b["calls"], b["cells"]) for b in sweep["batches"]] == [(3, 3, 9), (8, 1, 8)]
+    assert all(b["cells_per_s"] > 0 and b["seconds"] > 0 for b in sweep["batches"])
+    assert sweep["speedup_largest_vs_per_slide"] > 0
+    assert tiny_classifier.batch_size == 256  # restored
+
+
+def test_sweep_without_i3a_cuts_crops_from_the_bench_fields(tiny_classifier: Any, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.pipeline.analyze import Models
+    from workers.pipeline.segmentation import ClassicalSegmenter
+
+    monkeypatch.setenv("HEP2_SHARED_DATA", str(tmp_path))  # no i3a-task1 there
+    monkeypatch.setattr(bench, "SWEEP_BATCHES", (8,))
+    monkeypatch.setattr(bench, "DEFAULT_SLIDE_CELLS", 4)
+    models = Models(segmenter=ClassicalSegmenter(), classifier=tiny_classifier)
+    fields = [("f.png", synthetic_png(Pattern.SPECKLED, seed=1, size=(256, 320), cells=12))]
+    sweep = bench.run_batch_sweep(models, lambda: fields, None)
+    assert "cut from 1 bench fields" in sweep["crops"] and sweep["per_slide_batch_from"].startswith("default")
+    assert [b["batch_size"] for b in sweep["batches"]] == [4, 8]
+    assert all(b["cells_per_s"] > 0 for b in sweep["batches"])
