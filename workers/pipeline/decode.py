@@ -106,7 +106,7 @@ def _check_bit_depth(fmt: str, bits: int, limits: ImageLimits) -> None:
     """Reject more than 8 bits per sample unless ``limits.accept_16bit`` (see the module docstring)."""
     if bits > 8 and not limits.accept_16bit:
         raise InvalidImageError(
-            f"16-bit image ({fmt}, {bits} bits per sample): this service analyses 8-bit images (the classifier and "
+            f"{bits}-bit image ({fmt}, {bits} bits per sample): this service analyses 8-bit images (the classifier and "
             "the intensity cut-offs are calibrated on 8-bit scans, so the fluorescence index would not be "
             "comparable); set HEP2_ACCEPT_16BIT=true after calibrating intensity cut-offs for 16-bit scans")
 
