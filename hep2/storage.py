@@ -180,9 +180,23 @@ class LocalStorage:
     @staticmethod
     def _info(key: str, path: Path) -> ObjectInfo:
         stat = path.stat()
-        md5 = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
-        return ObjectInfo(key=key, size=stat.st_size, etag=md5,
+        return ObjectInfo(key=key, size=stat.st_size, etag=_local_etag(path, stat),
                           last_modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC))
+
+
+_ETAGS: dict[Path, tuple[tuple[int, int, int], str]] = {}
+"""MD5 ETags of local objects by path, valid while (size, mtime, inode) stay the same: an inbox sweep lists
+every object, and re-reading them all each time would grow with the inbox. ``put`` renames a new file into
+place, so a replaced object always has a new inode."""
+
+
+def _local_etag(path: Path, stat: os.stat_result) -> str:
+    version = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    cached = _ETAGS.get(path)
+    if cached is None or cached[0] != version:
+        cached = (version, hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest())
+        _ETAGS[path] = cached
+    return cached[1]
 
 
 def _sign(secret: bytes, bucket: str, key: str, expires: int) -> str:

@@ -75,3 +75,15 @@ def test_local_presigned_url_is_signed_and_expires(tmp_path: Path) -> None:
     assert not store.verify_signature("overlays/1.png", 1, query["signature"])  # long expired
     other = LocalStorage(tmp_path, "bucket", b"another key")
     assert not other.verify_signature("overlays/1.png", int(query["expires"]), query["signature"])
+
+
+def test_local_listing_hashes_each_object_version_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalStorage(tmp_path, "bucket", b"secret")
+    store.put("inbox/a.png", b"first")
+    first = [o.etag for o in store.list("inbox/")]
+    reads: list[Path] = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real_read(self))
+    assert [o.etag for o in store.list("inbox/")] == first and reads == []  # unchanged: not read again
+    store.put("inbox/a.png", b"other")  # same size, new content
+    assert [o.etag for o in store.list("inbox/")] == [hashlib.md5(b"other").hexdigest()]
