@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -36,6 +36,16 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+Row = TypeVar("Row")
+
+
+def get_or_404(session: Session, model: type[Row], ident: int, what: str, **options: Any) -> Row:
+    """``session.get(model, ident, **options)``, or a 404 "<what> <ident> not found"."""
+    row = session.get(model, ident, **options)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} not found")
+    return row
+
 BearerDep = Annotated[HTTPAuthorizationCredentials | None,
                       Depends(HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>"))]
 ApiKeyDep = Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))]

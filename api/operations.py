@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.audit import record
-from api.auth import Ops, SessionDep, Viewer
+from api.auth import Ops, SessionDep, Viewer, get_or_404
 from api.schemas import ORM, Comment, ModelVersionOut
 from db.models import (
     AnalysisAttempt,
@@ -198,9 +198,7 @@ def list_models(session: SessionDep, _: Viewer, task: ModelTask | None = None) -
 @router.get("/models/{version_id}", response_model=ModelDetail)
 def get_model(version_id: DbPath, session: SessionDep, _: Viewer) -> ModelDetail:
     """One version with its training run's per-fold metrics and pooled confusion matrix."""
-    version = session.get(ModelVersion, version_id)
-    if version is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model version {version_id} not found")
+    version = get_or_404(session, ModelVersion, version_id, "model version")
     run = session.get(TrainingRun, version.training_run_id) if version.training_run_id else None
     return ModelDetail(version=ModelVersionOut.model_validate(version), run=run_detail(session, run) if run else None)
 
@@ -209,8 +207,7 @@ def get_model(version_id: DbPath, session: SessionDep, _: Viewer) -> ModelDetail
 def promote_model(version_id: DbPath, body: PromoteIn, session: SessionDep, who: Ops) -> PromotionOut:
     """Promote a version through the registry's policy (``force`` overrides it); 409 when refused."""
     from training import registry  # late: it imports torch, which the other endpoints do not need
-    if session.get(ModelVersion, version_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model version {version_id} not found")
+    get_or_404(session, ModelVersion, version_id, "model version")
     promoted, message = registry.promote(session, version_id, actor=who.actor, force=body.force)
     if body.comment:
         record(session, who.actor, "model.comment", "model_version", version_id, comment=body.comment)
@@ -246,10 +243,7 @@ def list_runs(session: SessionDep, _: Viewer, task: ModelTask | None = None,
 @router.get("/training-runs/{run_id}", response_model=RunDetail)
 def get_run(run_id: DbPath, session: SessionDep, _: Viewer) -> RunDetail:
     """One run: progress, per-fold metrics as they finish, pooled confusion matrix."""
-    run = session.get(TrainingRun, run_id)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"training run {run_id} not found")
-    return run_detail(session, run)
+    return run_detail(session, get_or_404(session, TrainingRun, run_id, "training run"))
 
 
 @router.post("/training-runs", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
@@ -274,9 +268,7 @@ def start_run(body: TrainingIn, session: SessionDep, who: Ops) -> TrainingRun:
 @router.post("/training-runs/{run_id}/cancel", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
 def cancel_run(run_id: DbPath, session: SessionDep, who: Ops) -> TrainingRun:
     """Ask a queued or running run to stop (the trainer checks ``cancel_requested``); 409 if it has ended."""
-    run = session.get(TrainingRun, run_id, with_for_update=True)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"training run {run_id} not found")
+    run = get_or_404(session, TrainingRun, run_id, "training run", with_for_update=True)
     if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
         raise HTTPException(status.HTTP_409_CONFLICT, f"training run {run_id} is {run.status.value}")
     run.cancel_requested = True

@@ -14,7 +14,7 @@ from pydantic import BaseModel, model_validator
 from sqlalchemy import select
 
 from api.audit import record
-from api.auth import Reviewer, SessionDep, Viewer
+from api.auth import Reviewer, SessionDep, Viewer, get_or_404
 from api.schemas import CellOut, CellPattern, Comment, IntensityClass, ReviewOut, SpecimenDetail, SpecimenPattern
 from api.specimens import detail, load_row
 from db.models import Cell, Review
@@ -66,9 +66,7 @@ def review_specimen(slide_id: DbPath, body: SpecimenReviewIn, session: SessionDe
 @router.post("/cells/{cell_id}/review", response_model=CellOut, status_code=status.HTTP_201_CREATED)
 def review_cell(cell_id: DbPath, body: CellReviewIn, session: SessionDep, who: Reviewer) -> CellOut:
     """Confirm (same pattern as predicted) or correct one cell's pattern."""
-    cell = session.get(Cell, cell_id)
-    if cell is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"cell {cell_id} not found")
+    cell = get_or_404(session, Cell, cell_id, "cell")
     previous = session.scalar(select(Review.new_value).where(Review.cell_id == cell_id).order_by(Review.id.desc())
                               .limit(1)) or cell.predicted_pattern
     review = Review(cell_id=cell_id, reviewer=who.name, field="cell_pattern", old_value=previous,

@@ -28,12 +28,17 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype on ``device``: bf16 on CUDA that supports it, fp16 on other CUDA, else None."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA that supports it, fp16 on other CUDA, disabled elsewhere."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
+    """Autocast to :func:`autocast_dtype` on CUDA, disabled elsewhere."""
+    dtype = autocast_dtype(device)
+    return torch.autocast("cuda", dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
 
 
 @torch.inference_mode()

@@ -114,15 +114,18 @@ def _earlier_cv(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
     after a CV run: the final fit's model card still carries its CV), else nothing."""
     if not path.is_file():
         return {}
-    earlier, now = json.loads(path.read_text()), json.loads(json.dumps(summary))  # tuples → lists, as stored
-    same = ("data_hash", "protocol", "split", "folds", "tta", "model")
-    train_now, train_then = dict(now["train"]), dict(earlier.get("train", {}))
-    for volatile in ("progress", "device"):
-        train_now.pop(volatile, None), train_then.pop(volatile, None)
-    if any(earlier.get(k) != now[k] for k in same) or train_now != train_then:
+    earlier = json.loads(path.read_text())
+    if _recipe(earlier) != _recipe(json.loads(json.dumps(summary))):  # tuples → lists, as stored
         return {}
     keys = ("fold_info", "fold_metrics", "cv_mean", "pooled", "specimen_thresholds")
     return {**{k: earlier[k] for k in keys if k in earlier}, "cv_command": earlier.get("command")}
+
+
+def _recipe(summary: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs' CV interchangeable: data, protocol, model and training settings."""
+    train = {k: v for k, v in summary.get("train", {}).items() if k not in ("progress", "device")}
+    return {**{k: summary.get(k) for k in ("data_hash", "protocol", "split", "folds", "tta", "model")},
+            "train": train}
 
 
 def _cross_validate(table: CellTable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, grouped: bool,
@@ -189,10 +192,8 @@ def export(run_dir: str | Path, weights_dir: str | Path, name: str) -> tuple[Pat
     card["weights"] = w.name
     card.pop("fold_metrics", None)  # the per-fold confusion matrices stay in the run folder's cv.json
     if "specimen_thresholds" not in card and card.get("protocol") == "grouped" and (src.parent / "oof.csv").is_file():
-        with (src.parent / "oof.csv").open() as fh:  # runs made before the card carried them
-            rows = list(csv.DictReader(fh))
-        probs = np.array([[float(r[c]) for c in CLASS_NAMES] for r in rows])
-        card["specimen_thresholds"] = oov_thresholds(probs, np.array([r["group"] for r in rows]))
+        rows = _oof_rows(src.parent)  # runs made before the card carried them
+        card["specimen_thresholds"] = oov_thresholds(_oof_probs(rows), np.array([r["group"] for r in rows]))
     c.write_text(json.dumps(card, indent=2) + "\n")
     return w, c
 
@@ -201,13 +202,20 @@ def _read_oof(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndar
     """cell ids, true labels, fold numbers and probabilities of a run's ``oof.csv``."""
     cv = json.loads((run_dir / "cv.json").read_text())
     group_fold = {g: i["fold"] for i in cv["fold_info"] for g in (i.get("test_groups") or [])}
-    with (run_dir / "oof.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _oof_rows(run_dir)
     ids = [r["cell_id"] for r in rows]
     y = np.array([CLASS_NAMES.index(r["true"]) for r in rows])
     folds = np.array([int(r["fold"]) if "fold" in r else group_fold[r["group"]] for r in rows])
-    probs = np.array([[float(r[c]) for c in CLASS_NAMES] for r in rows], dtype=np.float32)
-    return ids, y, folds, probs
+    return ids, y, folds, _oof_probs(rows)
+
+
+def _oof_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "oof.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _oof_probs(rows: list[dict[str, str]]) -> np.ndarray:
+    return np.array([[float(r[c]) for c in CLASS_NAMES] for r in rows], dtype=np.float32)
 
 
 def ensemble_runs(run_dirs: list[Path]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.ensemble import autocast, predict_proba, resolve_device
+from training.ensemble import autocast, autocast_dtype, predict_proba, resolve_device
 from training.metrics import mean_class_accuracy
 from training.models import ModelConfig, create_model
 from training.transforms import augment
@@ -122,7 +122,7 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: T
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 2),
                                                 pct_start=0.15)
-    fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    fp16 = autocast_dtype(device) == torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     log.log("start", n_train=len(xt), n_val=0 if x_val is None else len(x_val), device=str(device),
             model=model_cfg.to_dict(), train=cfg.to_dict())

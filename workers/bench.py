@@ -31,6 +31,7 @@ import torch
 
 from hep2.settings import get_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
+from training.ensemble import autocast_dtype
 
 
 def bench_fields(count: int, size: tuple[int, int], data_dir: Path | None) -> list[tuple[str, bytes]]:
@@ -102,13 +103,6 @@ def sweep_crops(models: Any, fields: Callable[[], list[tuple[str, bytes]]], limi
     return clf.preprocess(pairs[:limit]), f"{min(len(pairs), limit)} cells cut from {used} bench fields"
 
 
-def _autocast_dtype(device: torch.device) -> str | None:
-    """The mixed-precision dtype ``training.ensemble.predict_proba`` uses on ``device`` (None: float32)."""
-    if device.type != "cuda":
-        return None
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-
-
 def _predict_seconds(classifier: Any, x: np.ndarray, calls: int) -> float:
     """Seconds of ``calls`` ``predict_array(x)`` calls in one batch each (numpy out: CUDA work is finished)."""
     classifier.batch_size = len(x)  # predict_proba splits its input into chunks of batch_size
@@ -147,7 +141,8 @@ def batch_sweep(classifier: Any, crops: np.ndarray, sizes: Sequence[int], repeat
     finally:
         classifier.batch_size = saved
     rows = [_sweep_row(size, calls[size], times[size]) for size in sizes]
-    return {"device": str(classifier.device), "autocast": _autocast_dtype(classifier.device),
+    dtype = autocast_dtype(classifier.device)  # what predict_proba runs in
+    return {"device": str(classifier.device), "autocast": str(dtype).removeprefix("torch.") if dtype else None,
             "tta": classifier.tta, "weights": [Path(p).name for p in classifier.paths], "unique_crops": len(crops),
             "crop_shape": list(crops.shape[1:]), "repeats": repeats, "torch_threads": torch.get_num_threads(),
             "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -220,7 +220,7 @@ def cytoplasm_calibration(data: Path) -> dict[str, Any]:
     """Each cell's :func:`~workers.pipeline.specimen.crop_cytoplasm_ratio`, per specimen group → the threshold."""
     from hep2.vocabulary import CELL_PATTERNS
     from training.datasets import load_manifest
-    from workers.pipeline.specimen import calibrate_cytoplasm, crop_cytoplasm_ratio
+    from workers.pipeline.specimen import calibrate_cytoplasm, crop_cytoplasm_ratio, group_medians
 
     table = load_manifest(data)
     ratios = np.full(len(table), np.nan)
@@ -230,11 +230,11 @@ def cytoplasm_calibration(data: Path) -> dict[str, Any]:
             ratio = crop_cytoplasm_ratio(image, mask)
             ratios[i] = np.nan if ratio is None else ratio
     patterns = np.array([CELL_PATTERNS[k].value for k in table.labels])
-    groups, per_pattern = table.groups, {}
-    for name in dict.fromkeys(patterns):
-        medians = [float(np.nanmedian(ratios[(groups == g) & (patterns == name)]))
-                   for g in np.unique(groups[patterns == name])]
-        per_pattern[name] = {"groups": len(medians), "min": round(min(medians), 3), "max": round(max(medians), 3)}
+    groups, by_pattern = table.groups, {}
+    for (name, _), median in group_medians(ratios, table.groups, patterns).items():
+        by_pattern.setdefault(name, []).append(median)
+    per_pattern = {name: {"groups": len(m), "min": round(min(m), 3), "max": round(max(m), 3)}
+                   for name, m in by_pattern.items()}
     return {"data": str(data), "cells_measured": int((~np.isnan(ratios)).sum()), "per_pattern": per_pattern,
             "oov_cytoplasm_ratio": calibrate_cytoplasm(ratios, groups, patterns),
             "rule": "highest specimen-group median over nuclear (non-Golgi) groups, rounded up to 0.05"}

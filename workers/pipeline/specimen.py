@@ -86,11 +86,18 @@ def cytoplasm_ratio(field_image: FieldImage, labels: np.ndarray, cells: list[Cel
         sl = (slice(max(y0 - r, 0), min(y1 + r, h)), slice(max(x0 - r, 0), min(x1 + r, w)))
         own = labels[sl] == c.label
         ring = ndimage.binary_dilation(own, iterations=r) & (labels[sl] == 0) & ~field_image.annotation_mask[sl]
-        inside = float(np.percentile(sig[sl][own], 90)) - background
-        if ring.sum() < 10 or inside <= 0:
-            continue
-        ratios.append((float(np.median(sig[sl][ring])) - background) / inside)
+        ratio = _ring_ratio(sig[sl][own], sig[sl][ring], background)
+        if ratio is not None:
+            ratios.append(ratio)
     return float(np.median(ratios)) if ratios else None
+
+
+def _ring_ratio(nucleus: np.ndarray, ring: np.ndarray, background: float) -> float | None:
+    """(ring median − bg) / (nucleus 90th percentile − bg); None when the ring is too small or the nucleus dark."""
+    inside = float(np.percentile(nucleus, 90)) - background
+    if ring.size < 10 or inside <= 0:
+        return None
+    return (float(np.median(ring)) - background) / inside
 
 
 def calibrate_oov(probs: np.ndarray, groups: np.ndarray, step: float = 0.05) -> dict[str, float]:
@@ -114,21 +121,24 @@ def crop_cytoplasm_ratio(image: np.ndarray, mask: np.ndarray) -> float | None:
     img, own = np.asarray(image, np.float64), np.asarray(mask) > 0
     if own.sum() < 20 or (~own).sum() < 50:
         return None
-    background = float(np.percentile(img[~own], 10))
     ring = ndimage.binary_dilation(own, iterations=ring_width(own.sum())) & ~own
-    inside = float(np.percentile(img[own], 90)) - background
-    if ring.sum() < 10 or inside <= 0:
-        return None
-    return (float(np.median(img[ring])) - background) / inside
+    return _ring_ratio(img[own], img[ring], float(np.percentile(img[~own], 10)))
+
+
+def group_medians(ratios: np.ndarray, groups: np.ndarray, patterns: np.ndarray) -> dict[tuple[str, str], float]:
+    """Median ratio per (pattern, specimen group) over the cells that could be measured (not NaN)."""
+    ratios, groups, patterns = np.asarray(ratios, np.float64), np.asarray(groups), np.asarray(patterns)
+    ok = ~np.isnan(ratios)
+    keys = sorted(set(zip(patterns[ok].tolist(), groups[ok].tolist(), strict=True)))
+    return {(p, g): float(np.median(ratios[ok & (patterns == p) & (groups == g)])) for p, g in keys}
 
 
 def calibrate_cytoplasm(ratios: np.ndarray, groups: np.ndarray, patterns: np.ndarray, step: float = 0.05,
                         ) -> float:
     """``oov_cytoplasm_ratio`` from cells of *nuclear* in-vocabulary specimens (Golgi groups are ignored): the
     highest specimen-group median ratio, rounded up to ``step``, so no such specimen is called cytoplasmic."""
-    ratios, groups, patterns = np.asarray(ratios, np.float64), np.asarray(groups), np.asarray(patterns)
-    keep = ~np.isnan(ratios) & (patterns != Pattern.GOLGI.value)
-    medians = [np.median(ratios[keep & (groups == g)]) for g in np.unique(groups[keep])]
+    medians = [m for (pattern, _), m in group_medians(ratios, groups, patterns).items()
+               if pattern != Pattern.GOLGI.value]
     return round(float(np.ceil(max(medians) / step) * step), 4)
 
 
