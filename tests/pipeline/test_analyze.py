@@ -190,7 +190,8 @@ def test_model_versions_hash_the_weights(tiny_weights: Path) -> None:
 
     single = Models(segmenter=ClassicalSegmenter(), classifier=CellClassifier(tiny_weights, device="cpu"))
     info = single.versions()
-    assert info["segmenter"] == {"name": "classical"}
+    assert info["segmenter"]["name"] == "classical"
+    assert info["segmenter"]["params"]["dot_radius"] == ClassicalSegmenter().dot_radius
     assert info["classifier"]["sha256"] == hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
     pair = Models(segmenter=ClassicalSegmenter(),
                   classifier=CellClassifier([tiny_weights, tiny_weights], device="cpu")).versions()["classifier"]

@@ -35,7 +35,7 @@ def test_records_match_the_labels() -> None:
 
 def test_border_annotation_and_size_filters() -> None:
     disks = [*INTERPHASE[:8], (150, 2, 20, 20, 0.3), (340, 60, 20, 22, 0.3), (250, 380, 3, 3, 0.3),
-             (250, 200, 60, 70, 0.3)]
+             (250, 200, 40, 50, 0.3)]
     field, labels = disk_field(disks, shape=(400, 420))
     annotation = np.zeros(field.shape, bool)
     annotation[310:318, 50:70] = True  # touches the disk at (340, 60)
@@ -45,6 +45,16 @@ def test_border_annotation_and_size_filters() -> None:
     assert cells[11].excluded == "too_small"
     assert cells[12].excluded == "too_large"
     assert all(cells[i].excluded is None for i in range(1, 9))
+
+
+def test_fragments_do_not_make_whole_nuclei_clumps() -> None:
+    """A punctate field segmented into many dot-sized pieces beside whole nuclei: the typical size is the
+    nuclei's (area-weighted), so the nuclei are classified and the pieces are debris."""
+    specks = [(330 + 14 * (i // 20), 20 + 14 * (i % 20), 4, 4, 0.3) for i in range(40)]
+    field, labels = disk_field([*INTERPHASE[:6], *specks], shape=(400, 420))
+    cells = measure_cells(field, labels, CellConfig(min_area_px=10))
+    assert [c.excluded for c in cells[:6]] == [None] * 6
+    assert all(c.excluded == "too_small" for c in cells[6:])
 
 
 def test_crop_is_relative_margin_uint8_and_own_mask_only() -> None:

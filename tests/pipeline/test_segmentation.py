@@ -25,6 +25,7 @@ from workers.pipeline.segmentation import (
     default_segmenter,
     labels_from_maps,
     save_weights,
+    typical_area,
     unet_promoted,
     watershed_split,
 )
@@ -69,6 +70,36 @@ def test_classical_recovers_synthetic_nuclei_and_is_pure() -> None:
     assert 14 <= labels.max() <= 24
     np.testing.assert_array_equal(labels, ClassicalSegmenter().segment(field))
     assert ClassicalSegmenter().segment(field_of(np.full((200, 200), 0.02))).max() == 0  # blank well
+
+
+def punctate_field(seed: int = 0) -> tuple[FieldImage, np.ndarray]:
+    """Centromere-like nuclei: a dim disc (0.08 over a 0.03 background) carrying 30 bright 2-px dots each."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:240, 0:360]
+    signal, truth = np.full(yy.shape, 0.03), np.zeros(yy.shape, np.int32)
+    for label, (cy, cx) in enumerate([(70, 70), (70, 200), (170, 120), (170, 270)], start=1):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 40**2
+        truth[disc], signal[disc] = label, 0.08
+        for _ in range(30):
+            r, a = 34 * np.sqrt(rng.random()), 2 * np.pi * rng.random()
+            signal[((yy - cy - r * np.sin(a)) ** 2 + (xx - cx - r * np.cos(a)) ** 2) < 2.2**2] = 0.5
+    noisy = np.clip(ndimage.gaussian_filter(signal, 0.7) + rng.normal(0, 0.005, signal.shape), 0, 1)
+    return field_of(noisy), truth
+
+
+def test_punctate_nuclei_are_segmented_whole_not_as_dot_groups() -> None:
+    field, truth = punctate_field()
+    whole = score(truth, ClassicalSegmenter().segment(field))
+    assert whole.f1 == 1.0 and whole.dice > 0.9
+    shattered = score(truth, ClassicalSegmenter(dot_radius=0).segment(field))  # Otsu picks the dots
+    assert shattered.f1 < 0.5
+
+
+def test_typical_area_ignores_fragments() -> None:
+    nuclei, fragments = [3000] * 20, [60] * 200
+    assert typical_area(nuclei + fragments) == 3000
+    assert np.median(nuclei + fragments) == 60
+    assert typical_area([]) == 0.0
 
 
 def test_labels_from_maps_and_annotation_exclusion() -> None:

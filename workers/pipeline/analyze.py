@@ -15,7 +15,7 @@ import json
 import os
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,8 @@ class Models:
 
             seg_weights = DEFAULT_WEIGHTS
         seg_info.update(_files_info([seg_weights] if seg_weights else []))
+        if seg_info["name"] == "classical" and is_dataclass(seg):
+            seg_info["params"] = {k: v for k, v in asdict(seg).items() if k != "name"}
         clf = self._classifier
         clf_info: dict[str, Any] = {"name": type(clf).__name__ if clf is not None else None}
         paths = getattr(clf, "paths", None) or ([clf.weights] if getattr(clf, "weights", None) else [])

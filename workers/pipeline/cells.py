@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from scipy import ndimage
 
 from hep2.vocabulary import CELL_PATTERNS
+from workers.pipeline.segmentation import typical_area
 from workers.pipeline.types import FieldImage
 
 
@@ -38,8 +39,8 @@ class CellConfig(BaseModel):
     crop_max_level: int = Field(52, ge=0, le=255,
                                 description="uint8 level of a crop's brightest pixel (I3A median max); 0 = native.")
     min_area_px: int = Field(40, description="Instances smaller than this (pixels) are debris.")
-    min_area_ratio: float = Field(0.15, description="Smaller than this × the median instance area: debris.")
-    max_area_ratio: float = Field(3.0, description="Larger than this × the median area: clump, not classified.")
+    min_area_ratio: float = Field(0.15, description="Smaller than this × the typical instance area: debris.")
+    max_area_ratio: float = Field(3.0, description="Larger than this × the typical area: clump, not classified.")
     border_px: int = Field(2, description="Cells whose bbox comes this close to the image edge are skipped.")
     annotation_px: int = Field(4, description="Cells within this distance of a burned-in annotation are skipped.")
     mitotic_brightness: float = Field(1.3, description="Mitotic: median above background ≥ this × median cell.")
@@ -133,18 +134,20 @@ def measure_cells(field: FieldImage, labels: np.ndarray, config: CellConfig | No
 
 
 def _size_filter(cells: list[Cell], cfg: CellConfig) -> None:
+    """Debris and clumps, relative to the typical (area-weighted median) instance: many small fragments do
+    not make whole nuclei look like clumps."""
     areas = [c.area for c in cells if c.excluded is None and c.area >= cfg.min_area_px]
     if not areas:
         for c in cells:
             c.excluded = c.excluded or "too_small"
         return
-    median = float(np.median(areas))
+    typical = typical_area(areas)
     for c in cells:
         if c.excluded:
             continue
-        if c.area < max(cfg.min_area_px, cfg.min_area_ratio * median):
+        if c.area < max(cfg.min_area_px, cfg.min_area_ratio * typical):
             c.excluded = "too_small"
-        elif c.area > cfg.max_area_ratio * median:
+        elif c.area > cfg.max_area_ratio * typical:
             c.excluded = "too_large"
 
 
