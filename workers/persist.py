@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from time import perf_counter
 from typing import Any
 
@@ -79,6 +81,15 @@ def _cell_row(claim: jobs.Claim, index: int, cell: Any) -> Cell:
 _TASK_OF = {"segmenter": ModelTask.SEGMENTATION, "classifier": ModelTask.CELL_PATTERN}
 
 
+def _parameters_hash(info: dict[str, Any]) -> str:
+    """Identity of a model without weights (the classical segmenter): sha256 of its name and parameters, so
+    results from different settings point at different registry rows; "" when it has no parameters."""
+    if not info.get("params"):
+        return ""
+    return hashlib.sha256(json.dumps({"name": info.get("name"), "params": info["params"]},
+                                     sort_keys=True).encode()).hexdigest()
+
+
 def model_version_rows(session: Session, versions: dict[str, Any]) -> list[ModelVersion]:
     """The registry rows of the models that produced a result; bundled models are registered on first use.
 
@@ -89,7 +100,7 @@ def model_version_rows(session: Session, versions: dict[str, Any]) -> list[Model
         task = _TASK_OF.get(role)
         if task is None or not info.get("name"):
             continue
-        sha = info.get("sha256") or ""
+        sha = info.get("sha256") or _parameters_hash(info)
         version = f"{info.get('name')}-{sha[:12]}" if sha else str(info["name"])
         row = session.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.sha256 == sha)
                              .order_by(ModelVersion.id).limit(1)) if sha else None

@@ -48,6 +48,9 @@ def test_twenty_uploads_sent_twice_give_twenty_results(api: TestClient, celery_w
         assert all(a.stage_timings_ms and "segment" in a.stage_timings_ms for a in attempts)
         assert all(len(a.model_versions) == 2 for a in attempts)
         assert {mv.task.value for mv in session.scalars(select(ModelVersion))} >= {"segmentation", "cell_pattern"}
+        segmenter = next(mv for mv in attempts[0].model_versions if mv.task.value == "segmentation")
+        if segmenter.parameters.get("name") == "classical":  # identified by its settings (no weights file)
+            assert segmenter.version.startswith("classical-") and "dot_radius" in segmenter.parameters["params"]
 
 
 def test_sweep_finds_uploads_whose_events_were_dropped(api: TestClient, celery_worker: str) -> None:

@@ -11,7 +11,7 @@ from workers.pipeline.cells import Cell, background_level, measure_cells
 from workers.pipeline.specimen import (
     SpecimenConfig,
     aggregate,
-    calibrate_cytoplasm,
+    calibrate_nuclear_max,
     calibrate_oov,
     crop_cytoplasm_ratio,
     cytoplasm_ratio,
@@ -152,4 +152,4 @@ def test_calibrate_cytoplasm_passes_every_nuclear_group_and_ignores_golgi() -> N
     groups = np.array(["a", "a", "b", "c", "c", "g", "g"])
     patterns = np.array(["speckled", "speckled", "nucleolar", "nuclear_membrane", "nuclear_membrane",
                          "golgi", "golgi"])
-    assert calibrate_cytoplasm(ratios, groups, patterns) == 0.45
+    assert calibrate_nuclear_max(ratios, groups, patterns) == 0.45

@@ -26,6 +26,7 @@ from workers.pipeline.cells import Cell, CellConfig, background_level, classify_
 from workers.pipeline.intensity import IntensityConfig, IntensityResult, measure_intensity
 from workers.pipeline.overlay import render_overlay
 from workers.pipeline.specimen import SpecimenConfig, SpecimenResult, aggregate, cytoplasm_ratio
+from workers.pipeline.texture import field_fibrillar_index
 from workers.pipeline.types import FieldImage, InvalidImageError, Segmenter
 
 CONFIG_ENV = "HEP2_PIPELINE_CONFIG"
@@ -193,7 +194,8 @@ def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, conf
     ratio = cytoplasm_ratio(image, labels, cells, background_level(image, labels)[0])
     rules = specimen_rules(cfg.specimen, models.classifier) if intensity.intensity_class != "negative" \
         else cfg.specimen
-    specimen = aggregate(cells, intensity.intensity_class, ratio, rules)
+    specimen = aggregate(cells, intensity.intensity_class, ratio, rules,
+                         fibrillar=field_fibrillar_index(image.signal, labels, cells))
     lap("specimen")
     overlay = render_overlay(image, labels, cells, title=title)
     lap("overlay")

@@ -72,7 +72,8 @@ def evaluate_fields(data: Path, models: Any, config: Any = None, overlay_dir: Pa
                      second_pattern=s.second_pattern, needs_review=s.needs_review, reasons=s.reasons,
                      cells=s.cells_used, mitotic=sum(c.mitotic for c in result.cells),
                      mean_cell_confidence=s.mean_cell_confidence, mean_entropy=s.mean_entropy,
-                     cytoplasm_ratio=s.cytoplasm_ratio, timings_ms=result.timings_ms)
+                     cytoplasm_ratio=s.cytoplasm_ratio, fibrillar_index=s.fibrillar_index,
+                     timings_ms=result.timings_ms)
         per_image.append(entry)
     return {"data": str(data), "n_images": len(rows), **score(per_image),
             "seconds": round(time.perf_counter() - started, 1), "model_versions": models.versions(),
@@ -206,35 +207,45 @@ def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         data: Annotated[Path, typer.Option(help="Cells with masks and specimen groups (i3a-task1 layout).")],
         json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON.")] = None,
     ) -> None:
-        """Calibrate ``oov_cytoplasm_ratio`` on nuclear in-vocabulary specimens (per-class group ranges too)."""
+        """Calibrate ``oov_cytoplasm_ratio`` and ``review_fibrillar_index`` on nuclear in-vocabulary specimens."""
         result = cytoplasm_calibration(data)
-        for name, r in result["per_pattern"].items():
-            typer.echo(f"  {name:<18} groups {r['groups']:>3}  group medians {r['min']:.2f} .. {r['max']:.2f}")
-        typer.echo(f"oov_cytoplasm_ratio = {result['oov_cytoplasm_ratio']}")
+        for rule in RULES:
+            typer.echo(f"{rule} = {result[rule]['threshold']}")
+            for name, r in result[rule]["per_pattern"].items():
+                typer.echo(f"  {name:<18} groups {r['groups']:>3}  group medians {r['min']:.2f} .. {r['max']:.2f}")
         if json_out:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(result, indent=2) + "\n")
 
 
+RULES = ("oov_cytoplasm_ratio", "review_fibrillar_index")
+
+
 def cytoplasm_calibration(data: Path) -> dict[str, Any]:
-    """Each cell's :func:`~workers.pipeline.specimen.crop_cytoplasm_ratio`, per specimen group → the threshold."""
+    """Per cell crop its cytoplasm ratio and fibrillar index; per rule the per-pattern group ranges and the
+    threshold (:func:`~workers.pipeline.specimen.calibrate_nuclear_max`)."""
     from hep2.vocabulary import CELL_PATTERNS
     from training.datasets import load_manifest
-    from workers.pipeline.specimen import calibrate_cytoplasm, crop_cytoplasm_ratio, group_medians
+    from workers.pipeline.specimen import calibrate_nuclear_max, crop_cytoplasm_ratio, group_medians
+    from workers.pipeline.texture import fibrillar_index
 
     table = load_manifest(data)
-    ratios = np.full(len(table), np.nan)
+    values = {rule: np.full(len(table), np.nan) for rule in RULES}
     for i in range(len(table)):
         image, mask = table.read_crop(i)
         if mask is not None:
-            ratio = crop_cytoplasm_ratio(image, mask)
-            ratios[i] = np.nan if ratio is None else ratio
+            for rule, measure in zip(RULES, (crop_cytoplasm_ratio, fibrillar_index), strict=True):
+                value = measure(image, mask)
+                values[rule][i] = np.nan if value is None else value
     patterns = np.array([CELL_PATTERNS[k].value for k in table.labels])
-    groups, by_pattern = table.groups, {}
-    for (name, _), median in group_medians(ratios, table.groups, patterns).items():
-        by_pattern.setdefault(name, []).append(median)
-    per_pattern = {name: {"groups": len(m), "min": round(min(m), 3), "max": round(max(m), 3)}
-                   for name, m in by_pattern.items()}
-    return {"data": str(data), "cells_measured": int((~np.isnan(ratios)).sum()), "per_pattern": per_pattern,
-            "oov_cytoplasm_ratio": calibrate_cytoplasm(ratios, groups, patterns),
-            "rule": "highest specimen-group median over nuclear (non-Golgi) groups, rounded up to 0.05"}
+    result: dict[str, Any] = {
+        "data": str(data), "rule": "highest specimen-group median over nuclear (non-Golgi) groups, rounded up to 0.05"}
+    for rule, v in values.items():
+        by_pattern: dict[str, list[float]] = {}
+        for (name, _), median in group_medians(v, table.groups, patterns).items():
+            by_pattern.setdefault(name, []).append(median)
+        result[rule] = {"cells_measured": int((~np.isnan(v)).sum()),
+                        "threshold": calibrate_nuclear_max(v, table.groups, patterns),
+                        "per_pattern": {name: {"groups": len(m), "min": round(min(m), 3), "max": round(max(m), 3)}
+                                        for name, m in by_pattern.items()}}
+    return result

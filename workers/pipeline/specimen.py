@@ -13,6 +13,9 @@ Review / out-of-vocabulary (OOV) rules, each with a documented default in :class
   disagree; a cytoplasmic pattern (AMA, Golgi-like, ...) additionally shows as signal *around* the nuclei
   comparable to the signal inside them (``cytoplasm_ratio``). Golgi is the one cytoplasmic I3A class, so a
   cytoplasmic field called Golgi stays Golgi unless the cells are unsure.
+* line-like (fibrillar) texture in the cells, above what any nuclear I3A specimen shows
+  (:mod:`workers.pipeline.texture`) → review: cytoskeletal patterns are outlined as whole cells, which the
+  cytoplasm ratio cannot see. Review only (the call is kept), as the cue is a single texture statistic.
 * intensity negative → pattern ``negative`` (AC-0).
 """
 
@@ -38,6 +41,7 @@ class SpecimenConfig(BaseModel):
     oov_max_entropy: float = Field(0.65, description="Mean normalised cell entropy above this: out of vocabulary.")
     oov_min_cell_confidence: float = Field(0.50, description="Mean cell max-probability below this: OOV.")
     oov_cytoplasm_ratio: float = Field(0.8, description="Cytoplasm/nucleus signal ratio above this: cytoplasmic.")
+    review_fibrillar_index: float = Field(0.85, description="Median cell line texture above this: review.")
     mixed_min_probability: float = Field(0.25, description="Second pattern's mean probability for 'mixed'.")
     mixed_min_votes: float = Field(0.2, description="Second pattern's share of cell votes for 'mixed'.")
     review_intermediate: bool = Field(False, description="Send intermediate-intensity specimens to review.")
@@ -61,6 +65,7 @@ class SpecimenResult:
     mean_cell_confidence: float | None = None
     mean_entropy: float | None = None
     cytoplasm_ratio: float | None = None
+    fibrillar_index: float | None = None
 
 
 def ring_width(area: float) -> int:
@@ -133,10 +138,11 @@ def group_medians(ratios: np.ndarray, groups: np.ndarray, patterns: np.ndarray) 
     return {(p, g): float(np.median(ratios[ok & (patterns == p) & (groups == g)])) for p, g in keys}
 
 
-def calibrate_cytoplasm(ratios: np.ndarray, groups: np.ndarray, patterns: np.ndarray, step: float = 0.05,
-                        ) -> float:
-    """``oov_cytoplasm_ratio`` from cells of *nuclear* in-vocabulary specimens (Golgi groups are ignored): the
-    highest specimen-group median ratio, rounded up to ``step``, so no such specimen is called cytoplasmic."""
+def calibrate_nuclear_max(ratios: np.ndarray, groups: np.ndarray, patterns: np.ndarray, step: float = 0.05,
+                          ) -> float:
+    """A threshold from cells of *nuclear* in-vocabulary specimens (Golgi groups are ignored): the highest
+    specimen-group median, rounded up to ``step``, so that no such specimen would cross it
+    (``oov_cytoplasm_ratio``, ``review_fibrillar_index``)."""
     medians = [m for (pattern, _), m in group_medians(ratios, groups, patterns).items()
                if pattern != Pattern.GOLGI.value]
     return round(float(np.ceil(max(medians) / step) * step), 4)
@@ -148,7 +154,7 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 
 
 def aggregate(cells: list[Cell], intensity_class: str, cyto_ratio: float | None = None,
-              config: SpecimenConfig | None = None) -> SpecimenResult:
+              config: SpecimenConfig | None = None, fibrillar: float | None = None) -> SpecimenResult:
     """The specimen call (see module docstring)."""
     cfg = config or SpecimenConfig()
     names = [p.value for p in CELL_PATTERNS]
@@ -172,7 +178,8 @@ def aggregate(cells: list[Cell], intensity_class: str, cyto_ratio: float | None 
         vote_shares={n: round(float(v), 4) for n, v in zip(names, votes, strict=True)},
         mean_cell_confidence=round(float(probs.max(axis=1).mean()), 4),
         mean_entropy=round(float(_entropy(probs).mean()), 4),
-        cytoplasm_ratio=None if cyto_ratio is None else round(cyto_ratio, 4))
+        cytoplasm_ratio=None if cyto_ratio is None else round(cyto_ratio, 4),
+        fibrillar_index=None if fibrillar is None else round(fibrillar, 4))
     if mean[second] >= cfg.mixed_min_probability and votes[second] >= cfg.mixed_min_votes:
         res.second_pattern, res.second_confidence = names[second], round(float(mean[second]), 4)
     oov = []
@@ -190,6 +197,9 @@ def aggregate(cells: list[Cell], intensity_class: str, cyto_ratio: float | None 
         weak.append(f"weak evidence (confidence {mean[top]:.2f} < {cfg.min_confidence})")
     if votes[top] < cfg.min_agreement:
         weak.append(f"cells disagree (top pattern has {votes[top]:.0%} of votes < {cfg.min_agreement:.0%})")
+    if fibrillar is not None and fibrillar > cfg.review_fibrillar_index:
+        weak.append(f"line-like (fibrillar) texture, possibly a cytoplasmic filament pattern "
+                    f"(index {fibrillar:.2f} > {cfg.review_fibrillar_index})")
     if intensity_class == "intermediate" and cfg.review_intermediate:
         weak.append("intermediate (borderline) intensity")
     if oov:
