@@ -1,19 +1,19 @@
 """``POST /v1/events/s3``: S3 event notifications (MinIO webhook or AWS) → ingestion tasks.
 
-Authenticated by the bearer token that MinIO's webhook target sends (``HEP2_WEBHOOK_TOKEN``). Each
-created object under the inbox prefix becomes a ``hep2.register_upload`` task; registration is idempotent
-(unique bucket+key+etag), so repeated and out-of-order events are harmless.
+Authenticated by the bearer token that MinIO's webhook target sends (``HEP2_WEBHOOK_TOKEN``) or a scanner
+API key (:class:`api.auth.WebhookOrScanner`). Each created object under the inbox prefix becomes a
+``hep2.register_upload`` task; registration is idempotent (unique bucket+key+etag), so repeated and
+out-of-order events are harmless.
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated
 from urllib.parse import unquote_plus
 
-from fastapi import APIRouter, Depends, Header, HTTPException, status
+from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import WebhookOrScanner
 from hep2.settings import Settings, get_settings
 from hep2.storage import InvalidKeyError, validate_key
 from workers.ingest import is_sidecar
@@ -64,18 +64,6 @@ class EventResponse(BaseModel):
     records: list[RecordOutcome]
 
 
-def require_webhook_token(authorization: Annotated[str | None, Header()] = None,
-                          settings: Settings = Depends(get_settings)) -> None:
-    """401 unless ``Authorization: Bearer <HEP2_WEBHOOK_TOKEN>`` (MinIO's ``auth_token``)."""
-    expected = settings.webhook_token.get_secret_value() if settings.webhook_token else None
-    if not expected:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "webhook token not configured on the server")
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong webhook token",
-                            headers={"WWW-Authenticate": "Bearer"})
-
-
 def classify_record(record: S3Record, settings: Settings) -> RecordOutcome:
     """Decide what to do with one record (no side effects)."""
     key = unquote_plus(record.s3.object.key)
@@ -95,7 +83,7 @@ def classify_record(record: S3Record, settings: Settings) -> RecordOutcome:
 
 
 @router.post("/s3", status_code=status.HTTP_202_ACCEPTED, response_model=EventResponse,
-             dependencies=[Depends(require_webhook_token)])
+             dependencies=[Depends(WebhookOrScanner())])
 def s3_event(event: S3Event, settings: Settings = Depends(get_settings)) -> EventResponse:
     """Queue the registration of every uploaded image in the notification."""
     from workers.celery_app import celery_client
