@@ -208,14 +208,14 @@ class ClassicalSegmenter:
     name: str = "classical"
 
     def segment(self, field: FieldImage) -> np.ndarray:
-        signal = fill_annotations(field.signal, field.annotation_mask)
-        smooth = ndimage.gaussian_filter(signal.astype(np.float32), self.sigma)
+        signal = fill_annotations(field.signal, field.annotation_mask).astype(np.float32, copy=False)
+        smooth = ndimage.gaussian_filter(signal, self.sigma)
         threshold = otsu_threshold(smooth[::2, ::2].ravel())
         if threshold - float(np.median(smooth)) < self.min_contrast:
             return np.zeros(signal.shape, np.int32)
         if self.dot_radius > 0:
-            smooth = ndimage.gaussian_filter(ndimage.grey_opening(signal.astype(np.float32),
-                                                                  footprint=disk(self.dot_radius)), self.sigma)
+            opened = ndimage.grey_opening(signal, footprint=disk(self.dot_radius))
+            smooth = ndimage.gaussian_filter(opened, self.sigma)
             threshold = otsu_threshold(smooth[::2, ::2].ravel())
         foreground = ndimage.binary_opening(smooth > threshold, iterations=1)
         foreground = ndimage.binary_fill_holes(foreground)
