@@ -13,9 +13,9 @@ from scipy import ndimage
 from hep2.synthetic import synthetic_field
 from hep2.vocabulary import Pattern
 from training.segmentation.compose import CellBank, compose_field, cut_out, distance_target, split_groups
-from training.segmentation.evaluate import edges_to_instances
 from training.segmentation.metrics import score
 from training.segmentation.train import loss_fn, to_input
+from training.segmentation.truth import edges_to_instances, enclosed_regions
 from workers.pipeline.segmentation import (
     DEFAULT_CONFIG,
     DEFAULT_WEIGHTS,
@@ -171,6 +171,35 @@ def test_edges_to_instances_handles_border_and_small_gaps() -> None:
     assert labels.max() == 3
     areas = np.bincount(labels.ravel())[1:]
     assert all(a > 150 for a in areas)
+
+
+def rings(shape: tuple[int, int], centres: list[tuple[int, int]], radius: float = 15) -> np.ndarray:
+    """An edge map of circle outlines, 1-2 px wide."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    edges = np.zeros(shape, np.uint8)
+    for cy, cx in centres:
+        edges[np.abs(np.hypot(yy - cy, xx - cx) - radius) < 0.8] = 255
+    return edges
+
+
+def test_inner_strokes_do_not_split_a_nucleus() -> None:
+    edges = rings((100, 200), [(50, 40), (50, 100), (50, 160)])
+    edges |= rings((100, 200), [(50, 40)], radius=4)  # a closed scribble inside the first nucleus
+    edges[35:66, 108] = 255  # a stroke across the second one, cutting off a cap
+    assert enclosed_regions(edges).max() == 5
+    labels = edges_to_instances(edges)
+    assert labels.max() == 3
+    assert labels[50, 40] == labels[50, 30] > 0 and labels[50, 100] == labels[50, 112] > 0
+
+
+def test_touching_nuclei_and_stroke_holes() -> None:
+    edges = rings((100, 200), [(50, 40), (50, 69), (50, 140)])  # the first two share a stretch of outline
+    yy, xx = np.mgrid[0:100, 0:200]
+    edges[np.abs(np.hypot(yy - 80, xx - 180) - 3) < 0.8] = 255  # a 5-px loop between strokes: not a nucleus
+    edges[np.abs(np.hypot(yy + 10, xx - 100) - 14) < 0.8] = 255  # a nucleus cut by the top border: kept
+    labels = edges_to_instances(edges)
+    assert labels.max() == 4
+    assert labels[50, 40] != labels[50, 69] and labels[80, 180] == 0 and labels[1, 100] > 0
 
 
 def test_split_groups_is_group_wise() -> None:

@@ -71,6 +71,9 @@ def evaluate_segmentation(
     segmenter: Annotated[str, typer.Option(help="unet, classical or both.")] = "both",
     weights: Annotated[Path | None, typer.Option(help="U-Net weights (default: the bundled ones).")] = None,
     device: Annotated[str, typer.Option()] = "auto",
+    truth: Annotated[str, typer.Option(help="nuclei (outlines filled, pieces cut by inner strokes merged) or "
+                                            "regions (every enclosed region; the pre-2026-11-23 conversion).")
+                     ] = "nuclei",
 ) -> None:
     """Pixel Dice / IoU and object F1 (IoU ≥ 0.5) of the segmenters on hand-outlined fields."""
     from training.segmentation.evaluate import evaluate, format_table
@@ -78,12 +81,14 @@ def evaluate_segmentation(
 
     if segmenter not in ("unet", "classical", "both"):
         raise typer.BadParameter("--segmenter must be unet, classical or both")
+    if truth not in ("nuclei", "regions"):
+        raise typer.BadParameter("--truth must be nuclei or regions")
     chosen = {}
     if segmenter in ("unet", "both"):
         chosen["unet"] = UnetSegmenter(weights=weights, device=device)
     if segmenter in ("classical", "both"):
         chosen["classical"] = ClassicalSegmenter()
-    result = evaluate(data, chosen)
+    result = evaluate(data, chosen, truth)
     typer.echo(format_table(result))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

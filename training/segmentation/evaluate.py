@@ -1,19 +1,9 @@
 """Evaluate segmenters on the uobcs-edges format: ``<name>.png`` + ``<name>_edges.png`` (255 = edge pixel).
 
-Ground truth from hand-drawn outlines (:func:`edges_to_instances`):
-
-1. edge pixels = ``edges > 127``; they are dilated by ``gap`` px (default 1, a 3×3 cross), which closes gaps
-   of up to ~2 px in an outline (open outlines with wider gaps merge with the background and are lost;
-   :func:`edges_to_instances` counts nothing for them);
-2. the non-edge pixels are split into 4-connected regions; the *largest* region is the background. The
-   image border closes outlines that run into it: a nucleus cut by the border is the region between its
-   outline and the border, like any other enclosed region;
-3. regions smaller than ``min_area`` px (default 15: holes inside thick or doubled strokes) are dropped;
-4. each remaining region grows back into the (dilated) edge pixels within ``gap + 1`` px, nearest region
-   first, so the drawn outline belongs to its nucleus (outlines shared by touching nuclei are split between
-   them).
-
-No parameter of the segmenters or of this conversion was tuned on these images: they are the test set.
+Ground truth comes from the hand-drawn outlines (:mod:`training.segmentation.truth`): ``truth="nuclei"``
+(default) fills the outlines and merges pieces of nuclei cut by inner strokes; ``truth="regions"`` counts
+every enclosed region as a nucleus (the conversion used up to session 3, kept for comparison).
+No parameter of the segmenters was tuned on these images: they are the test set.
 """
 
 from __future__ import annotations
@@ -24,34 +14,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from training.segmentation.metrics import score, total
+from training.segmentation.truth import edges_to_instances, enclosed_regions
 from workers.pipeline.decode import ImageLimits, decode_image
 from workers.pipeline.types import Segmenter
-
-
-def edges_to_instances(edges: np.ndarray, gap: int = 1, min_area: int = 15) -> np.ndarray:
-    """Hand-drawn outlines (non-zero = edge) → int32 instance labels (see the module docstring)."""
-    edge = np.asarray(edges) > 127
-    if edge.ndim == 3:
-        edge = edge.any(axis=-1)
-    thick = ndimage.binary_dilation(edge, iterations=gap) if gap else edge
-    regions, n = ndimage.label(~thick)
-    if n == 0:
-        return np.zeros(edge.shape, np.int32)
-    areas = np.bincount(regions.ravel())
-    areas[0] = 0
-    keep = areas >= min_area
-    keep[0] = False
-    keep[int(np.argmax(areas))] = False  # the background
-    ids = np.flatnonzero(keep)
-    lut = np.zeros(n + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    interiors = lut[regions]
-    dist, (iy, ix) = ndimage.distance_transform_edt(interiors == 0, return_indices=True)
-    grow = (thick | edge) & (dist <= gap + 1)
-    return np.where(grow, interiors[iy, ix], interiors).astype(np.int32)
 
 
 def find_pairs(data: Path) -> list[tuple[str, Path, Path]]:
@@ -66,13 +33,17 @@ def find_pairs(data: Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def evaluate(data: str | Path, segmenters: dict[str, Segmenter]) -> dict[str, Any]:
+TRUTHS = {"nuclei": edges_to_instances, "regions": enclosed_regions}
+
+
+def evaluate(data: str | Path, segmenters: dict[str, Segmenter], truth: str = "nuclei") -> dict[str, Any]:
     """Per image and pooled Dice / IoU / object F1 (IoU ≥ 0.5, Hungarian) of each segmenter."""
     pairs = find_pairs(Path(data))
-    truths = {name: edges_to_instances(np.asarray(Image.open(edges))) for name, _, edges in pairs}
+    to_instances = TRUTHS[truth]
+    truths = {name: to_instances(np.asarray(Image.open(edges))) for name, _, edges in pairs}
     limits = ImageLimits(accept_16bit=True)  # annotated evaluation fields of any bit depth
     fields = {name: decode_image(image.read_bytes(), limits) for name, image, _ in pairs}
-    result: dict[str, Any] = {"data": str(data), "images": {n: {"true_objects": int(t.max())}
+    result: dict[str, Any] = {"data": str(data), "truth": truth, "images": {n: {"true_objects": int(t.max())}
                                                             for n, t in truths.items()}, "segmenters": {}}
     for seg_name, segmenter in segmenters.items():
         per_image, scores = {}, []
