@@ -81,13 +81,14 @@ def reviewed_cells(session: Session) -> list[ReviewedCell]:
 
 def crop_reviewed(storage: ObjectStorage, cells: list[ReviewedCell]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """cell id -> (uint8 image, bool mask), cut the way the pipeline cuts cells for the classifier."""
+    from workers.pipeline.analyze import load_config
     from workers.pipeline.cells import crop_cell, measure_cells
     from workers.pipeline.decode import ImageLimits, decode_image
     from workers.pipeline.segmentation import default_segmenter
 
     settings = get_settings()  # the same segmenter and input policy as the workers
-    segmenter, limits, crops = default_segmenter(kind=settings.segmenter), ImageLimits(
-        accept_16bit=settings.accept_16bit), {}
+    segmenter = default_segmenter(kind=settings.segmenter, classical=load_config(settings.pipeline_config).segmentation)
+    limits, crops = ImageLimits(accept_16bit=settings.accept_16bit), {}
     for key in sorted({c.slide_key for c in cells}):
         field = decode_image(storage.get(key), limits)
         labels = np.asarray(segmenter.segment(field), dtype=np.int32)

@@ -15,7 +15,8 @@ from db.models import ModelTask
 from hep2.settings import Settings
 from hep2.storage import ObjectStorage
 from training import registry
-from workers.pipeline.analyze import Models
+from workers.pipeline.analyze import Models, load_config
+from workers.pipeline.segmentation import ClassicalSegmenter
 
 
 def resolve_weights(session: Session, storage: ObjectStorage, settings: Settings) -> dict[ModelTask, Path | None]:
@@ -36,17 +37,19 @@ def resolve_weights(session: Session, storage: ObjectStorage, settings: Settings
 class ModelCache:
     def __init__(self) -> None:
         self._models: Models | None = None
-        self._weights: dict[ModelTask, Path | None] | None = None
+        self._key: tuple[dict[ModelTask, Path | None], ClassicalSegmenter] | None = None
 
     def get(self, session: Session, storage: ObjectStorage, settings: Settings) -> Models:
+        """The models for the next slide; rebuilt when the weights or the lab's segmenter parameters change."""
         weights = resolve_weights(session, storage, settings)
-        if self._models is None or weights != self._weights:
+        classical = load_config(settings.pipeline_config).segmentation
+        if self._models is None or (weights, classical) != self._key:
             from workers.pipeline.segmentation import UnetSegmenter, default_segmenter
 
             if weights[ModelTask.SEGMENTATION] is not None:
                 segmenter = UnetSegmenter(weights=weights[ModelTask.SEGMENTATION])
             else:
-                segmenter = default_segmenter(kind=settings.segmenter)
+                segmenter = default_segmenter(kind=settings.segmenter, classical=classical)
             self._models = Models(segmenter=segmenter, classifier_weights=weights[ModelTask.CELL_PATTERN])
-            self._weights = weights
+            self._key = (weights, classical)
         return self._models

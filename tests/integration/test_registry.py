@@ -115,3 +115,22 @@ def test_worker_uses_the_new_production_version(clean_registry, weights: Path, c
         attempt = session.scalar(select(AnalysisAttempt).join(SlideImage).where(SlideImage.key == key))
         used = {(mv.task, mv.id) for mv in attempt.model_versions}
     assert (ModelTask.CELL_PATTERN, version_id) in used
+
+
+def test_worker_model_cache_applies_the_lab_segmenter_parameters(service_env: dict[str, str], tmp_path) -> None:
+    from hep2.settings import Settings
+    from workers.model_cache import ModelCache
+    from workers.pipeline.segmentation import ClassicalSegmenter
+
+    lab = tmp_path / "lab.toml"
+    lab.write_text("[segmentation]\ndot_radius = 1\n")
+    settings, cache = Settings(pipeline_config=lab, segmenter="classical"), ModelCache()
+    storage = storage_from_settings()
+    with session_scope() as session:
+        first = cache.get(session, storage, settings)
+        assert first.segmenter == ClassicalSegmenter(dot_radius=1)
+        assert cache.get(session, storage, settings) is first  # unchanged: kept warm
+        lab.write_text("[segmentation]\ndot_radius = 2\nmin_area = 60\n")
+        second = cache.get(session, storage, settings)
+    assert second is not first and second.segmenter == ClassicalSegmenter(dot_radius=2, min_area=60)
+    assert second.versions()["segmenter"]["params"]["dot_radius"] == 2

@@ -6,8 +6,9 @@ import numpy as np
 
 from hep2.vocabulary import CELL_PATTERNS, Pattern
 from tests.pipeline.helpers_stages import agh_crop, disk_field, one_hot_probs, threshold_labels
-from workers.pipeline.analyze import CONFIG_ENV, load_config
+from workers.pipeline.analyze import CONFIG_ENV, Models, load_config
 from workers.pipeline.cells import Cell, background_level, measure_cells
+from workers.pipeline.segmentation import ClassicalSegmenter, default_segmenter, unet_promoted
 from workers.pipeline.specimen import (
     SpecimenConfig,
     aggregate,
@@ -105,9 +106,13 @@ def test_cytoplasm_ratio_on_real_fields(shared_data) -> None:
 
 def test_config_files_and_env(tmp_path, monkeypatch) -> None:
     toml = tmp_path / "lab.toml"
-    toml.write_text("[intensity]\nnegative_below = 7.5\npositive_from = 40\n[specimen]\nmin_cells = 3\n")
+    toml.write_text("[segmentation]\ndot_radius = 1\n[intensity]\nnegative_below = 7.5\npositive_from = 40\n"
+                    "[specimen]\nmin_cells = 3\n")
     cfg = load_config(toml)
     assert cfg.intensity.negative_below == 7.5 and cfg.specimen.min_cells == 3
+    assert cfg.segmentation == ClassicalSegmenter(dot_radius=1)
+    assert default_segmenter(kind="classical", classical=cfg.segmentation) is cfg.segmentation
+    assert unet_promoted() or Models(classical=cfg.segmentation).segmenter is cfg.segmentation
     assert cfg.cells.crop_max_level == 52  # untouched sections keep their defaults
     js = tmp_path / "lab.json"
     js.write_text('{"specimen": {"oov_cytoplasm_ratio": 0.9}}')

@@ -4,7 +4,9 @@ decode → segment → measure cells (filters, mitoses) → intensity → classi
 No queue, database or storage inside; the worker task stores what comes out.
 
 Configuration (:class:`PipelineConfig`): defaults in code; ``load_config(path)`` reads a JSON or TOML file
-with the sections ``cells``, ``intensity`` and ``specimen`` (any subset of fields), and without a path the
+with the sections ``segmentation``, ``cells``, ``intensity`` and ``specimen`` (any subset of fields; the
+segmentation section sets the classical segmenter's parameters; it is applied where the segmenter is
+built: :class:`Models`, the worker's model cache, the CLI), and without a path the
 file named by the ``HEP2_PIPELINE_CONFIG`` environment variable, if set (a lab's calibrated cut-offs).
 """
 
@@ -25,6 +27,7 @@ from pydantic import BaseModel
 from workers.pipeline.cells import Cell, CellConfig, background_level, classify_cells, measure_cells
 from workers.pipeline.intensity import IntensityConfig, IntensityResult, measure_intensity
 from workers.pipeline.overlay import render_overlay
+from workers.pipeline.segmentation import ClassicalSegmenter
 from workers.pipeline.specimen import SpecimenConfig, SpecimenResult, aggregate, cytoplasm_ratio
 from workers.pipeline.texture import field_fibrillar_index
 from workers.pipeline.types import FieldImage, InvalidImageError, Segmenter
@@ -33,8 +36,9 @@ CONFIG_ENV = "HEP2_PIPELINE_CONFIG"
 
 
 class PipelineConfig(BaseModel):
-    """All tunable rules of stages 3-5 (documented in docs/pipeline.md)."""
+    """All tunable rules of stages 2-5 (documented in docs/pipeline.md and docs/segmentation.md)."""
 
+    segmentation: ClassicalSegmenter = ClassicalSegmenter()  # the classical segmenter's parameters
     cells: CellConfig = CellConfig()
     intensity: IntensityConfig = IntensityConfig()
     specimen: SpecimenConfig = SpecimenConfig()
@@ -62,16 +66,17 @@ class Models:
     """The segmenter and the cell classifier, each loaded once on first use (or injected, e.g. in tests)."""
 
     def __init__(self, segmenter: Segmenter | None = None, classifier: Any | None = None,
-                 classifier_weights: str | Path | None = None, device: str = "auto") -> None:
+                 classifier_weights: str | Path | None = None, device: str = "auto",
+                 classical: ClassicalSegmenter | None = None) -> None:
         self._segmenter, self._classifier = segmenter, classifier
-        self.classifier_weights, self.device = classifier_weights, device
+        self.classifier_weights, self.device, self.classical = classifier_weights, device, classical
 
     @property
     def segmenter(self) -> Segmenter:
         if self._segmenter is None:
             from workers.pipeline.segmentation import default_segmenter
 
-            self._segmenter = default_segmenter()
+            self._segmenter = default_segmenter(classical=self.classical)
         return self._segmenter
 
     @property
@@ -97,7 +102,7 @@ class Models:
             seg_weights = DEFAULT_WEIGHTS
         seg_info.update(_files_info([seg_weights] if seg_weights else []))
         if seg_info["name"] == "classical" and is_dataclass(seg):
-            seg_info["params"] = {k: v for k, v in asdict(seg).items() if k != "name"}
+            seg_info["params"] = asdict(seg)
         clf = self._classifier
         clf_info: dict[str, Any] = {"name": type(clf).__name__ if clf is not None else None}
         paths = getattr(clf, "paths", None) or ([clf.weights] if getattr(clf, "weights", None) else [])

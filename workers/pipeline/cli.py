@@ -110,16 +110,16 @@ def score(per_image: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _models(classifier: Path | None, segmenter: str, device: str) -> Any:
+def _models(classifier: Path | None, segmenter: str, device: str, cfg: Any) -> Any:
+    """Models for the CLI: ``segmenter`` default | unet | classical; the classical one with ``cfg.segmentation``."""
     from workers.pipeline.analyze import Models
 
     seg = None
     if segmenter != "default":
-        from workers.pipeline import segmentation
+        from workers.pipeline.segmentation import default_segmenter
 
-        seg = segmentation.ClassicalSegmenter() if segmenter == "classical" else segmentation.UnetSegmenter(
-            device=device)
-    return Models(segmenter=seg, classifier_weights=classifier, device=device)
+        seg = default_segmenter(device=device, kind=segmenter, classical=cfg.segmentation)
+    return Models(segmenter=seg, classifier_weights=classifier, device=device, classical=cfg.segmentation)
 
 
 def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
@@ -145,7 +145,8 @@ def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         from workers.pipeline.analyze import analyze_field, load_config
         from workers.pipeline.types import InvalidImageError
 
-        cfg, models, results = load_config(config), _models(classifier, segmenter, device), {}
+        cfg, results = load_config(config), {}
+        models = _models(classifier, segmenter, device, cfg)
         sixteen = get_settings().accept_16bit if accept_16bit is None else accept_16bit
         header = f"{'file':<28} {'intensity':<22} {'pattern':<17} {'ICAP':<10} {'second':<17} {'cells':>5}  review"
         typer.echo(header)
@@ -185,7 +186,8 @@ def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         from hep2.settings import get_settings
         from workers.pipeline.analyze import load_config
 
-        result = evaluate_fields(data, _models(classifier, segmenter, device), load_config(config), overlay_dir,
+        cfg = load_config(config)
+        result = evaluate_fields(data, _models(classifier, segmenter, device, cfg), cfg, overlay_dir,
                                  accept_16bit=get_settings().accept_16bit)
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n")

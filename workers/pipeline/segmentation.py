@@ -24,7 +24,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -205,7 +205,7 @@ class ClassicalSegmenter:
     min_area: int = 40
     max_area_fraction: float = 0.25
     min_contrast: float = 0.015
-    name: str = "classical"
+    name: ClassVar[str] = "classical"
 
     def segment(self, field: FieldImage) -> np.ndarray:
         signal = fill_annotations(field.signal, field.annotation_mask).astype(np.float32, copy=False)
@@ -373,14 +373,16 @@ def labels_from_maps(prob: np.ndarray, dist: np.ndarray, annotation: np.ndarray 
     return drop_annotated(labels, annotation) if annotation is not None else labels
 
 
-def default_segmenter(device: str = "auto", kind: str = "auto") -> UnetSegmenter | ClassicalSegmenter:
+def default_segmenter(device: str = "auto", kind: str = "auto",
+                      classical: ClassicalSegmenter | None = None) -> UnetSegmenter | ClassicalSegmenter:
     """``kind="auto"``: the U-Net when its bundled weights exist and its model card does not say
     ``"promoted": false``, else the classical baseline (a promotion gate, decided on validation fields: a
-    U-Net below the baseline is shipped for inspection but not used). ``"unet"`` / ``"classical"`` force one."""
+    U-Net below the baseline is shipped for inspection but not used). ``"unet"`` / ``"classical"`` force one.
+    ``classical``: the baseline with a lab's parameters (``PipelineConfig.segmentation``)."""
     if kind not in ("auto", "unet", "classical"):
         raise ValueError(f"unknown segmenter {kind!r}: auto, unet or classical")
     use_unet = kind == "unet" or (kind == "auto" and unet_promoted())
-    return UnetSegmenter(device=device) if use_unet else ClassicalSegmenter()
+    return UnetSegmenter(device=device) if use_unet else classical or ClassicalSegmenter()
 
 
 def unet_promoted(weights: Path = DEFAULT_WEIGHTS) -> bool:
