@@ -53,9 +53,11 @@ def worker_models() -> Any:
     from db.session import session_scope
     from hep2.storage import storage_from_settings
     from workers.model_cache import ModelCache
+    from workers.pipeline.analyze import load_config
 
+    settings = get_settings()
     with session_scope() as session:
-        return ModelCache().get(session, storage_from_settings(), get_settings())
+        return ModelCache().get(session, storage_from_settings(), settings, load_config(settings.pipeline_config))
 
 
 def models_alone(fields: list[tuple[str, bytes]], models: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from db.models import ModelTask
 from hep2.settings import Settings
 from hep2.storage import ObjectStorage
 from training import registry
-from workers.pipeline.analyze import Models, load_config
+from workers.pipeline.analyze import Models, PipelineConfig
 from workers.pipeline.segmentation import ClassicalSegmenter
 
 
@@ -39,10 +39,11 @@ class ModelCache:
         self._models: Models | None = None
         self._key: tuple[dict[ModelTask, Path | None], ClassicalSegmenter] | None = None
 
-    def get(self, session: Session, storage: ObjectStorage, settings: Settings) -> Models:
-        """The models for the next slide; rebuilt when the weights or the lab's segmenter parameters change."""
+    def get(self, session: Session, storage: ObjectStorage, settings: Settings, config: PipelineConfig) -> Models:
+        """The models for the next slide; rebuilt when the weights or the lab's segmenter parameters
+        (``config.segmentation``) change."""
         weights = resolve_weights(session, storage, settings)
-        classical = load_config(settings.pipeline_config).segmentation
+        classical = config.segmentation
         if self._models is None or (weights, classical) != self._key:
             from workers.pipeline.segmentation import UnetSegmenter, default_segmenter
 

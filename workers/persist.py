@@ -16,11 +16,12 @@ from hep2.settings import get_settings
 from hep2.storage import ObjectStorage
 from hep2.vocabulary import CELL_PATTERNS
 from workers import jobs
-from workers.pipeline.analyze import Models, SlideAnalysis, analyze_field, load_config
+from workers.pipeline.analyze import Models, PipelineConfig, SlideAnalysis, analyze_field
 from workers.pipeline.types import InvalidImageError
 
 
-def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Models) -> dict[str, Any]:
+def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Models,
+                         config: PipelineConfig) -> dict[str, Any]:
     """Download, analyse, upload the overlay, then commit the results, or reject the slide with the reason.
 
     Transient faults (storage, database) propagate so that the task retries.
@@ -31,8 +32,7 @@ def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Mode
     sidecar = dict(claim.sidecar or {})
     settings = get_settings()
     try:
-        analysis = analyze_field(data, models, sidecar=sidecar, config=load_config(settings.pipeline_config),
-                                 accept_16bit=settings.accept_16bit)
+        analysis = analyze_field(data, models, sidecar=sidecar, config=config, accept_16bit=settings.accept_16bit)
     except InvalidImageError as exc:
         with session_scope() as session:
             jobs.finish_attempt(session, claim, AttemptOutcome.REJECTED, SlideStatus.REJECTED, str(exc),

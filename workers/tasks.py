@@ -100,6 +100,7 @@ _model_cache = ModelCache()
 def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
     """Download, run the pipeline, store everything in one transaction; bad input is rejected, not retried."""
     from workers.persist import run_claimed_analysis
+    from workers.pipeline.analyze import load_config
 
     settings = get_settings()
     storage = storage_from_settings(settings)
@@ -109,10 +110,11 @@ def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
     if isinstance(claim, str):
         log.info("analyze_slide(%s) skipped: %s", slide_id, claim)
         return {"slide_id": slide_id, "skipped": claim}
+    config = load_config(settings.pipeline_config)  # one read per slide: its segmenter and rules agree
     with session_scope() as session:  # after the claim's commit: a model that fails to load fails the attempt
-        models = _model_cache.get(session, storage, settings)
+        models = _model_cache.get(session, storage, settings, config)
     started = perf_counter()
-    outcome = run_claimed_analysis(claim, storage, models)
+    outcome = run_claimed_analysis(claim, storage, models, config)
     log.info("slide %s: %s in %.0f ms", slide_id, outcome, (perf_counter() - started) * 1000)
     return {"slide_id": slide_id, **outcome}
 

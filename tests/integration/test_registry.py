@@ -120,6 +120,7 @@ def test_worker_uses_the_new_production_version(clean_registry, weights: Path, c
 def test_worker_model_cache_applies_the_lab_segmenter_parameters(service_env: dict[str, str], tmp_path) -> None:
     from hep2.settings import Settings
     from workers.model_cache import ModelCache
+    from workers.pipeline.analyze import load_config
     from workers.pipeline.segmentation import ClassicalSegmenter
 
     lab = tmp_path / "lab.toml"
@@ -127,10 +128,10 @@ def test_worker_model_cache_applies_the_lab_segmenter_parameters(service_env: di
     settings, cache = Settings(pipeline_config=lab, segmenter="classical"), ModelCache()
     storage = storage_from_settings()
     with session_scope() as session:
-        first = cache.get(session, storage, settings)
+        first = cache.get(session, storage, settings, load_config(lab))
         assert first.segmenter == ClassicalSegmenter(dot_radius=1)
-        assert cache.get(session, storage, settings) is first  # unchanged: kept warm
+        assert cache.get(session, storage, settings, load_config(lab)) is first  # unchanged: kept warm
         lab.write_text("[segmentation]\ndot_radius = 2\nmin_area = 60\n")
-        second = cache.get(session, storage, settings)
+        second = cache.get(session, storage, settings, load_config(lab))
     assert second is not first and second.segmenter == ClassicalSegmenter(dot_radius=2, min_area=60)
     assert second.versions()["segmenter"]["params"]["dot_radius"] == 2

@@ -6,8 +6,9 @@ import numpy as np
 
 from hep2.vocabulary import CELL_PATTERNS, Pattern
 from tests.pipeline.helpers_stages import agh_crop, disk_field, one_hot_probs, threshold_labels
-from workers.pipeline.analyze import CONFIG_ENV, Models, load_config
+from workers.pipeline.analyze import CONFIG_ENV, load_config
 from workers.pipeline.cells import Cell, background_level, measure_cells
+from workers.pipeline.cli import _models
 from workers.pipeline.segmentation import ClassicalSegmenter, default_segmenter, unet_promoted
 from workers.pipeline.specimen import (
     SpecimenConfig,
@@ -112,7 +113,7 @@ def test_config_files_and_env(tmp_path, monkeypatch) -> None:
     assert cfg.intensity.negative_below == 7.5 and cfg.specimen.min_cells == 3
     assert cfg.segmentation == ClassicalSegmenter(dot_radius=1)
     assert default_segmenter(kind="classical", classical=cfg.segmentation) is cfg.segmentation
-    assert unet_promoted() or Models(classical=cfg.segmentation).segmenter is cfg.segmentation
+    assert unet_promoted() or _models(None, "default", "cpu", cfg).segmenter is cfg.segmentation
     assert cfg.cells.crop_max_level == 52  # untouched sections keep their defaults
     js = tmp_path / "lab.json"
     js.write_text('{"specimen": {"oov_cytoplasm_ratio": 0.9}}')

@@ -76,13 +76,13 @@ def evaluate_segmentation(
                      ] = "nuclei",
 ) -> None:
     """Pixel Dice / IoU and object F1 (IoU ≥ 0.5) of the segmenters on hand-outlined fields."""
-    from training.segmentation.evaluate import evaluate, format_table
+    from training.segmentation.evaluate import TRUTHS, evaluate, format_table
     from workers.pipeline.segmentation import ClassicalSegmenter, UnetSegmenter
 
     if segmenter not in ("unet", "classical", "both"):
         raise typer.BadParameter("--segmenter must be unet, classical or both")
-    if truth not in ("nuclei", "regions"):
-        raise typer.BadParameter("--truth must be nuclei or regions")
+    if truth not in TRUTHS:
+        raise typer.BadParameter(f"--truth must be one of {', '.join(TRUTHS)}")
     chosen = {}
     if segmenter in ("unet", "both"):
         chosen["unet"] = UnetSegmenter(weights=weights, device=device)

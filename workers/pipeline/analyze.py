@@ -6,7 +6,7 @@ No queue, database or storage inside; the worker task stores what comes out.
 Configuration (:class:`PipelineConfig`): defaults in code; ``load_config(path)`` reads a JSON or TOML file
 with the sections ``segmentation``, ``cells``, ``intensity`` and ``specimen`` (any subset of fields; the
 segmentation section sets the classical segmenter's parameters; it is applied where the segmenter is
-built: :class:`Models`, the worker's model cache, the CLI), and without a path the
+built: the worker's model cache, the CLI, the training snapshot), and without a path the
 file named by the ``HEP2_PIPELINE_CONFIG`` environment variable, if set (a lab's calibrated cut-offs).
 """
 
@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from workers.pipeline.cells import Cell, CellConfig, background_level, classify_cells, measure_cells
 from workers.pipeline.intensity import IntensityConfig, IntensityResult, measure_intensity
 from workers.pipeline.overlay import render_overlay
-from workers.pipeline.segmentation import ClassicalSegmenter
+from workers.pipeline.segmentation import DEFAULT_WEIGHTS, ClassicalSegmenter, default_segmenter
 from workers.pipeline.specimen import SpecimenConfig, SpecimenResult, aggregate, cytoplasm_ratio
 from workers.pipeline.texture import field_fibrillar_index
 from workers.pipeline.types import FieldImage, InvalidImageError, Segmenter
@@ -66,17 +66,14 @@ class Models:
     """The segmenter and the cell classifier, each loaded once on first use (or injected, e.g. in tests)."""
 
     def __init__(self, segmenter: Segmenter | None = None, classifier: Any | None = None,
-                 classifier_weights: str | Path | None = None, device: str = "auto",
-                 classical: ClassicalSegmenter | None = None) -> None:
+                 classifier_weights: str | Path | None = None, device: str = "auto") -> None:
         self._segmenter, self._classifier = segmenter, classifier
-        self.classifier_weights, self.device, self.classical = classifier_weights, device, classical
+        self.classifier_weights, self.device = classifier_weights, device
 
     @property
     def segmenter(self) -> Segmenter:
         if self._segmenter is None:
-            from workers.pipeline.segmentation import default_segmenter
-
-            self._segmenter = default_segmenter(classical=self.classical)
+            self._segmenter = default_segmenter()
         return self._segmenter
 
     @property
@@ -97,8 +94,6 @@ class Models:
         seg_info: dict[str, Any] = {"name": getattr(seg, "name", None)}
         seg_weights = getattr(seg, "weights", None)
         if seg_weights is None and seg_info["name"] == "unet":
-            from workers.pipeline.segmentation import DEFAULT_WEIGHTS
-
             seg_weights = DEFAULT_WEIGHTS
         seg_info.update(_files_info([seg_weights] if seg_weights else []))
         if seg_info["name"] == "classical" and is_dataclass(seg):

@@ -113,13 +113,11 @@ def score(per_image: list[dict[str, Any]]) -> dict[str, Any]:
 def _models(classifier: Path | None, segmenter: str, device: str, cfg: Any) -> Any:
     """Models for the CLI: ``segmenter`` default | unet | classical; the classical one with ``cfg.segmentation``."""
     from workers.pipeline.analyze import Models
+    from workers.pipeline.segmentation import default_segmenter
 
-    seg = None
-    if segmenter != "default":
-        from workers.pipeline.segmentation import default_segmenter
-
-        seg = default_segmenter(device=device, kind=segmenter, classical=cfg.segmentation)
-    return Models(segmenter=seg, classifier_weights=classifier, device=device, classical=cfg.segmentation)
+    kind = "auto" if segmenter == "default" else segmenter
+    return Models(segmenter=default_segmenter(device=device, kind=kind, classical=cfg.segmentation),
+                  classifier_weights=classifier, device=device)
 
 
 def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
