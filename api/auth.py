@@ -7,9 +7,7 @@ A key is ``hep2_<random>``; only its SHA-256 and an 8-character prefix are store
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,8 +21,9 @@ from sqlalchemy.orm import Session
 from db.base import utcnow
 from db.models import ApiKey, Role
 from db.session import session_factory
+from hep2.settings import get_settings
+from services.keys import hash_key
 
-KEY_PREFIX = "hep2_"
 RANK = {Role.VIEWER: 1, Role.REVIEWER: 2, Role.OPS: 3, Role.ADMIN: 4}
 TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per key
 
@@ -62,28 +61,6 @@ class Principal:
     @property
     def actor(self) -> str:
         return f"key:{self.key_id}:{self.name}" if self.key_id is not None else self.name
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def create_key(session: Session, name: str, role: Role) -> tuple[ApiKey, str]:
-    """A new key row and the plaintext key (shown once, never stored)."""
-    plain = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(name=name, prefix=plain[: len(KEY_PREFIX) + 8], key_hash=hash_key(plain), role=role)
-    session.add(row)
-    session.flush()
-    return row, plain
-
-
-def revoke_key(session: Session, key_id: int) -> ApiKey:
-    row = session.get(ApiKey, key_id)
-    if row is None:
-        raise LookupError(f"API key {key_id} does not exist")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-    return row
 
 
 def allowed_roles(*roles: Role | str) -> frozenset[Role]:
@@ -152,7 +129,6 @@ class WebhookOrScanner(RoleRule):
 
     def __call__(self, session: SessionDep, bearer: BearerDep = None,  # type: ignore[override]
                  x_api_key: ApiKeyDep = None) -> Principal:
-        from hep2.settings import get_settings
 
         token = get_settings().webhook_token
         presented = presented_key(bearer, None)

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from api.app import create_app
 from db.base import utcnow
 from db.models import (
     AnalysisAttempt,
@@ -34,6 +35,7 @@ from db.models import (
 )
 from db.session import get_engine, session_scope
 from hep2.vocabulary import CELL_PATTERNS, INTENSITY_CLASSES
+from services.keys import create_key
 
 CHUNK = 1000
 
@@ -84,14 +86,12 @@ def run(specimens: int, requests: int, json_out: Path) -> dict[str, Any]:
     """Seed, then time the worklist endpoint; writes and returns the report."""
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
-    from api.auth import create_key
 
     started = time.perf_counter()
     added = seed(specimens)
     seed_s = time.perf_counter() - started
     with session_scope() as session:
-        key = create_key(session, "bench-api", Role.VIEWER)[1]
+        key = create_key(session, "bench-api", Role.VIEWER, actor="bench-api")[1]
         total = session.scalar(select(func.count()).select_from(SlideImage))
     headers = {"Authorization": f"Bearer {key}"}
     client = TestClient(create_app())

@@ -13,10 +13,12 @@ from urllib.parse import unquote_plus
 from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel, ConfigDict, Field
 
+import workers.celery_app as broker
 from api.auth import WebhookOrScanner
 from hep2.settings import Settings, get_settings
 from hep2.storage import InvalidKeyError, validate_key
 from workers.ingest import is_sidecar
+from workers.routing import TaskName
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -86,12 +88,10 @@ def classify_record(record: S3Record, settings: Settings) -> RecordOutcome:
              dependencies=[Depends(WebhookOrScanner())])
 def s3_event(event: S3Event, settings: Settings = Depends(get_settings)) -> EventResponse:
     """Queue the registration of every uploaded image in the notification."""
-    from workers.celery_app import celery_client
-
     outcomes = [classify_record(record, settings) for record in event.Records]
     to_queue = [o.key for o in outcomes if o.action == "queued"]
     if to_queue:
-        app = celery_client(settings)
+        app = broker.celery_client(settings)
         for key in dict.fromkeys(to_queue):  # once per key per notification
-            app.send_task("hep2.register_upload", args=[key])
+            app.send_task(TaskName.REGISTER_UPLOAD, args=[key])
     return EventResponse(queued=len(set(to_queue)), records=outcomes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 
+import workers.celery_app as broker
 from db.session import get_engine
 from hep2.storage import storage_from_settings
 
@@ -40,9 +41,7 @@ def _check_database() -> None:
 
 
 def _check_broker() -> None:
-    from workers.celery_app import celery_client
-
-    with celery_client().connection_for_write() as connection:
+    with broker.celery_client().connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
 
 

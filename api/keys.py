@@ -9,10 +9,11 @@ from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from api.audit import record
-from api.auth import Admin, SessionDep, Viewer, create_key, revoke_key
+from api.auth import Admin, SessionDep, Viewer
 from api.schemas import ORM, Name
 from db.models import ApiKey, Role
+from services import NotFoundError
+from services.keys import create_key, revoke_key
 
 router = APIRouter(prefix="/v1", tags=["auth"])
 
@@ -56,9 +57,7 @@ def list_keys(session: SessionDep, _: Admin) -> list[ApiKey]:
 @router.post("/api-keys", response_model=NewKeyOut, status_code=status.HTTP_201_CREATED)
 def new_key(body: KeyIn, session: SessionDep, who: Admin) -> NewKeyOut:
     """Create a key; the plaintext is in this response only."""
-    row, plain = create_key(session, body.name, body.role)
-    record(session, who.actor, "apikey.create", "api_key", row.id, name=row.name, role=row.role.value)
-    session.commit()
+    row, plain = create_key(session, body.name, body.role, who.actor)
     return NewKeyOut.model_validate({**KeyOut.model_validate(row).model_dump(), "key": plain})
 
 
@@ -66,9 +65,6 @@ def new_key(body: KeyIn, session: SessionDep, who: Admin) -> NewKeyOut:
 def revoke(key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, who: Admin) -> ApiKey:
     """Revoke a key; it stops working at once."""
     try:
-        row = revoke_key(session, key_id)
-    except LookupError as exc:
+        return revoke_key(session, key_id, who.actor)
+    except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    record(session, who.actor, "apikey.revoke", "api_key", key_id, name=row.name)
-    session.commit()
-    return row

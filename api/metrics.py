@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import func, select
 
+from api.operations import queue_depths
 from db.models import AnalysisAttempt, AttemptOutcome, SlideImage, SlideStatus
 from db.session import session_scope
 
@@ -88,7 +89,6 @@ class ServiceCollector:
         except Exception:  # the exporter must answer even when the database does not
             log.exception("metrics: database collection failed")
         try:
-            from api.operations import queue_depths
 
             depth = GaugeMetricFamily("hep2_queue_depth", "Messages waiting per queue", labels=["queue"])
             for queue, n in queue_depths().items():

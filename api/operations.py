@@ -1,7 +1,7 @@
 """Operations: failed/rejected jobs and re-run, queue depth, model versions (promote, roll back), training runs.
 
-Promotion and roll-back go through ``training.registry``, training runs through ``training.retrain``; both
-write their own audit rows, imported when used (501 if that part is not installed).
+Every mutating route calls the service layer (:mod:`services`), which the ``hep2`` CLI calls too: the same
+audit rows, the same state checks; the routes translate its errors into 404 / 409.
 """
 
 from __future__ import annotations
@@ -15,22 +15,23 @@ from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.audit import record
 from api.auth import Ops, SessionDep, Viewer, get_or_404
 from api.schemas import ORM, Comment, ModelVersionOut
 from db.models import (
     AnalysisAttempt,
     FoldMetrics,
-    InvalidTransitionError,
     ModelTask,
     ModelVersion,
-    RunStatus,
     SlideImage,
     SlideStatus,
     TrainingRun,
 )
 from hep2.settings import get_settings
-from workers.celery_app import QUEUES
+from services import ConflictError, NotFoundError
+from services import jobs as job_service
+from services import models as model_service
+from services import training_runs as run_service
+from workers.routing import QUEUES
 
 router = APIRouter(prefix="/v1", tags=["operations"])
 DbPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -133,18 +134,12 @@ def list_jobs(session: SessionDep, _: Viewer,
 @router.post("/jobs/{slide_id}/rerun", response_model=RerunOut, status_code=status.HTTP_202_ACCEPTED)
 def rerun_job(slide_id: DbPath, session: SessionDep, who: Ops) -> RerunOut:
     """Queue a failed (or finished) slide again; rejected input stays rejected (409)."""
-    from workers.celery_app import celery_client
-    from workers.jobs import requeue
-
     try:
-        slide = requeue(session, slide_id)
-    except LookupError as exc:
+        slide = job_service.rerun(session, slide_id, who.actor)
+    except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except InvalidTransitionError as exc:
+    except ConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    record(session, who.actor, "job.rerun", "slide_image", slide_id, key=slide.key)
-    session.commit()
-    celery_client().send_task("hep2.analyze_slide", args=[slide_id])
     return RerunOut(slide_id=slide_id, status=slide.status.value)
 
 
@@ -206,29 +201,23 @@ def get_model(version_id: DbPath, session: SessionDep, _: Viewer) -> ModelDetail
 @router.post("/models/{version_id}/promote", response_model=PromotionOut)
 def promote_model(version_id: DbPath, body: PromoteIn, session: SessionDep, who: Ops) -> PromotionOut:
     """Promote a version through the registry's policy (``force`` overrides it); 409 when refused."""
-    from training import registry  # late: it imports torch, which the other endpoints do not need
-    get_or_404(session, ModelVersion, version_id, "model version")
-    promoted, message = registry.promote(session, version_id, actor=who.actor, force=body.force)
-    if body.comment:
-        record(session, who.actor, "model.comment", "model_version", version_id, comment=body.comment)
-    session.commit()  # a refusal is recorded (stage_reason, audit) too
-    if not promoted:
-        raise HTTPException(status.HTTP_409_CONFLICT, message)
-    return PromotionOut(promoted=promoted, message=message,
-                        version=ModelVersionOut.model_validate(session.get(ModelVersion, version_id)))
+    try:
+        version = model_service.promote(session, version_id, who.actor, force=body.force, comment=body.comment)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ConflictError as exc:  # the refusal is recorded (stage_reason, audit) too
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return PromotionOut(promoted=True, message=version.stage_reason or "promoted",
+                        version=ModelVersionOut.model_validate(version))
 
 
 @router.post("/models/rollback", response_model=ModelVersionOut)
 def rollback_model(body: RollbackIn, session: SessionDep, who: Ops) -> ModelVersion:
     """Put the previous production version of ``task`` back (409 when there is none)."""
-    from training import registry  # late: it imports torch, which the other endpoints do not need
     try:
-        version = registry.rollback(session, body.task, actor=who.actor)
-    except (LookupError, ValueError) as exc:
-        session.rollback()
+        return model_service.rollback(session, body.task, who.actor)
+    except ConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    session.commit()
-    return version
 
 
 # ---------------------------------------------------------------- training runs
@@ -249,30 +238,19 @@ def get_run(run_id: DbPath, session: SessionDep, _: Viewer) -> RunDetail:
 @router.post("/training-runs", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
 def start_run(body: TrainingIn, session: SessionDep, who: Ops) -> TrainingRun:
     """Queue a training run (task ``hep2.train_model`` on the ``training`` queue); 422 for unknown parameters."""
-    from training import retrain
-    from workers.celery_app import celery_client
     try:
-        run = retrain.start_training(session, body.task, actor=who.actor, trigger="api",
-                                     parameters=dict(body.parameters))
+        return run_service.start_run(session, body.task, who.actor, dict(body.parameters), trigger="api")
     except (TypeError, ValueError) as exc:
-        session.rollback()
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    session.commit()
-    result = celery_client().send_task("hep2.train_model", args=[run.id])
-    if getattr(result, "id", None):
-        run.celery_task_id = result.id
-        session.commit()
-    return run
 
 
 @router.post("/training-runs/{run_id}/cancel", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
 def cancel_run(run_id: DbPath, session: SessionDep, who: Ops) -> TrainingRun:
     """Ask a queued or running run to stop (the trainer checks ``cancel_requested``); 409 if it has ended."""
-    run = get_or_404(session, TrainingRun, run_id, "training run", with_for_update=True)
-    if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"training run {run_id} is {run.status.value}")
-    run.cancel_requested = True
-    record(session, who.actor, "training.cancel", "training_run", run_id)
-    session.commit()
-    return run
+    try:
+        return run_service.cancel_run(session, run_id, who.actor)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 

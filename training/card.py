@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
+from analysis.device import hardware
 
 
 def git_commit(repo: Path | None = None) -> dict[str, Any]:
@@ -27,21 +25,6 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
         return {"commit": "uncommitted", "dirty": True,
                 "note": "trained before the repository's first commit; the code is the training/ package "
                         "of the commit that added this card"}
-
-
-def hardware() -> dict[str, Any]:
-    """The machine a run used (CPU model, core count, GPU name if any, torch version)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def write_card(path: str | Path, **fields: Any) -> Path:

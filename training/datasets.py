@@ -27,9 +27,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from analysis.preprocess import prepare_crop
 from hep2.storage import ObjectStorage
 from hep2.vocabulary import CELL_PATTERNS, parse_pattern
-from training.transforms import prepare_crop
 
 GROUP_COLUMNS = ("specimen_group", "group", "specimen_id", "specimen", "patient_id", "patient")
 LABEL_COLUMNS = ("pattern", "label")

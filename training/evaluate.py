@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from analysis.device import hardware
+from analysis.models.inference import CellClassifier
 from hep2.storage import ObjectStorage
-from training.card import hardware
 from training.datasets import load_manifest
-from training.inference import CellClassifier
 from training.metrics import classification_metrics
 
 

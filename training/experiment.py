@@ -22,13 +22,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from analysis.models.classifier import ModelConfig, count_parameters, save_checkpoint
+from analysis.models.inference import predict_proba
+from analysis.specimen import calibrate_oov
 from hep2.storage import ObjectStorage
 from training.card import write_card
 from training.cv import grouped_kfold, inner_validation_split, random_kfold, random_split
 from training.datasets import CellTable, load_manifest
-from training.ensemble import predict_proba
 from training.metrics import CLASS_NAMES, classification_metrics, save_confusion_png, summarize_folds
-from training.models import ModelConfig, count_parameters, save_checkpoint
 from training.trainer import JsonlLogger, TrainConfig, fit
 
 Fold = tuple[np.ndarray, np.ndarray | None, np.ndarray]  # train, validation (None: draw inside), test
@@ -176,8 +177,6 @@ def _cross_validate(table: CellTable, x: np.ndarray, y: np.ndarray, groups: np.n
 def oov_thresholds(probs: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
     """The pipeline's out-of-vocabulary thresholds for this classifier, from out-of-fold predictions on
     held-out specimen groups (all in the vocabulary); the specimen stage reads them from the model card."""
-    from workers.pipeline.specimen import calibrate_oov
-
     return {**calibrate_oov(probs, groups), "calibrated_on": f"out-of-fold predictions, {len(set(groups))} "
             "held-out specimen groups (specimen.calibrate_oov)"}
 

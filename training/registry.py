@@ -18,9 +18,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from analysis.models import ModelWeights
 from db import audit
 from db.base import utcnow
 from db.models import ModelStage, ModelTask, ModelVersion
+from hep2.settings import Settings, get_settings
 from hep2.storage import ObjectStorage
 
 WEIGHTS_NAME, CARD_NAME = "weights.safetensors", "card.json"
@@ -37,8 +39,6 @@ class PromotionPolicy:
 
     @classmethod
     def from_settings(cls) -> PromotionPolicy:
-        from hep2.settings import get_settings
-
         settings = get_settings()
         return cls(settings.promotion_min_mca_gain, settings.promotion_max_recall_drop)
 
@@ -165,3 +165,19 @@ def fetch(storage: ObjectStorage, version: ModelVersion, cache_dir: Path) -> Pat
         # beside the weights as <name>.json, where the inference code looks for a model card
         target.with_suffix(".json").write_bytes(storage.get(version.artifact_uri + CARD_NAME))
     return target
+
+
+def resolve_weights(session: Session, storage: ObjectStorage, settings: Settings) -> ModelWeights:
+    """The weights to analyse with now: a pinned classifier (``HEP2_CELL_MODEL_PATH``), else the production
+    version of each task (downloaded from object storage once), else None (the bundled model)."""
+    chosen: dict[ModelTask, Path | None] = {}
+    for task in (ModelTask.CELL_PATTERN, ModelTask.SEGMENTATION):
+        pinned = settings.cell_model_path if task is ModelTask.CELL_PATTERN else None
+        version = production(session, task)
+        if pinned is not None:
+            chosen[task] = pinned
+        elif version is not None and not version.artifact_uri.startswith("bundled:"):
+            chosen[task] = fetch(storage, version, settings.state_dir / "model-cache")
+        else:
+            chosen[task] = None
+    return ModelWeights(cell_pattern=chosen[ModelTask.CELL_PATTERN], segmentation=chosen[ModelTask.SEGMENTATION])

@@ -19,19 +19,20 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from analysis.models.classifier import ModelConfig, save_checkpoint
+from analysis.models.inference import predict_proba
 from db import audit
 from db.base import utcnow
-from db.models import FoldMetrics, ModelTask, ModelVersion, RunStatus, TrainingRun
+from db.models import Dataset, FoldMetrics, ModelTask, ModelVersion, Review, RunStatus, TrainingRun
 from db.session import session_scope
 from hep2 import __version__
+from hep2.settings import get_settings
 from hep2.storage import ObjectStorage
 from training import registry
 from training.card import git_commit
 from training.cv import assert_no_group_leakage, grouped_kfold, inner_validation_split
-from training.ensemble import predict_proba
 from training.experiment import oov_thresholds
 from training.metrics import CLASS_NAMES, classification_metrics, summarize_folds
-from training.models import ModelConfig, save_checkpoint
 from training.snapshot import build_snapshot
 from training.trainer import JsonlLogger, TrainConfig, fit
 
@@ -96,8 +97,6 @@ def due_for_retraining(session: Session, trigger: str, min_new_labels: int) -> s
     ``labels``: only once ``min_new_labels`` reviews exist that no earlier run's snapshot contained."""
     from sqlalchemy import func, select
 
-    from db.models import Dataset, Review
-    from hep2.settings import get_settings
 
     recent = utcnow() - timedelta(seconds=get_settings().training_time_limit_s)  # older ones died with a worker
     busy = session.scalar(select(func.count()).select_from(TrainingRun).where(

@@ -25,11 +25,16 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from analysis.build import build_models
+from analysis.cells import crop_cell, measure_cells
+from analysis.config import load_config
+from analysis.decode import ImageLimits, decode_image
 from db.models import Cell, Dataset, Review, SlideImage, Specimen
 from hep2.settings import get_settings
 from hep2.storage import ObjectStorage
 from hep2.vocabulary import CELL_PATTERNS, parse_pattern
 from training.datasets import CellTable, load_manifest
+from training.registry import resolve_weights
 
 COLUMNS = ("cell_id", "pattern", "specimen_group", "image", "mask", "source")
 
@@ -79,15 +84,12 @@ def reviewed_cells(session: Session) -> list[ReviewedCell]:
     return cells
 
 
-def crop_reviewed(storage: ObjectStorage, cells: list[ReviewedCell]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def crop_reviewed(session: Session, storage: ObjectStorage, cells: list[ReviewedCell],
+                  ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """cell id -> (uint8 image, bool mask), cut the way the pipeline cuts cells for the classifier."""
-    from workers.pipeline.analyze import load_config
-    from workers.pipeline.cells import crop_cell, measure_cells
-    from workers.pipeline.decode import ImageLimits, decode_image
-    from workers.pipeline.segmentation import default_segmenter
-
-    settings = get_settings()  # the same segmenter and input policy as the workers
-    segmenter = default_segmenter(kind=settings.segmenter, classical=load_config(settings.pipeline_config).segmentation)
+    settings = get_settings()  # the same models (registry) and input policy as the workers
+    weights = resolve_weights(session, storage, settings)
+    segmenter = build_models(settings, load_config(settings.pipeline_config), weights).segmenter
     limits, crops = ImageLimits(accept_16bit=settings.accept_16bit), {}
     for key in sorted({c.slide_key for c in cells}):
         field = decode_image(storage.get(key), limits)
@@ -128,7 +130,7 @@ def build_snapshot(session: Session, storage: ObjectStorage, run_id: int, datase
                          "mask": "/" + base + r.mask if r.mask else "", "source": dataset.name})
     if include_reviews:
         cells = {c.cell_id: c for c in reviewed_cells(session)}
-        for cell_id, (image, mask) in crop_reviewed(storage, list(cells.values())).items():
+        for cell_id, (image, mask) in crop_reviewed(session, storage, list(cells.values())).items():
             cell = cells[cell_id]
             # content-addressed, outside the run's folder: the same reviews give the same manifest and hash
             image_png, mask_png = _png(image), _png(mask.astype(np.uint8) * 255)

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.ensemble import autocast, autocast_dtype, predict_proba, resolve_device
+from analysis.device import autocast, autocast_dtype, resolve_device
+from analysis.models.classifier import ModelConfig, create_model
+from analysis.models.inference import predict_proba
 from training.metrics import mean_class_accuracy
-from training.models import ModelConfig, create_model
 from training.transforms import augment
 
 

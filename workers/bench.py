@@ -29,9 +29,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from analysis.analyze import analyze_field
+from analysis.cells import crop_cell, measure_cells
+from analysis.config import load_config
+from analysis.decode import ImageLimits, decode_image
+from analysis.device import autocast_dtype
+from db.migrate import upgrade
+from db.session import session_scope
 from hep2.settings import get_settings
+from hep2.storage import storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
-from training.ensemble import autocast_dtype
+from training.datasets import i3a_root, load_manifest
+from workers.celery_app import create_celery_app
+from workers.jobs import wait_for_final
+from workers.model_cache import ModelCache
+from workers.process import worker_process
+from workers.routing import TaskName
 
 
 def bench_fields(count: int, size: tuple[int, int], data_dir: Path | None) -> list[tuple[str, bytes]]:
@@ -50,10 +63,6 @@ DEFAULT_SLIDE_CELLS = 150
 
 def worker_models() -> Any:
     """The models a worker would use now (registry, pins, settings)."""
-    from db.session import session_scope
-    from hep2.storage import storage_from_settings
-    from workers.model_cache import ModelCache
-    from workers.pipeline.analyze import load_config
 
     settings = get_settings()
     with session_scope() as session:
@@ -61,7 +70,6 @@ def worker_models() -> Any:
 
 
 def models_alone(fields: list[tuple[str, bytes]], models: Any) -> dict[str, Any]:
-    from workers.pipeline.analyze import analyze_field
 
     sixteen = get_settings().accept_16bit
     analyze_field(fields[0][1], models, accept_16bit=sixteen)  # warm-up: load the models
@@ -82,7 +90,6 @@ def models_alone(fields: list[tuple[str, bytes]], models: Any) -> dict[str, Any]
 def sweep_crops(models: Any, fields: Callable[[], list[tuple[str, bytes]]], limit: int = 512,
                 ) -> tuple[np.ndarray, str]:
     """Up to ``limit`` real cells pre-processed for the classifier: I3A Task-1 crops, else cut from ``fields``."""
-    from training.datasets import i3a_root, load_manifest
 
     clf, root = models.classifier, i3a_root()
     if (root / "labels.csv").is_file():
@@ -90,8 +97,6 @@ def sweep_crops(models: Any, fields: Callable[[], list[tuple[str, bytes]]], limi
         picked = np.linspace(0, len(table) - 1, min(limit, len(table))).round().astype(int)
         crops = table.subset(picked.tolist()).load(clf.config.img_size, clf.config.use_mask, workers=2)
         return crops, f"{len(crops)} of the {len(table)} I3A Task-1 cells, evenly spaced ({root})"
-    from workers.pipeline.cells import crop_cell, measure_cells
-    from workers.pipeline.decode import ImageLimits, decode_image
 
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     used = 0
@@ -166,10 +171,6 @@ def run_batch_sweep(models: Any, fields: Callable[[], list[tuple[str, bytes]]],
 
 
 def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
-    from hep2.storage import storage_from_settings
-    from workers.celery_app import create_celery_app
-    from workers.jobs import wait_for_final
-    from workers.process import worker_process
 
     storage, app = storage_from_settings(), create_celery_app()
     run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -179,14 +180,14 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
     with worker_process(app, env, node, log_dir / "bench-worker.log"):
         warm = prefix + "warm-up.png"
         storage.put(warm, fields[0][1])
-        app.send_task("hep2.register_upload", args=[warm])
+        app.send_task(TaskName.REGISTER_UPLOAD, args=[warm])
         wait_for_final([warm], timeout_s)
         started = time.perf_counter()
         keys = []
         for name, data in fields:
             keys.append(prefix + name)
             storage.put(keys[-1], data)
-            app.send_task("hep2.register_upload", args=[keys[-1]])  # what the S3 event triggers
+            app.send_task(TaskName.REGISTER_UPLOAD, args=[keys[-1]])  # what the S3 event triggers
         statuses = wait_for_final(keys, timeout_s)
         seconds = time.perf_counter() - started
     outcome: dict[str, int] = {}
@@ -216,7 +217,6 @@ def _prepare_state() -> None:
         shutil.rmtree(state, ignore_errors=True)
         os.environ["HEP2_STATE_DIR"] = str(state)
         get_settings.cache_clear()
-        from db.migrate import upgrade
 
         upgrade()
 

@@ -1,4 +1,7 @@
-"""The Celery application: queues, routing and the reliability settings every task relies on.
+"""The Celery application factory: queues, routing and the reliability settings every task relies on.
+
+Importing this module builds nothing: the worker's app is built in :mod:`workers.tasks` (with its tasks),
+senders get a cached client from :func:`celery_client`. Names and routes live in :mod:`workers.routing`.
 
 Queues: ``gpu`` (slide analysis, one task at a time per GPU), ``cpu`` (ingestion, maintenance) and
 ``training`` (model training). Tasks are acknowledged only after they finish (``acks_late``) and are
@@ -15,16 +18,7 @@ from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from hep2.settings import Settings, get_settings
-
-QUEUES = ("gpu", "cpu", "training")
-TASK_ROUTES = {
-    "hep2.analyze_slide": {"queue": "gpu"},
-    "hep2.register_upload": {"queue": "cpu"},
-    "hep2.sweep_inbox": {"queue": "cpu"},
-    "hep2.requeue_stale": {"queue": "cpu"},
-    "hep2.train_model": {"queue": "training"},
-    "hep2.scheduled_retrain": {"queue": "cpu"},
-}
+from workers.routing import QUEUES, TASK_ROUTES, TaskName
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
@@ -39,7 +33,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         task_default_queue="cpu",
         task_default_exchange="cpu",
         task_default_routing_key="cpu",
-        task_routes=TASK_ROUTES,
+        task_routes={str(name): route for name, route in TASK_ROUTES.items()},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # a GPU worker takes one slide at a time; others wait in the queue
@@ -52,11 +46,11 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=True,  # for Flower
         task_send_sent_event=True,
         beat_schedule={
-            "sweep-inbox": {"task": "hep2.sweep_inbox", "schedule": settings.sweep_interval_s},
-            "requeue-stale": {"task": "hep2.requeue_stale", "schedule": settings.sweep_interval_s},
-            "retrain-scheduled": {"task": "hep2.scheduled_retrain", "schedule": _cron(settings.retrain_cron),
+            "sweep-inbox": {"task": TaskName.SWEEP_INBOX, "schedule": settings.sweep_interval_s},
+            "requeue-stale": {"task": TaskName.REQUEUE_STALE, "schedule": settings.sweep_interval_s},
+            "retrain-scheduled": {"task": TaskName.SCHEDULED_RETRAIN, "schedule": _cron(settings.retrain_cron),
                                   "args": ["schedule"]},
-            "retrain-new-labels": {"task": "hep2.scheduled_retrain", "schedule": settings.sweep_interval_s,
+            "retrain-new-labels": {"task": TaskName.SCHEDULED_RETRAIN, "schedule": settings.sweep_interval_s,
                                    "args": ["labels"]},
         },
         timezone="UTC",
@@ -95,5 +89,3 @@ def _transport_options(settings: Settings) -> dict[str, object]:
                 "control_folder": str(folders["control"]), "store_processed": False}
     return {}
 
-
-celery_app = create_celery_app()

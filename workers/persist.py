@@ -10,14 +10,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from analysis.analyze import Models, SlideAnalysis, analyze_field
+from analysis.config import PipelineConfig
+from analysis.types import InvalidImageError
 from db.models import AttemptOutcome, Cell, ModelStage, ModelTask, ModelVersion, SlideStatus, SpecimenResult
 from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import ObjectStorage
 from hep2.vocabulary import CELL_PATTERNS
 from workers import jobs
-from workers.pipeline.analyze import Models, PipelineConfig, SlideAnalysis, analyze_field
-from workers.pipeline.types import InvalidImageError
 
 
 def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Models,

@@ -23,7 +23,7 @@ def worker_process(app: Celery, env: Mapping[str, str], node: str, log_path: Pat
                    queues: str = "gpu,cpu,training", start_timeout_s: float = 90.0,
                    ) -> Iterator[subprocess.Popen]:
     """Run ``hep2 worker`` in its own process group until the block exits; wait until it answers pings."""
-    cmd = [sys.executable, "-m", "hep2.cli", "worker", "-Q", queues, "-c", "1", "-n", node]
+    cmd = [sys.executable, "-m", "cli.main", "worker", "-Q", queues, "-c", "1", "-n", node]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -12,24 +12,30 @@ from celery import Task
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
+from analysis.config import load_config
 from db.base import utcnow
 from db.models import ModelTask, SlideStatus
 from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import ObjectNotFoundError, storage_from_settings
+from training.retrain import due_for_retraining, run_training, start_training
 from workers import jobs
-from workers.celery_app import celery_app
+from workers.celery_app import create_celery_app
 from workers.ingest import is_sidecar, register_upload
 from workers.maintenance import unregistered_keys
 from workers.model_cache import ModelCache
+from workers.persist import run_claimed_analysis
+from workers.routing import TaskName
 
+celery_app = create_celery_app()
+"""The worker's app (``hep2 worker`` runs it); senders use :func:`workers.celery_app.celery_client`."""
 log: logging.Logger = get_task_logger(__name__)
 
 TRANSIENT_ERRORS = (BotoCoreError, OperationalError, ConnectionError, TimeoutError)
 """Faults of the storage, database or network that a retry with backoff may cure."""
 
 
-@celery_app.task(name="hep2.register_upload", autoretry_for=TRANSIENT_ERRORS,
+@celery_app.task(name=TaskName.REGISTER_UPLOAD, autoretry_for=TRANSIENT_ERRORS,
                  retry_backoff=True, retry_backoff_max=300, max_retries=8)
 def register_upload_task(key: str) -> dict[str, object]:
     """Record an uploaded image once and queue its analysis (idempotent)."""
@@ -53,7 +59,7 @@ def register_upload_task(key: str) -> dict[str, object]:
     return result
 
 
-@celery_app.task(name="hep2.sweep_inbox")
+@celery_app.task(name=TaskName.SWEEP_INBOX)
 def sweep_inbox_task() -> dict[str, object]:
     """Register uploads whose events were lost: list the inbox, queue what the database lacks."""
     settings = get_settings()
@@ -65,7 +71,7 @@ def sweep_inbox_task() -> dict[str, object]:
     return {"queued": missing}
 
 
-@celery_app.task(name="hep2.requeue_stale")
+@celery_app.task(name=TaskName.REQUEUE_STALE)
 def requeue_stale_task() -> dict[str, object]:
     """Re-send analyses whose message was lost (broker restart) or whose worker died without redelivery."""
     settings = get_settings()
@@ -95,12 +101,10 @@ _model_cache = ModelCache()
 """The pipeline's models, per worker process: loaded once, kept warm, reloaded when production changes."""
 
 
-@celery_app.task(bind=True, base=AnalysisTask, name="hep2.analyze_slide", autoretry_for=TRANSIENT_ERRORS,
+@celery_app.task(bind=True, base=AnalysisTask, name=TaskName.ANALYZE_SLIDE, autoretry_for=TRANSIENT_ERRORS,
                  retry_backoff=True, retry_backoff_max=120, max_retries=5)
 def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
     """Download, run the pipeline, store everything in one transaction; bad input is rejected, not retried."""
-    from workers.persist import run_claimed_analysis
-    from workers.pipeline.analyze import load_config
 
     settings = get_settings()
     storage = storage_from_settings(settings)
@@ -120,23 +124,18 @@ def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
 
 
 
-
-@celery_app.task(name="hep2.train_model", soft_time_limit=get_settings().training_time_limit_s - 60,
+@celery_app.task(name=TaskName.TRAIN_MODEL, soft_time_limit=get_settings().training_time_limit_s - 60,
                  time_limit=get_settings().training_time_limit_s)
 def train_model_task(run_id: int) -> dict[str, object]:
     """Run a queued training run (queue ``training``)."""
-    from training.retrain import run_training
-
     return run_training(run_id, storage_from_settings())
 
 
-@celery_app.task(name="hep2.scheduled_retrain")
+@celery_app.task(name=TaskName.SCHEDULED_RETRAIN)
 def scheduled_retrain_task(trigger: str = "schedule", parameters: dict | None = None) -> dict[str, object]:
     """Beat: start a run on schedule, or when enough new reviewed labels exist (``trigger="labels"``).
 
     ``parameters`` default to ``HEP2_RETRAIN_PARAMETERS``."""
-    from training.retrain import due_for_retraining, start_training
-
     settings = get_settings()
     with session_scope() as session:
         reason = due_for_retraining(session, trigger, settings.retrain_min_new_labels)

@@ -9,9 +9,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from cli.main import app
 from db.models import ApiKey, AuditEvent
 from db.session import session_scope
-from hep2.cli import app
 from tests.api.conftest import auth
 
 pytestmark = pytest.mark.integration

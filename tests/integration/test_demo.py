@@ -17,7 +17,7 @@ def run_demo(tmp_path: Path, *args: str) -> dict:
     keep = {"HEP2_CELL_MODEL_PATH", "HEP2_SHARED_DATA"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEP2_") or k in keep}  # embedded defaults
     state = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "hep2.cli", "demo", "--state-dir", str(state), *args],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--state-dir", str(state), *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "report:" in proc.stdout

@@ -97,10 +97,10 @@ def test_failed_job_can_be_rerun_from_the_cli(api: TestClient, celery_worker: st
         slide.status, slide.status_reason = SlideStatus.FAILED, "simulated: S3 unreachable after 5 retries"
         slide_id = slide.id
 
-    listed = subprocess.run([sys.executable, "-m", "hep2.cli", "jobs", "list", "--status", "failed"],
+    listed = subprocess.run([sys.executable, "-m", "cli.main", "jobs", "list", "--status", "failed"],
                             env={**os.environ, **service_env}, capture_output=True, text=True, timeout=60)
     assert key in listed.stdout and "S3 unreachable" in listed.stdout
-    rerun = subprocess.run([sys.executable, "-m", "hep2.cli", "jobs", "rerun", str(slide_id)],
+    rerun = subprocess.run([sys.executable, "-m", "cli.main", "jobs", "rerun", str(slide_id)],
                            env={**os.environ, **service_env}, capture_output=True, text=True, timeout=60)
     assert rerun.returncode == 0, rerun.stderr
 

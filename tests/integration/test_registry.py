@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from analysis.models.classifier import ModelConfig, create_model, save_checkpoint
 from db.models import AnalysisAttempt, AuditEvent, ModelStage, ModelTask, ModelVersion, SlideImage
 from db.session import session_scope
 from hep2.storage import storage_from_settings
 from tests.integration import uploads as up
 from training import registry
-from training.models import ModelConfig, create_model, save_checkpoint
 from workers.celery_app import create_celery_app
 
 pytestmark = pytest.mark.integration
@@ -118,10 +118,10 @@ def test_worker_uses_the_new_production_version(clean_registry, weights: Path, c
 
 
 def test_worker_model_cache_applies_the_lab_segmenter_parameters(service_env: dict[str, str], tmp_path) -> None:
+    from analysis.config import load_config
+    from analysis.segmentation import ClassicalSegmenter
     from hep2.settings import Settings
     from workers.model_cache import ModelCache
-    from workers.pipeline.analyze import load_config
-    from workers.pipeline.segmentation import ClassicalSegmenter
 
     lab = tmp_path / "lab.toml"
     lab.write_text("[segmentation]\ndot_radius = 1\n")

@@ -91,7 +91,7 @@ def dataset(service_env: dict[str, str], shared_data: Path, tmp_path_factory: py
 def test_cli_triggered_and_scheduled_runs_register_candidates(dataset: str, celery_worker: str,
                                                              service_env: dict[str, str]) -> None:
     params = json.dumps({**TINY, "datasets": [dataset]})
-    out = subprocess.run([sys.executable, "-m", "hep2.cli", "train", "run", "--parameters", params],
+    out = subprocess.run([sys.executable, "-m", "cli.main", "train", "run", "--parameters", params],
                          env={**os.environ, **service_env}, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     first = wait_run(latest_run_id())

@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from analysis.types import FieldImage
 from hep2.synthetic import synthetic_field
 from hep2.vocabulary import CELL_PATTERNS, Pattern
-from workers.pipeline.types import FieldImage
 
 
 def make_field(signal: np.ndarray, annotation: np.ndarray | None = None) -> FieldImage:

@@ -12,30 +12,31 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from analysis.analyze import Models, analyze_field
+from analysis.cells import measure_cells
+from analysis.models import DEFAULT_CELL_MODEL
+from analysis.overlay import COLOURS, render_overlay
+from analysis.segmentation import ClassicalSegmenter
+from analysis.types import InvalidImageError
 from hep2.synthetic import synthetic_field, synthetic_png
 from hep2.vocabulary import Pattern
 from tests.pipeline.helpers_stages import RecordingClassifier, disk_field
-from workers.pipeline.analyze import Models, analyze_field
-from workers.pipeline.cells import measure_cells
-from workers.pipeline.cli import score
-from workers.pipeline.overlay import COLOURS, render_overlay
-from workers.pipeline.segmentation import ClassicalSegmenter
-from workers.pipeline.types import InvalidImageError
+from training.fields import score
 
-BUNDLED = Path(__file__).resolve().parents[2] / "training" / "weights" / "cells-default.safetensors"
+BUNDLED = DEFAULT_CELL_MODEL
 
 
 @pytest.fixture(autouse=True)
 def _decode_stage(request: pytest.FixtureRequest) -> None:
     if request.node.name.startswith(("test_score", "test_overlay")):
         return
-    pytest.importorskip("workers.pipeline.decode", reason="decode stage (workers/pipeline/decode.py) not built yet")
+    pytest.importorskip("analysis.decode", reason="decode stage (analysis/decode.py) not built yet")
 
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised small classifier (structure like the shipped one; predictions meaningless)."""
-    from training.models import ModelConfig, create_model, save_checkpoint
+    from analysis.models.classifier import ModelConfig, create_model, save_checkpoint
 
     path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
     return save_checkpoint(create_model(ModelConfig(arch="resnet10_w32", img_size=32)), ModelConfig(
@@ -94,7 +95,7 @@ def test_real_field_with_bundled_models(shared_data: Path) -> None:
 
 
 def test_analyze_cli_lists_bad_files_and_writes_json(tmp_path: Path, tiny_weights: Path) -> None:
-    from hep2.cli import app
+    from cli.main import app
 
     good, bad = tmp_path / "well.png", tmp_path / "broken.png"
     good.write_bytes(synthetic_png(Pattern.SPECKLED, seed=1, size=(256, 320), cells=12))
@@ -112,7 +113,7 @@ def test_analyze_cli_lists_bad_files_and_writes_json(tmp_path: Path, tiny_weight
 
 def test_analyze_cli_rejects_16_bit_unless_accepted(tmp_path: Path, tiny_weights: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from hep2.cli import app
+    from cli.main import app
     from hep2.settings import get_settings
 
     green = synthetic_field(Pattern.SPECKLED, seed=1, size=(256, 320), cells=12)[..., 1]
@@ -134,7 +135,7 @@ def test_analyze_cli_rejects_16_bit_unless_accepted(tmp_path: Path, tiny_weights
 
 
 def test_evaluate_fields_cli_on_a_synthetic_set(tmp_path: Path, tiny_weights: Path) -> None:
-    from hep2.cli import app
+    from cli.main import app
 
     rows = [("HOM-1.png", "HOM", "homogeneous", "AC-1", 1, 150.0), ("NEG-1.png", "NEG", "negative", "AC-0", 0, 0.0),
             ("AMA-1.png", "AMA", "mitochondrial", "AC-21", 1, 120.0)]
@@ -173,7 +174,7 @@ def test_score_counts() -> None:
 
 
 def test_expected_call_maps_codes() -> None:
-    from workers.pipeline.cli import expected_call
+    from training.fields import expected_call
 
     assert expected_call("ZIA", "speckled", 1) == ("in_vocab", "speckled")
     assert expected_call("ACA", "centromere", 1) == ("in_vocab", "centromere")
@@ -186,7 +187,7 @@ def test_expected_call_maps_codes() -> None:
 def test_model_versions_hash_the_weights(tiny_weights: Path) -> None:
     import hashlib
 
-    from training.inference import CellClassifier
+    from analysis.models.inference import CellClassifier
 
     single = Models(segmenter=ClassicalSegmenter(), classifier=CellClassifier(tiny_weights, device="cpu"))
     info = single.versions()

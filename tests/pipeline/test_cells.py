@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from analysis.cells import CellConfig, classify_cells, crop_cell, measure_cells
 from hep2.vocabulary import Pattern
 from tests.pipeline.helpers_stages import (
     RecordingClassifier,
@@ -14,7 +15,6 @@ from tests.pipeline.helpers_stages import (
     synthetic,
     threshold_labels,
 )
-from workers.pipeline.cells import CellConfig, classify_cells, crop_cell, measure_cells
 
 INTERPHASE = [(60 + 90 * (i // 4), 50 + 90 * (i % 4), 20, 24, 0.30 + 0.01 * i) for i in range(12)]
 

@@ -11,11 +11,11 @@ import pytest
 import tifffile
 from PIL import Image, ImageDraw
 
+from analysis.decode import ImageLimits, decode_image, find_annotations
+from analysis.segmentation import ClassicalSegmenter
+from analysis.types import FieldImage, InvalidImageError
 from hep2.synthetic import synthetic_field
 from hep2.vocabulary import Pattern
-from workers.pipeline.decode import ImageLimits, decode_image, find_annotations
-from workers.pipeline.segmentation import ClassicalSegmenter
-from workers.pipeline.types import FieldImage, InvalidImageError
 
 
 def png_bytes(array: np.ndarray, **kwargs: object) -> bytes:

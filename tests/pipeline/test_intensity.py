@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from analysis.cells import measure_cells
+from analysis.intensity import IntensityConfig, classify_index, exposure_from, measure_intensity
 from hep2.vocabulary import Pattern
 from tests.pipeline.helpers_stages import agh_crop, make_field, synthetic, threshold_labels
-from workers.pipeline.cells import measure_cells
-from workers.pipeline.intensity import IntensityConfig, classify_index, exposure_from, measure_intensity
 
 
 def _index(field, labels, **kw):

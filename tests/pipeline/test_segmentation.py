@@ -10,26 +10,17 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from analysis.build import default_segmenter
+from analysis.models import DEFAULT_SEGMENTER as DEFAULT_WEIGHTS
+from analysis.models.unet import DEFAULT_CONFIG, UnetSegmenter, build_model, save_weights, unet_promoted
+from analysis.segmentation import ClassicalSegmenter, labels_from_maps, typical_area, watershed_split
+from analysis.types import FieldImage
 from hep2.synthetic import synthetic_field
 from hep2.vocabulary import Pattern
 from training.segmentation.compose import CellBank, compose_field, cut_out, distance_target, split_groups
 from training.segmentation.metrics import score
 from training.segmentation.train import loss_fn, to_input
 from training.segmentation.truth import edges_to_instances, enclosed_regions
-from workers.pipeline.segmentation import (
-    DEFAULT_CONFIG,
-    DEFAULT_WEIGHTS,
-    ClassicalSegmenter,
-    UnetSegmenter,
-    build_model,
-    default_segmenter,
-    labels_from_maps,
-    save_weights,
-    typical_area,
-    unet_promoted,
-    watershed_split,
-)
-from workers.pipeline.types import FieldImage
 
 needs_weights = pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="no bundled segmenter weights")
 
@@ -147,7 +138,7 @@ def test_bundled_unet_recovers_synthetic_nuclei() -> None:
 
 @pytest.mark.data
 def test_real_crop_segmented_by_both(shared_data) -> None:
-    from workers.pipeline.decode import decode_image
+    from analysis.decode import decode_image
 
     folder = shared_data / "uobcs-edges"
     full = decode_image((folder / "10905_JL.png").read_bytes())
@@ -258,7 +249,7 @@ def test_tiny_unet_training_run_lowers_the_loss() -> None:
 def test_cli_evaluate_segmentation_classical(tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from hep2.cli import app
+    from cli.main import app
 
     yy, xx = np.mgrid[0:160, 0:200]
     image = np.zeros((160, 200, 3), np.uint8)
@@ -276,3 +267,29 @@ def test_cli_evaluate_segmentation_classical(tmp_path) -> None:
     data = json.loads(out.read_text())
     assert data["segmenters"]["classical"]["overall"]["object_f1"] == 1.0
     assert "classical" in result.output
+
+
+def test_legacy_unet_checkpoint_converts_bit_for_bit(tmp_path) -> None:
+    """A U-Net saved before the format tag (config only) converts with identical tensors and outputs."""
+    from safetensors.torch import save_file
+
+    from analysis.models.unet import load_model
+    from training.checkpoint_convert import convert_legacy
+
+    model = build_model(TINY).eval()
+    legacy = tmp_path / "legacy.safetensors"
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(legacy),
+              metadata={"config": json.dumps(TINY)})
+    with pytest.raises(ValueError, match="not a hep2-segmenter/1"):
+        load_model(legacy)
+    report = convert_legacy(legacy, tmp_path / "new.safetensors", "segmenter")
+    assert report["tensors_identical"] and report["config_identical"]
+    loaded, config = load_model(tmp_path / "new.safetensors")
+    assert config == {**DEFAULT_CONFIG, **TINY}
+    x = torch.rand(1, 1, 64, 64)
+    reference = build_model(TINY).eval()
+    reference.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), reference(x))
+    with pytest.raises(ValueError, match="already"):
+        convert_legacy(tmp_path / "new.safetensors", tmp_path / "again.safetensors", "segmenter")

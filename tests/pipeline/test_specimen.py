@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from hep2.vocabulary import CELL_PATTERNS, Pattern
-from tests.pipeline.helpers_stages import agh_crop, disk_field, one_hot_probs, threshold_labels
-from workers.pipeline.analyze import CONFIG_ENV, load_config
-from workers.pipeline.cells import Cell, background_level, measure_cells
-from workers.pipeline.cli import _models
-from workers.pipeline.segmentation import ClassicalSegmenter, default_segmenter, unet_promoted
-from workers.pipeline.specimen import (
+from analysis.build import default_segmenter
+from analysis.cells import Cell, background_level, measure_cells
+from analysis.config import CONFIG_ENV, load_config
+from analysis.models.unet import unet_promoted
+from analysis.segmentation import ClassicalSegmenter
+from analysis.specimen import (
     SpecimenConfig,
     aggregate,
     calibrate_nuclear_max,
@@ -18,6 +17,9 @@ from workers.pipeline.specimen import (
     crop_cytoplasm_ratio,
     cytoplasm_ratio,
 )
+from cli.analysis import cli_models
+from hep2.vocabulary import CELL_PATTERNS, Pattern
+from tests.pipeline.helpers_stages import agh_crop, disk_field, one_hot_probs, threshold_labels
 
 
 def _cells(probs: np.ndarray, mitotic: int = 0) -> list[Cell]:
@@ -113,7 +115,7 @@ def test_config_files_and_env(tmp_path, monkeypatch) -> None:
     assert cfg.intensity.negative_below == 7.5 and cfg.specimen.min_cells == 3
     assert cfg.segmentation == ClassicalSegmenter(dot_radius=1)
     assert default_segmenter(kind="classical", classical=cfg.segmentation) is cfg.segmentation
-    assert unet_promoted() or _models(None, "default", "cpu", cfg).segmenter is cfg.segmentation
+    assert unet_promoted() or cli_models(None, "default", "cpu", cfg).segmenter is cfg.segmentation
     assert cfg.cells.crop_max_level == 52  # untouched sections keep their defaults
     js = tmp_path / "lab.json"
     js.write_text('{"specimen": {"oov_cytoplasm_ratio": 0.9}}')

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from workers.pipeline.analyze import load_config, specimen_rules
-from workers.pipeline.specimen import SpecimenConfig
+from analysis.analyze import specimen_rules
+from analysis.config import load_config
+from analysis.specimen import SpecimenConfig
 
 CARD = {"specimen_thresholds": {"oov_min_cell_confidence": 0.35, "oov_max_entropy": 0.8,
                                 "calibrated_on": "out-of-fold predictions"}}

@@ -11,11 +11,11 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
+from analysis.fibrillar import fibrillar_index
+from analysis.specimen import SpecimenConfig, aggregate
 from hep2.vocabulary import Pattern
 from tests.pipeline.helpers_stages import one_hot_probs
 from tests.pipeline.test_specimen import _cells
-from workers.pipeline.specimen import SpecimenConfig, aggregate
-from workers.pipeline.texture import fibrillar_index
 
 YY, XX = np.mgrid[:120, :120]
 CELL = np.hypot(YY - 60, XX - 60) < 50
@@ -67,7 +67,7 @@ def test_fibrillar_texture_sends_the_call_to_review_and_keeps_it() -> None:
 
 
 def test_calibration_command_writes_both_thresholds(tmp_path: Path) -> None:
-    from hep2.cli import app
+    from cli.main import app
 
     rows, kinds = [], [("Speckled", dots)] * 4 + [("Centromere", dots)] * 4 + [("Golgi", fibres)] * 4
     for i, (pattern, make) in enumerate(kinds):

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import build_app
-from training.inference import CellClassifier
+from analysis.models.inference import CellClassifier
+from cli.main import app
 
 runner = CliRunner()
 
 
 def _invoke(*args: str) -> str:
-    result = runner.invoke(build_app(), [str(a) for a in args])
+    result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.output
 
@@ -71,16 +71,16 @@ def test_train_random_split_without_final_fit(tiny_i3a: Path, tmp_path: Path) ->
     cv = json.loads((run / "cv.json").read_text())
     assert cv["fold_info"][0]["n_test"] == 18 and cv["fold_info"][0]["n_val"] == 18
     assert not (run / "final").exists()
-    result = runner.invoke(build_app(), ["train", "cells", "--data", str(tiny_i3a), "--out", str(run),
+    result = runner.invoke(app, ["train", "cells", "--data", str(tiny_i3a), "--out", str(run),
                                          "--split", "90/10"])
     assert result.exit_code != 0  # --split needs --protocol random
 
 
 def test_evaluate_a_manifest_in_object_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                make_i3a_folder) -> None:
+    from analysis.models.classifier import ModelConfig, create_model, save_checkpoint
     from hep2.settings import get_settings
     from hep2.storage import storage_from_settings
-    from training.models import ModelConfig, create_model, save_checkpoint
 
     monkeypatch.setenv("HEP2_STORAGE_BACKEND", "local")
     monkeypatch.setenv("HEP2_STORAGE_ROOT", str(tmp_path / "bucket"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import build_app
+from cli.main import app
 from training.experiment import ensemble_runs
 from training.metrics import CLASS_NAMES
 
@@ -42,6 +42,6 @@ def test_averaging_two_runs_fixes_what_each_gets_wrong(tmp_path: Path) -> None:
     rc = _fake_run(tmp_path / "c", a, y, folds[::-1], with_fold_column=True)
     with pytest.raises(ValueError, match="folds"):
         ensemble_runs([ra, rc])
-    out = CliRunner().invoke(build_app(), ["evaluate", "cv-ensemble", str(ra), str(rb), "--json",
+    out = CliRunner().invoke(app, ["evaluate", "cv-ensemble", str(ra), str(rb), "--json",
                                            str(tmp_path / "e.json")])
     assert out.exit_code == 0 and "pooled MCA 1.0000" in out.output

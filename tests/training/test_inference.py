@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis.models import DEFAULT_CELL_MODEL as DEFAULT_MODEL
+from analysis.models.checkpoint import model_card
+from analysis.models.inference import CellClassifier
 from hep2.vocabulary import CELL_PATTERNS
 from training.datasets import load_manifest
-from training.inference import DEFAULT_MODEL, CellClassifier, model_card
 from training.metrics import mean_class_accuracy
 
 

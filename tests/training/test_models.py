@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.ensemble import AveragingEnsemble, StackingEnsemble, average, predict_proba
-from training.models import ModelConfig, create_model, load_checkpoint, save_checkpoint
-from training.transforms import dihedral
+from analysis.models.classifier import ModelConfig, create_model, load_checkpoint, save_checkpoint
+from analysis.models.inference import average, predict_proba
+from analysis.preprocess import dihedral
+from training.ensemble import AveragingEnsemble, StackingEnsemble
 
 
 @pytest.mark.parametrize("arch", ["resnet18_w32", "resnet10_w32", "efficientnet_b0", "convnext_atto",

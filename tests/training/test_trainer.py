@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.models.classifier import ModelConfig, create_model, load_checkpoint, save_checkpoint
+from analysis.models.inference import predict_proba
 from training.datasets import load_manifest
-from training.ensemble import predict_proba
-from training.models import ModelConfig, create_model, load_checkpoint, save_checkpoint
 from training.trainer import JsonlLogger, TrainConfig, class_weights, fit
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]

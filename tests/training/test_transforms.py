@@ -4,17 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.transforms import (
-    augment,
-    dihedral,
-    fit_square,
-    gaussian_blur,
-    jitter_mask,
-    percentile_stretch,
-    prepare_crop,
-    random_dihedral,
-    rotate,
-)
+from analysis.preprocess import dihedral, fit_square, percentile_stretch, prepare_crop
+from training.transforms import augment, gaussian_blur, jitter_mask, random_dihedral, rotate
 
 
 def test_percentile_stretch_maps_1st_and_99th_percentiles_to_0_and_1() -> None:

@@ -17,8 +17,8 @@ from workers import bench
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A randomly initialised small classifier on the CPU, without TTA."""
-    from training.inference import CellClassifier
-    from training.models import ModelConfig, create_model, save_checkpoint
+    from analysis.models.classifier import ModelConfig, create_model, save_checkpoint
+    from analysis.models.inference import CellClassifier
 
     config = ModelConfig(arch="resnet10_w32", img_size=32)
     path = save_checkpoint(create_model(config), config, tmp_path_factory.mktemp("w") / "tiny.safetensors")
@@ -38,8 +38,8 @@ def test_batch_sweep_reports_a_positive_rate_per_batch_size(tiny_classifier: Any
 
 def test_sweep_without_i3a_cuts_crops_from_the_bench_fields(tiny_classifier: Any, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.pipeline.analyze import Models
-    from workers.pipeline.segmentation import ClassicalSegmenter
+    from analysis.analyze import Models
+    from analysis.segmentation import ClassicalSegmenter
 
     monkeypatch.setenv("HEP2_SHARED_DATA", str(tmp_path))  # no i3a-task1 there
     monkeypatch.setattr(bench, "SWEEP_BATCHES", (8,))

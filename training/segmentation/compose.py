@@ -10,7 +10,7 @@ masks but no whole fields, so fields are composed, at the segmenter's *working r
    brightness in some fields) that is NOT labelled.
 2. **Cells**: a field scale ``s`` log-uniform in ``[scale_min, scale_max]`` (default 0.15–0.75: nuclei of
    ~8–70 px at working resolution; at inference the segmenter rescales each field so that its typical
-   nucleus is ~28 px across, see ``workers.pipeline.segmentation.estimate_scale``), per-cell
+   nucleus is ~28 px across, see ``analysis.segmentation.estimate_scale``), per-cell
    jitter ×U(0.85, 1.15); each cell is cut out with its mask (the crop's own background, its 10th
    percentile outside the mask, is subtracted), stretched to its 99th percentile, randomly rotated (any
    angle) and flipped, and pasted *with its real surroundings* (cytoplasm, bits of neighbours; unlabelled)

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from analysis.decode import ImageLimits, decode_image
+from analysis.types import Segmenter
 from training.segmentation.metrics import score, total
 from training.segmentation.truth import edges_to_instances, enclosed_regions
-from workers.pipeline.decode import ImageLimits, decode_image
-from workers.pipeline.types import Segmenter
 
 
 def find_pairs(data: Path) -> list[tuple[str, Path, Path]]:

@@ -19,25 +19,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from analysis.device import resolve_device
+from analysis.models.unet import DEFAULT_CONFIG, build_model, load_model, save_weights
+from analysis.segmentation import ClassicalSegmenter, labels_from_maps, normalize
+from analysis.types import FieldImage
 from training.card import write_card
 from training.datasets import i3a_root, load_manifest
-from training.ensemble import resolve_device
 from training.segmentation.compose import CellBank, compose_batch, load_bank, split_groups
 from training.segmentation.metrics import score, total
-from workers.pipeline.segmentation import (
-    DEFAULT_CONFIG,
-    build_model,
-    labels_from_maps,
-    load_model,
-    normalize,
-    save_weights,
-)
 
 
 @dataclass
 class TrainConfig:
     data: str = ""  # I3A folder (labels.csv); "" = ../shared/data/i3a-task1
-    out: str = "training/weights"
+    out: str = "analysis/weights"
     name: str = "segmenter-default"
     epochs: int = 30
     steps_per_epoch: int = 50
@@ -101,9 +96,6 @@ def validate(model: torch.nn.Module, val: tuple[np.ndarray, np.ndarray, np.ndarr
 
 def validate_classical(val: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, float | int]:
     """The classical baseline on the same composed validation fields (the U-Net's promotion gate)."""
-    from workers.pipeline.segmentation import ClassicalSegmenter
-    from workers.pipeline.types import FieldImage
-
     segmenter, scores = ClassicalSegmenter(min_area=10), []
     for signal, truth in zip(val[0], val[1], strict=True):
         signal = np.asarray(signal, dtype=np.float32)

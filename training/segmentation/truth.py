@@ -16,7 +16,7 @@
 2. :func:`merge_fragments`, for edge maps whose strokes are not only outlines. On 9343_AM many nuclei carry
    strokes *inside* them (texture edges cross the nucleus), so step 1 cuts one nucleus into 2-6 regions,
    and dim nuclei that were not outlined carry clusters of strokes that enclose small holes. Relative to the
-   typical region (area-weighted median, :func:`workers.pipeline.segmentation.typical_area`, i.e. a whole
+   typical region (area-weighted median, :func:`analysis.segmentation.typical_area`, i.e. a whole
    nucleus):
 
    a. a region smaller than ``fragment`` (0.5) × typical that is separated from a neighbour by one stroke
@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from workers.pipeline.segmentation import typical_area
+from analysis.segmentation import typical_area
 
 
 def enclosed_regions(edges: np.ndarray, gap: int = 1, min_area: int = 15) -> np.ndarray:

@@ -1,0 +1,179 @@
+"""The whole-field pipeline as one plain function: image bytes in, :class:`SlideAnalysis` out.
+
+decode → segment → measure cells (filters, mitoses) → intensity → classify cells → specimen → overlay.
+No queue, database or storage inside; the worker task stores what comes out. The tunable rules are
+:class:`analysis.config.PipelineConfig`; the models come from :func:`analysis.build.build_models`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.cells import Cell, background_level, classify_cells, measure_cells
+from analysis.config import PipelineConfig
+from analysis.decode import ImageLimits, decode_image
+from analysis.fibrillar import field_fibrillar_index
+from analysis.intensity import IntensityResult, measure_intensity
+from analysis.models import DEFAULT_SEGMENTER
+from analysis.models.inference import CellClassifier
+from analysis.overlay import render_overlay
+from analysis.segmentation import ClassicalSegmenter
+from analysis.specimen import SpecimenConfig, SpecimenResult, aggregate, cytoplasm_ratio
+from analysis.types import FieldImage, InvalidImageError, Segmenter
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Models:
+    """The segmenter and the cell classifier, each loaded once on first use (or injected, e.g. in tests)."""
+
+    def __init__(self, segmenter: Segmenter | None = None, classifier: Any | None = None,
+                 classifier_weights: str | Path | None = None, device: str = "auto") -> None:
+        self._segmenter, self._classifier = segmenter, classifier
+        self.classifier_weights, self.device = classifier_weights, device
+
+    @property
+    def segmenter(self) -> Segmenter:
+        if self._segmenter is None:  # analysis.build.build_models chooses; this is the plain default
+            self._segmenter = ClassicalSegmenter()
+        return self._segmenter
+
+    @property
+    def classifier(self) -> Any:
+        if self._classifier is None:
+            self._classifier = CellClassifier(self.classifier_weights, device=self.device)
+        return self._classifier
+
+    def versions(self) -> dict[str, Any]:
+        """What produced a result: per model its name, weights file(s), sha256 and model-card fields.
+
+        An ensemble classifier's ``sha256`` is the sha256 of its members' hashes (one line each), so the
+        combination has one identity; ``members`` lists the files.
+        """
+        seg = self._segmenter
+        seg_info: dict[str, Any] = {"name": getattr(seg, "name", None)}
+        seg_weights = getattr(seg, "weights", None)
+        if seg_weights is None and seg_info["name"] == "unet":
+            seg_weights = DEFAULT_SEGMENTER
+        seg_info.update(_files_info([seg_weights] if seg_weights else []))
+        if seg_info["name"] == "classical" and is_dataclass(seg):
+            seg_info["params"] = asdict(seg)
+        clf = self._classifier
+        clf_info: dict[str, Any] = {"name": type(clf).__name__ if clf is not None else None}
+        paths = getattr(clf, "paths", None) or ([clf.weights] if getattr(clf, "weights", None) else [])
+        clf_info.update(_files_info(paths))
+        card = getattr(clf, "card", None) or {}
+        clf_info.update({k: card[k] for k in ("name", "version", "date", "arch", "tta") if k in card})
+        if clf is not None and hasattr(clf, "tta"):
+            clf_info["tta"] = clf.tta
+        return {"segmenter": seg_info, "classifier": clf_info}
+
+
+def _files_info(paths: list[Any]) -> dict[str, Any]:
+    files = [Path(p) for p in paths if p and Path(p).is_file()]
+    if not files:
+        return {}
+    hashes = [_sha256(f) for f in files]
+    if len(files) == 1:
+        card = Path(files[0]).with_suffix(".json")
+        extra = {"card": card.name} if card.is_file() else {}
+        return {"weights": files[0].name, "sha256": hashes[0], **extra}
+    combined = hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+    return {"weights": "+".join(f.name for f in files), "sha256": combined,
+            "members": [{"weights": f.name, "sha256": h} for f, h in zip(files, hashes, strict=True)]}
+
+
+@dataclass
+class SlideAnalysis:
+    intensity: IntensityResult
+    specimen: SpecimenResult
+    cells: list[Cell]
+    overlay_png: bytes = field(repr=False)
+    timings_ms: dict[str, float]
+    model_versions: dict[str, Any]
+    image: dict[str, Any]
+    """Decode facts: shape, bit depth, format, channel rule, annotation pixels."""
+
+    def to_dict(self, with_cells: bool = True) -> dict[str, Any]:
+        """JSON-ready (the overlay is left out: store it as its own PNG)."""
+        cells = [{k: v for k, v in asdict(c).items() if k != "crop_box"} for c in self.cells]
+        out = {"intensity": asdict(self.intensity), "specimen": asdict(self.specimen),
+               "n_cells": len(self.cells), "n_classified": sum(c.probabilities is not None for c in self.cells),
+               "n_mitotic": sum(c.mitotic for c in self.cells), "timings_ms": self.timings_ms,
+               "model_versions": self.model_versions, "image": self.image}
+        if with_cells:
+            out["cells"] = cells
+        return out
+
+
+def specimen_rules(config: SpecimenConfig, classifier: Any) -> SpecimenConfig:
+    """The lab's specimen rules, with the out-of-vocabulary thresholds calibrated for this classifier (its
+    model card's ``specimen_thresholds``) wherever the lab's configuration does not set them itself."""
+    card = getattr(classifier, "card", None) or {}
+    calibrated = {k: v for k, v in (card.get("specimen_thresholds") or {}).items()
+                  if k in SpecimenConfig.model_fields and k not in config.model_fields_set}
+    return config.model_copy(update=calibrated) if calibrated else config
+
+
+def _decode(data: bytes, accept_16bit: bool) -> FieldImage:
+    return decode_image(data, ImageLimits(accept_16bit=accept_16bit))
+
+
+def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, config: PipelineConfig | None = None,
+                  title: str = "", accept_16bit: bool = False) -> SlideAnalysis:
+    """Run every stage on one image; raises :class:`InvalidImageError` for input that cannot be analysed.
+
+    ``accept_16bit``: analyse 16-bit images instead of rejecting them (callers pass ``HEP2_ACCEPT_16BIT``).
+    """
+    cfg = config or PipelineConfig()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round((now - clock) * 1000.0, 1)
+        clock = now
+
+    image = _decode(data, accept_16bit)
+    lap("decode")
+    labels = np.asarray(models.segmenter.segment(image))
+    if labels.shape != image.shape:
+        raise RuntimeError(f"segmenter returned {labels.shape} for an image of {image.shape}")
+    labels = labels.astype(np.int32, copy=False)
+    lap("segment")
+    cells = measure_cells(image, labels, cfg.cells)
+    lap("cells")
+    intensity = measure_intensity(image, labels, cells, sidecar, cfg.intensity)
+    lap("intensity")
+    if intensity.intensity_class != "negative":
+        classify_cells(image, labels, cells, models.classifier, cfg.cells)
+    lap("classify")
+    ratio = cytoplasm_ratio(image, labels, cells, background_level(image, labels)[0])
+    rules = specimen_rules(cfg.specimen, models.classifier) if intensity.intensity_class != "negative" \
+        else cfg.specimen
+    specimen = aggregate(cells, intensity.intensity_class, ratio, rules,
+                         fibrillar=field_fibrillar_index(image.signal, labels, cells))
+    lap("specimen")
+    overlay = render_overlay(image, labels, cells, title=title)
+    lap("overlay")
+    facts = {"height": image.shape[0], "width": image.shape[1], "bit_depth": image.bit_depth,
+             "format": image.source_format, "channel_rule": image.channel_rule,
+             "annotation_pixels": int(image.annotation_mask.sum())}
+    return SlideAnalysis(intensity=intensity, specimen=specimen, cells=cells, overlay_png=overlay,
+                         timings_ms=timings, model_versions=models.versions(), image=facts)
+
+
+__all__ = ["InvalidImageError", "Models", "SlideAnalysis", "analyze_field"]

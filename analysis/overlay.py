@@ -1,0 +1,98 @@
+"""The overlay PNG for the dashboard: the field, each cell's outline coloured by its class, a legend.
+
+Contrast: the field is stretched between its 0.5th and 99.5th percentiles and shown in grey so the colours
+read. Excluded cells (border, annotation, size) get a thin grey outline, mitotic cells a white outline and a
+white "M"; the burned-in annotation is tinted magenta.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from analysis.cells import Cell
+from analysis.types import FieldImage
+from hep2.vocabulary import CELL_PATTERNS
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "homogeneous": (255, 80, 80),
+    "speckled": (80, 160, 255),
+    "nucleolar": (255, 210, 0),
+    "centromere": (0, 230, 120),
+    "nuclear_membrane": (255, 120, 255),
+    "golgi": (0, 230, 230),
+}
+EXCLUDED = (110, 110, 110)
+MITOTIC = (255, 255, 255)
+ANNOTATION = (255, 0, 255)
+
+
+def _outlines(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a label that touch another value (4-neighbourhood)."""
+    edge = np.zeros(labels.shape, bool)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    return edge & (labels > 0)
+
+
+def render_overlay(field: FieldImage, labels: np.ndarray, cells: list[Cell], title: str = "",
+                   max_side: int = 1600) -> bytes:
+    """PNG bytes of the overlay (downscaled so the longer side is at most ``max_side``)."""
+    sig = field.signal
+    lo, hi = np.percentile(sig, [0.5, 99.5])
+    grey = np.clip((sig - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    ann = field.annotation_mask
+    rgb[ann] = 0.5 * rgb[ann] + 0.5 * np.array(ANNOTATION)
+    lut = np.zeros((int(labels.max()) + 1, 3), np.float64)
+    counts = dict.fromkeys(COLOURS, 0)
+    mitotic = 0
+    for c in cells:
+        if c.label >= len(lut):
+            continue
+        if c.mitotic:
+            lut[c.label], mitotic = MITOTIC, mitotic + 1
+        elif c.excluded is not None or c.pattern is None:
+            lut[c.label] = EXCLUDED
+        else:
+            lut[c.label] = COLOURS[c.pattern]
+            counts[c.pattern] += 1
+    edge = _outlines(labels)
+    thick = edge.copy()
+    thick[1:] |= edge[:-1]
+    thick[:, 1:] |= edge[:, :-1]
+    thick &= labels > 0
+    rgb[thick] = lut[labels[thick]]
+    image = Image.fromarray(rgb.astype(np.uint8))
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for c in cells:
+        if c.mitotic:
+            draw.text((c.bbox[3] * scale + 2, c.bbox[0] * scale - 4), "M", fill=MITOTIC, font=font)
+    _legend(draw, image.size, counts, mitotic, title, font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _legend(draw: ImageDraw.ImageDraw, size: tuple[int, int], counts: dict[str, int], mitotic: int, title: str,
+            font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
+    rows = [(COLOURS[p.value], f"{p.value} ({counts[p.value]})") for p in CELL_PATTERNS]
+    rows += [(MITOTIC, f"mitotic ({mitotic})"), (EXCLUDED, "not classified"), (ANNOTATION, "annotation")]
+    if title:
+        rows.insert(0, ((255, 255, 255), title))
+    line, width = 14, 10 + max(int(draw.textlength(text, font=font)) for _, text in rows) + 22
+    x0, y0 = size[0] - width - 8, size[1] - line * len(rows) - 14
+    draw.rectangle((x0, y0, size[0] - 8, size[1] - 8), fill=(0, 0, 0), outline=(200, 200, 200))
+    for i, (colour, text) in enumerate(rows):
+        y = y0 + 4 + i * line
+        if not (title and i == 0):
+            draw.rectangle((x0 + 6, y + 2, x0 + 16, y + 10), fill=colour)
+        draw.text((x0 + 22, y), text, fill=(255, 255, 255), font=font)

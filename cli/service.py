@@ -1,0 +1,102 @@
+"""Running the service: ``hep2 api``, ``worker``, ``beat``, ``demo``, ``bench`` and ``bench-api``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from cli.apps import app
+from cli.demo import print_report, run_demo
+from workers.routing import QUEUES
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    queues: str = typer.Option("gpu,cpu,training", "-Q", "--queues", help="Comma-separated queues."),
+    concurrency: int | None = typer.Option(None, "-c", "--concurrency",
+                                           help="Processes; default 1 for a GPU worker, else CPU count."),
+    loglevel: str = typer.Option("INFO", "-l", "--loglevel"),
+) -> None:
+    """Run a Celery worker (extra options go to ``celery worker``)."""
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if unknown:
+        raise typer.BadParameter(f"unknown queue(s) {unknown}; known: {', '.join(QUEUES)}")
+    if concurrency is None and "gpu" in wanted:
+        concurrency = 1  # one process owns the GPU; run one worker per GPU to use several
+    argv = ["worker", "-Q", ",".join(wanted), "-l", loglevel]
+    if concurrency is not None:
+        argv += ["-c", str(concurrency)]
+    from workers.tasks import celery_app  # builds the worker's app and imports torch: only for this command
+
+    celery_app.worker_main(argv + list(ctx.args))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def beat(ctx: typer.Context, loglevel: str = typer.Option("INFO", "-l", "--loglevel")) -> None:
+    """Run Celery beat (the inbox sweep and other schedules)."""
+    from workers.tasks import celery_app  # builds the worker's app and imports torch: only for this command
+
+    celery_app.start(["beat", "-l", loglevel, *ctx.args])
+
+
+@app.command()
+def api(host: str = typer.Option("127.0.0.1", help="Interface; 0.0.0.0 in a container."),
+        port: int = typer.Option(8000), workers: int = typer.Option(1, help="uvicorn worker processes.")) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn  # the server is only needed by this command
+
+    uvicorn.run("api.app:app", host=host, port=port, workers=workers, proxy_headers=True)
+
+
+@app.command()
+def demo(
+    input_dir: Path | None = typer.Option(None, "--input", help="Folder of slide images; default: synthetic."),
+    state_dir: Path = typer.Option(Path("var/demo"), help="Embedded state (wiped at start)."),
+) -> None:
+    """Run the main job on embedded defaults: SQLite, local bucket, file broker, a real worker."""
+    print_report(run_demo(input_dir, state_dir))
+
+
+class BenchPart(StrEnum):
+    batch_sweep = "batch-sweep"
+
+
+@app.command()
+def bench(
+    json_out: Path = typer.Option(Path("bench.json"), "--json", help="Where to write the report."),
+    count: int = typer.Option(20, help="Fields per measurement."),
+    height: int = typer.Option(966, help="SYNTHETIC field height (ignored with --data)."),
+    width: int = typer.Option(1296, help="SYNTHETIC field width (ignored with --data)."),
+    data: Path | None = typer.Option(None, help="Folder of real field images to cycle through."),
+    only: BenchPart | None = typer.Option(None, help="Run one part only: batch-sweep (classifier cells/s by "
+                                                     "batch size)."),
+) -> None:
+    """Fields/s for the models alone and through queue, storage and database, classifier batch sweep; JSON."""
+    from workers.bench import run_bench  # imports torch and the models: only for this command
+
+    report = run_bench(count, (height, width), data, json_out, only.value if only else None)
+    if "models_alone" in report:
+        typer.echo(f"models alone: {report['models_alone']['fields_per_s']} fields/s; end to end: "
+                   f"{report['end_to_end']['fields_per_s']} fields/s; ratio {report['ratio']}")
+    sweep = report["classifier_batch_sweep"]
+    rates = ", ".join(f"{b['batch_size']}: {b['cells_per_s']}" for b in sweep["batches"])
+    typer.echo(f"classifier cells/s by batch size on {sweep['device']} (TTA {sweep['tta']}): {rates}; largest vs "
+               f"per-slide batch x{sweep['speedup_largest_vs_per_slide']}; wrote {json_out}")
+
+
+@app.command("bench-api")
+def bench_api(
+    json_out: Path = typer.Option(Path("bench-api.json"), "--json", help="Where to write the report."),
+    specimens: int = typer.Option(10_000, help="Specimens to have in the database (seeded if fewer)."),
+    requests: int = typer.Option(200, help="Worklist page requests to time."),
+) -> None:
+    """Seed specimens and time the worklist page (p50/p95); writes JSON."""
+    from api.bench_worklist import run  # builds the FastAPI app: only for this command
+
+    report = run(specimens, requests, json_out)
+    typer.echo(f"worklist page over {report['specimens']} specimens: p50 {report['first_page_ms']['p50']} ms, "
+               f"p95 {report['first_page_ms']['p95']} ms; wrote {json_out}")
