@@ -33,6 +33,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports  # the layers contract in pyproject.toml (docs/architecture.md)
 
 test: $(STAMP) tools lint
 	$(BIN)/python -m pytest -q -ra
