@@ -21,17 +21,26 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype on ``device``: bf16 on CUDA that supports it, fp16 on other CUDA, else None."""
-    if device.type != "cuda":
+PRECISIONS = ("auto", "fp32", "bf16")
+"""``auto``: bf16 (or fp16) autocast on CUDA, fp32 elsewhere; ``bf16``: bf16 autocast on any device (CPUs
+with AVX512-BF16 / AMX run it natively); ``fp32``: no autocast."""
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The mixed-precision dtype on ``device`` for ``precision`` (see :data:`PRECISIONS`), None for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
 
 
-def autocast(device: torch.device) -> torch.autocast:
-    """Autocast to :func:`autocast_dtype` on CUDA, disabled elsewhere."""
-    dtype = autocast_dtype(device)
-    return torch.autocast("cuda", dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
+def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
+    """Autocast to :func:`autocast_dtype`, disabled when that is fp32."""
+    dtype = autocast_dtype(device, precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
 
 
 def cpu_model() -> str:

@@ -8,7 +8,6 @@ pages. Reports p50/p95 in milliseconds.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random
@@ -34,6 +33,7 @@ from db.models import (
     SpecimenResult,
 )
 from db.session import get_engine, session_scope
+from hep2.jsonio import write_json
 from hep2.vocabulary import CELL_PATTERNS, INTENSITY_CLASSES
 from services.keys import create_key
 
@@ -112,7 +112,7 @@ def run(specimens: int, requests: int, json_out: Path) -> dict[str, Any]:
         "python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus(),
     }
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(report, indent=2))
+    write_json(json_out, report)
     return report
 
 

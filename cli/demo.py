@@ -10,7 +10,6 @@ and ``report.html`` (with the overlays).
 from __future__ import annotations
 
 import html
-import json
 import os
 import shutil
 import socket
@@ -23,6 +22,7 @@ from sqlalchemy import select
 from db.migrate import upgrade
 from db.models import SlideImage
 from db.session import session_scope
+from hep2.jsonio import write_json
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
@@ -68,7 +68,7 @@ def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) 
               "synthetic": input_dir is None, "state_dir": str(state_dir),
               "seconds": round(time.monotonic() - started, 2), "slides": rows}
     _copy_overlays(rows, storage, state_dir)
-    (state_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(state_dir / "report.json", report)
     (state_dir / "report.html").write_text(_html(report))
     return report
 

@@ -58,7 +58,7 @@ def train_segmentation(
     # real annotated fields, not worse there either (composed fields alone promoted a U-Net that was worse on every real
     # image; docs/segmentation.md). Real fields used here become a selection set, not an independent test.
     card["promoted"] = all(_not_worse(*pair) for pair in _gate_pairs(card))
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    write_json(card_path, card)
     typer.echo(json.dumps(card.get("validation"), indent=2))
 
 

@@ -12,6 +12,7 @@ import typer
 from cli.apps import evaluate_app, train_app
 from hep2.jsonio import write_json
 from hep2.storage import ObjectStorage, storage_from_settings
+from training.recipe import RECIPE
 
 
 def _parse_split(text: str | None) -> tuple[float, ...] | None:
@@ -50,23 +51,31 @@ def train_cells(
     out: Annotated[Path, typer.Option(help="Run folder: logs, fold metrics, checkpoints, model card.")],
     protocol: Annotated[str, typer.Option(help="grouped (by specimen_group) or random.")] = "grouped",
     model: Annotated[str, typer.Option(help="resnet18_w32, resnet10_w32, resnet18, efficientnet_b0, "
-                                            "convnext_atto, vit_tiny or any timm name.")] = "resnet18_w32",
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    folds: Annotated[int, typer.Option(min=2)] = 5,
+                                            "convnext_atto, vit_tiny or any timm name.")] = RECIPE.arch,
+    epochs: Annotated[int, typer.Option(min=1)] = RECIPE.epochs,
+    folds: Annotated[int, typer.Option(min=2)] = RECIPE.folds,
     split: Annotated[str | None, typer.Option(help="random protocol: one split instead of K folds, "
                                                    "e.g. 70/15/15 (seed 001) or 90/10 (seed 004).")] = None,
-    img_size: Annotated[int, typer.Option(min=16)] = 64,
-    mask: Annotated[bool, typer.Option(help="Feed the cell mask as a second channel.")] = True,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0: off).")] = 8,
-    balance: Annotated[str, typer.Option(help="sampler, loss or none (Golgi is rare).")] = "sampler",
-    field_aug: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per-sample probability of whole-field "
-                                             "acquisition augmentation (zoom, blur, noise, mask error).")] = 0.0,
-    tta: Annotated[int, typer.Option(help="Test-time views: 1 or 8 (dihedral).")] = 8,
-    seed: Annotated[int, typer.Option(help="Training seed (initialisation, sampling, augmentation).")] = 0,
-    split_seed: Annotated[int, typer.Option(help="Seed of the folds and validation splits.")] = 0,
+    img_size: Annotated[int, typer.Option(min=16)] = RECIPE.img_size,
+    mask: Annotated[bool, typer.Option(help="Feed the cell mask as a second channel.")] = RECIPE.use_mask,
+    batch_size: int = RECIPE.batch_size,
+    lr: float = RECIPE.lr,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0: off).")] = RECIPE.patience,
+    balance: Annotated[str, typer.Option(help="sampler, loss or none (Golgi is rare).")] = RECIPE.balance,
+    field_aug: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Per-sample probability of whole-field acquisition augmentation (zoom, blur, "
+                               "noise, mask error).")] = RECIPE.field_aug,
+    tta: Annotated[int, typer.Option(help="Test-time views: 1 or 8 (dihedral).")] = RECIPE.tta,
+    seed: Annotated[int, typer.Option(help="Training seed (initialisation, sampling, augmentation).")] = RECIPE.seed,
+    split_seed: Annotated[int, typer.Option(help="Seed of the folds and validation splits.")] = RECIPE.split_seed,
     device: str = "auto",
+    precision: Annotated[str, typer.Option(help="auto (AMP on CUDA, fp32 on CPU), fp32 or bf16 (autocast on "
+                                                "CPU too).")] = RECIPE.precision,
+    channels_last: Annotated[bool | None, typer.Option("--channels-last/--channels-first",
+                                                       help="NHWC memory format; default: on CUDA only.")
+                             ] = RECIPE.channels_last,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped run in --out from its per-epoch training "
+                                              "states (the same command); --no-resume starts over.")] = True,
     cv: Annotated[bool, typer.Option(help="Run the cross-validation / split evaluation.")] = True,
     final_fit: Annotated[bool, typer.Option(help="Fit on all cells and write final/ + model card.")] = True,
     export: Annotated[str | None, typer.Option(help="Ship final model as analysis/weights/NAME.*")] = None,
@@ -82,10 +91,8 @@ def train_cells(
     import torch  # heavy: imported when the command runs
 
     from analysis.models import WEIGHTS_DIR
-    from analysis.models.classifier import ModelConfig
     from training.experiment import ExperimentConfig, run_cells  # heavy (torch)
     from training.experiment import export as export_run
-    from training.trainer import TrainConfig
 
     if protocol not in ("grouped", "random"):
         raise typer.BadParameter("protocol must be grouped or random")
@@ -93,13 +100,14 @@ def train_cells(
         raise typer.BadParameter("--split only applies to --protocol random")
     if threads:
         torch.set_num_threads(threads)
-    model_cfg = ModelConfig(arch=model, img_size=img_size, use_mask=mask)
-    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, balance=balance,
-                            field_aug=field_aug,
-                            seed=seed, device=device, max_steps=max_steps, progress=progress)
+    recipe = RECIPE.with_(arch=model, img_size=img_size, use_mask=mask, epochs=epochs, batch_size=batch_size,
+                          lr=lr, patience=patience, balance=balance, field_aug=field_aug, tta=tta, folds=folds,
+                          precision=precision, channels_last=channels_last, seed=seed, split_seed=split_seed)
+    model_cfg = recipe.model_config()
+    train_cfg = recipe.train_config(device=device, max_steps=max_steps, progress=progress)
     exp = ExperimentConfig(protocol=protocol, folds=folds, split=_parse_split(split), tta=tta, cv=cv,
-                           final_fit=final_fit or bool(export), limit=limit,
-                           split_seed=split_seed)
+                           final_fit=final_fit or bool(export), limit=limit, val_fraction=recipe.val_fraction,
+                           split_seed=split_seed, resume=resume)
     summary = run_cells(data.as_posix(), out, model_cfg, train_cfg, exp, command=_command_line(ctx),
                         storage=_storage(from_storage))
     if "cv_mean" in summary:

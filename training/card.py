@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from analysis.device import hardware
+from hep2.jsonio import write_json
 
 
 def git_commit(repo: Path | None = None) -> dict[str, Any]:
@@ -31,7 +31,4 @@ def write_card(path: str | Path, **fields: Any) -> Path:
     """Write a model card (adds date, hardware and git commit unless given)."""
     card = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "hardware": hardware(), "code": git_commit()}
     card.update(fields)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(card, indent=2) + "\n")
-    return path
+    return write_json(path, card)

@@ -16,38 +16,39 @@ import csv
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from analysis.models.classifier import ModelConfig, count_parameters, save_checkpoint
-from analysis.models.inference import predict_proba
 from analysis.specimen import calibrate_oov
+from hep2.jsonio import write_json
 from hep2.storage import ObjectStorage
 from training.card import write_card
-from training.cv import grouped_kfold, inner_validation_split, random_kfold, random_split
+from training.crossval import Fold, cross_validate, inner_split
+from training.cv import grouped_kfold, random_kfold, random_split
 from training.datasets import CellTable, load_manifest
 from training.metrics import CLASS_NAMES, classification_metrics, save_confusion_png, summarize_folds
+from training.recipe import RECIPE
 from training.trainer import JsonlLogger, TrainConfig, fit
-
-Fold = tuple[np.ndarray, np.ndarray | None, np.ndarray]  # train, validation (None: draw inside), test
 
 
 @dataclass
 class ExperimentConfig:
     protocol: Literal["grouped", "random"] = "grouped"
-    folds: int = 5
+    folds: int = RECIPE.folds
     split: tuple[float, ...] | None = None  # random protocol only: one split, e.g. (0.7, 0.15, 0.15)
-    val_fraction: float = 0.125  # inner validation share of each training fold (by group if grouped)
-    tta: int = 8
+    val_fraction: float = RECIPE.val_fraction  # inner validation share of each training fold (by group if grouped)
+    tta: int = RECIPE.tta
     cv: bool = True
     final_fit: bool = True
     half_weights: bool = True  # float16 safetensors (a few MB)
     limit: int | None = None  # keep a random subset of this many cells (smoke tests)
     workers: int = 4
-    split_seed: int = 0  # folds and inner splits: runs with other training seeds share them (ensembles)
+    resume: bool = True  # continue a stopped run from its per-epoch training states (foldK/train_state.pt)
+    split_seed: int = RECIPE.split_seed  # folds and inner splits: runs with other training seeds share them
 
 
 def make_folds(y: np.ndarray, groups: np.ndarray, exp: ExperimentConfig, seed: int) -> list[Fold]:
@@ -58,12 +59,6 @@ def make_folds(y: np.ndarray, groups: np.ndarray, exp: ExperimentConfig, seed: i
         parts = random_split(y, exp.split, seed)
         return [(parts[0], parts[1], parts[2])] if len(parts) == 3 else [(parts[0], None, parts[1])]
     return [(tr, None, te) for tr, te in random_kfold(y, exp.folds, seed)]
-
-
-def _inner_split(train: np.ndarray, y: np.ndarray, groups: np.ndarray, grouped: bool, frac: float,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
-    tr, va = inner_validation_split(y[train], groups[train] if grouped else None, frac, seed)
-    return train[tr], train[va]
 
 
 def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -91,14 +86,14 @@ def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_c
                                "tta": exp.tta, "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
     if exp.cv:
         summary.update(_cross_validate(table, x, y, groups, grouped, model_cfg, train_cfg, exp, out, log))
-        (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "cv.json", summary)
     else:
         summary.update(_earlier_cv(out / "cv.json", summary))
     if exp.final_fit:
-        tr, va = _inner_split(np.arange(len(y)), y, groups, grouped and table.has_groups,
-                              exp.val_fraction, exp.split_seed)
-        res = fit(x[tr], y[tr], model_cfg, train_cfg, x[va], y[va],
-                  JsonlLogger(out / "log.jsonl", fold="final"))
+        tr, va = inner_split(np.arange(len(y)), y, groups if grouped and table.has_groups else None,
+                             exp.val_fraction, exp.split_seed)
+        res = fit(x[tr], y[tr], model_cfg, replace(train_cfg, checkpoint=str(_state_file(out / "final", exp.resume))),
+                  x[va], y[va], JsonlLogger(out / "log.jsonl", fold="final"))
         ckpt = save_checkpoint(res.model, model_cfg, out / "final" / "model.safetensors",
                                half=exp.half_weights, extra={"tta": exp.tta, "data_hash": data_hash})
         card = {k: v for k, v in summary.items() if k not in ("oof",)}
@@ -108,6 +103,14 @@ def run_cells(data: str | Path, out: str | Path, model_cfg: ModelConfig, train_c
         write_card(out / "final" / "model.json", **card)
         summary["final"] = str(ckpt)
     return summary
+
+
+def _state_file(folder: Path, resume: bool) -> Path:
+    """A fit's per-epoch training state (``--no-resume`` removes an earlier one first)."""
+    path = folder / "train_state.pt"
+    if not resume:
+        path.unlink(missing_ok=True)
+    return path
 
 
 def _earlier_cv(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +127,7 @@ def _earlier_cv(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
 
 def _recipe(summary: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs' CV interchangeable: data, protocol, model and training settings."""
-    train = {k: v for k, v in summary.get("train", {}).items() if k not in ("progress", "device")}
+    train = {k: v for k, v in summary.get("train", {}).items() if k not in ("progress", "device", "checkpoint")}
     return {**{k: summary.get(k) for k in ("data_hash", "protocol", "split", "folds", "tta", "model")},
             "train": train}
 
@@ -136,19 +139,17 @@ def _cross_validate(table: CellTable, x: np.ndarray, y: np.ndarray, groups: np.n
     oof = np.full((len(y), len(CLASS_NAMES)), np.nan, dtype=np.float32)
     fold_of = np.full(len(y), -1)
     fold_metrics, fold_info = [], []
-    for k, (train, val, test) in enumerate(folds):
-        if val is None:
-            train, val = _inner_split(train, y, groups, grouped, exp.val_fraction, exp.split_seed + k)
-        res = fit(x[train], y[train], model_cfg, train_cfg, x[val], y[val],
-                  JsonlLogger(out / "log.jsonl", fold=k))
-        probs = predict_proba(res.model, x[test], tta=exp.tta)
-        oof[test], fold_of[test] = probs, k
-        m = classification_metrics(y[test], probs.argmax(1))
+    for outcome in cross_validate(x, y, groups if grouped else None, folds, model_cfg, train_cfg, exp.tta,
+                                  exp.val_fraction, exp.split_seed,
+                                  lambda k: JsonlLogger(out / "log.jsonl", fold=k),
+                                  lambda k: str(_state_file(out / f"fold{k}", exp.resume))):
+        k, test, m, res = outcome.fold, outcome.test, outcome.metrics, outcome.fit
+        oof[test], fold_of[test] = outcome.probs, k
         fold_dir = out / f"fold{k}"
         save_checkpoint(res.model, model_cfg, fold_dir / "model.safetensors", half=exp.half_weights)
-        (fold_dir / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+        write_json(fold_dir / "metrics.json", m)
         save_confusion_png(m, fold_dir / "confusion.png", f"fold {k}: MCA {m['mca']:.3f}")
-        info = {"fold": k, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+        info = {"fold": k, "n_train": len(outcome.train), "n_val": len(outcome.val), "n_test": len(test),
                 "test_groups": sorted(set(groups[test])) if grouped else None, "best_epoch": res.best_epoch,
                 "inner_val_mca": res.best_val_mca, "seconds": round(res.seconds, 1),
                 "mca": m["mca"], "accuracy": m["accuracy"],
@@ -193,7 +194,7 @@ def export(run_dir: str | Path, weights_dir: str | Path, name: str) -> tuple[Pat
     if "specimen_thresholds" not in card and card.get("protocol") == "grouped" and (src.parent / "oof.csv").is_file():
         rows = _oof_rows(src.parent)  # runs made before the card carried them
         card["specimen_thresholds"] = oov_thresholds(_oof_probs(rows), np.array([r["group"] for r in rows]))
-    c.write_text(json.dumps(card, indent=2) + "\n")
+    write_json(c, card)
     return w, c
 
 

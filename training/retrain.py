@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from analysis.models.classifier import ModelConfig, save_checkpoint
-from analysis.models.inference import predict_proba
+from analysis.models.classifier import save_checkpoint
 from db import audit
 from db.base import utcnow
 from db.models import Dataset, FoldMetrics, ModelTask, ModelVersion, Review, RunStatus, TrainingRun
@@ -30,31 +29,25 @@ from hep2.settings import get_settings
 from hep2.storage import ObjectStorage
 from training import registry
 from training.card import git_commit
-from training.cv import assert_no_group_leakage, grouped_kfold, inner_validation_split
+from training.crossval import cross_validate, inner_split
+from training.cv import grouped_kfold
 from training.experiment import oov_thresholds
-from training.metrics import CLASS_NAMES, classification_metrics, summarize_folds
+from training.metrics import CLASS_NAMES, summarize_folds
+from training.recipe import CellRecipe
 from training.snapshot import build_snapshot
-from training.trainer import JsonlLogger, TrainConfig, fit
+from training.trainer import JsonlLogger, fit
 
 
 class RunCancelled(Exception):
     """Ops asked to cancel the run."""
 
 
-@dataclass
-class RunParameters:
-    """What a run trains; stored on the run (and on the model version it produces)."""
+@dataclass(frozen=True)
+class RunParameters(CellRecipe):
+    """What a run trains (the one recipe, :class:`training.recipe.CellRecipe`, and what the service adds);
+    stored on the run and on the model version it produces."""
 
-    arch: str = "resnet18_w32"
-    img_size: int = 64
-    use_mask: bool = True
-    epochs: int = 20
-    batch_size: int = 128
     max_steps: int | None = None
-    folds: int = 5
-    seed: int = 0
-    tta: int = 8
-    field_aug: float = 0.5
     datasets: list[str] | None = None
     include_reviews: bool = True
     compare_with_production: bool = True
@@ -63,18 +56,10 @@ class RunParameters:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunParameters:
-        unknown = set(data) - set(cls.__dataclass_fields__)
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown training parameter(s): {sorted(unknown)}")
         return cls(**data)
-
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(arch=self.arch, img_size=self.img_size, use_mask=self.use_mask)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, max_steps=self.max_steps,
-                           seed=self.seed, progress=False, patience=max(3, self.epochs // 3),
-                           field_aug=self.field_aug)
 
 
 def start_training(session: Session, task: ModelTask | str, actor: str, parameters: dict[str, Any] | None = None,
@@ -84,7 +69,7 @@ def start_training(session: Session, task: ModelTask | str, actor: str, paramete
     if task is not ModelTask.CELL_PATTERN:
         raise ValueError(f"training {task.value} through the service is not supported yet")
     params = RunParameters.from_dict(parameters or {})
-    run = TrainingRun(task=task, trigger=trigger, requested_by=actor, parameters=params.__dict__,
+    run = TrainingRun(task=task, trigger=trigger, requested_by=actor, parameters=asdict(params),
                       status=RunStatus.QUEUED, folds=params.folds)
     session.add(run)
     session.flush()
@@ -170,37 +155,31 @@ def run_training(run_id: int, storage: ObjectStorage) -> dict[str, Any]:
 def _champion_parameters(champion: ModelVersion | None) -> RunParameters | None:
     if champion is None:
         return None
-    known = {k: v for k, v in (champion.parameters or {}).items() if k in RunParameters.__dataclass_fields__}
+    known = {k: v for k, v in (champion.parameters or {}).items() if k in {f.name for f in fields(RunParameters)}}
     return RunParameters.from_dict(known) if known else None
 
 
 def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: Any, champion: ModelVersion | None,
            champion_params: RunParameters | None) -> dict[str, Any]:
     y, groups = table.labels, table.groups
-    folds = grouped_kfold(y, groups, params.folds, params.seed)
+    folds = grouped_kfold(y, groups, params.folds, params.split_seed)
     signature = hashlib.sha256(json.dumps([sorted(set(groups[test].tolist())) for _, test in folds]).encode())
     contenders = [("challenger", params)] + ([("champion", champion_params)] if champion_params else [])
     total_fits = len(folds) * len(contenders) + 1
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in contenders}
     cache: dict[tuple[int, bool], np.ndarray] = {}
-    fit_index = 0
     oof = np.zeros((len(y), len(CLASS_NAMES)), np.float32)
-    for k, (train, test) in enumerate(folds):
-        assert_no_group_leakage(groups, train, test)
-        for name, p in contenders:
-            x = _images(table, p, cache)
-            inner_train, val = inner_validation_split(y[train], groups[train], 0.125, p.seed + k)
-            tr, va = train[inner_train], train[val]
-            assert_no_group_leakage(groups, tr, va)
-            result = fit(x[tr], y[tr], p.model_config(), p.train_config(), x[va], y[va],
-                         ProgressLog(run_id, fit_index, total_fits, p.epochs, k))
-            probs = predict_proba(result.model, x[test], tta=p.tta)
-            metrics = classification_metrics(y[test], probs.argmax(1))
-            results[name].append(metrics)
-            fit_index += 1
+    for c, (name, p) in enumerate(contenders):
+        train_cfg = p.train_config(max_steps=p.max_steps, progress=False)
+        outcomes = cross_validate(
+            _images(table, p, cache), y, groups, [(tr, None, te) for tr, te in folds], p.model_config(), train_cfg,
+            p.tta, p.val_fraction, params.split_seed,
+            lambda k, c=c, p=p: ProgressLog(run_id, c * len(folds) + k, total_fits, p.epochs, k))
+        for outcome in outcomes:
+            results[name].append(outcome.metrics)
             if name == "challenger":
-                oof[test] = probs
-                _store_fold(run_id, k, metrics, sorted(set(groups[test].tolist())))
+                oof[outcome.test] = outcome.probs
+                _store_fold(run_id, outcome.fold, outcome.metrics, sorted(set(groups[outcome.test].tolist())))
     cv = _cv_summary(results["challenger"], signature.hexdigest())
     metrics: dict[str, Any] = {"cv": cv, "per_fold": results["challenger"]}
     thresholds = oov_thresholds(oof, groups)
@@ -209,9 +188,10 @@ def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: An
                                   "production_version": champion.version}
 
     x = _images(table, params, cache)
-    inner_train, val = inner_validation_split(y, groups, 0.125, params.seed)
-    final = fit(x[inner_train], y[inner_train], params.model_config(), params.train_config(), x[val], y[val],
-                ProgressLog(run_id, fit_index, total_fits, params.epochs, "final"))
+    inner_train, val = inner_split(np.arange(len(y)), y, groups, params.val_fraction, params.split_seed)
+    final = fit(x[inner_train], y[inner_train], params.model_config(),
+                params.train_config(max_steps=params.max_steps, progress=False), x[val], y[val],
+                ProgressLog(run_id, total_fits - 1, total_fits, params.epochs, "final"))
     return _register(run_id, storage, params, table, final.model, metrics, thresholds)
 
 
@@ -234,7 +214,7 @@ def _register(run_id: int, storage: ObjectStorage, params: RunParameters, table:
     with tempfile.TemporaryDirectory() as tmp:
         weights = save_checkpoint(model, params.model_config(), Path(tmp) / "model.safetensors", half=True,
                                   extra={"tta": params.tta})
-        card = {"metrics": metrics, "parameters": params.__dict__, "data_hash": table.data_hash(),
+        card = {"metrics": metrics, "parameters": asdict(params), "data_hash": table.data_hash(),
                 "code_version": git_commit().get("commit") or __version__, "tta": params.tta,
                 "protocol": "grouped K-fold by specimen_group (patient/specimen)", "training_run": run_id,
                 "specimen_thresholds": thresholds}

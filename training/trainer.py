@@ -10,6 +10,7 @@ augmentation runs batched on the device, so no worker processes are needed and t
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import random
@@ -45,10 +46,13 @@ class TrainConfig:
     max_angle: float = 18.0
     jitter: float = 0.2
     field_aug: float = 0.0  # probability of whole-field acquisition perturbations per sample (transforms.augment)
+    precision: str = "auto"  # analysis.device.PRECISIONS: auto (AMP on CUDA), fp32, bf16 (autocast on CPU too)
+    channels_last: bool | None = None  # NHWC memory format; None: on CUDA only
     seed: int = 0
     device: str = "auto"
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
     progress: bool = True
+    checkpoint: str | None = None  # file for per-epoch training state: a stopped fit resumes from it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,7 +111,8 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: T
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = create_model(model_cfg).to(device)
-    if device.type == "cuda":
+    nhwc = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    if nhwc:
         model = model.to(memory_format=torch.channels_last)
     xt = torch.as_tensor(x_train)
     xt = xt.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else xt.to(device)
@@ -123,14 +128,27 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: T
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 2),
                                                 pct_start=0.15)
-    fp16 = autocast_dtype(device) == torch.float16
+    fp16 = autocast_dtype(device, cfg.precision) == torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     log.log("start", n_train=len(xt), n_val=0 if x_val is None else len(x_val), device=str(device),
             model=model_cfg.to_dict(), train=cfg.to_dict())
 
     history: list[dict[str, Any]] = []
     best_state, best_epoch, best_mca, best_loss, stale, step = None, -1, -1.0, math.inf, 0, 0
-    for epoch in range(cfg.epochs):
+    first_epoch = 0
+    identity = _identity(cfg, np.asarray(y_train))
+    saved = _load_state(cfg.checkpoint, identity) if cfg.checkpoint else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        history, step, first_epoch = saved["history"], saved["step"], saved["epoch"]
+        best_state, best_epoch, best_mca, best_loss, stale = (saved["best_state"], saved["best_epoch"],
+                                                              saved["best_mca"], saved["best_loss"], saved["stale"])
+        log.log("resume", epoch=first_epoch, step=step)
+    for epoch in range(first_epoch, cfg.epochs):
         model.train()
         t0 = time.time()
         if cfg.balance == "sampler":
@@ -146,9 +164,9 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: T
                 continue
             xb = augment(xt[idx], model_cfg.use_mask, cfg.max_angle, cfg.jitter, generator=gen,
                          field_aug=cfg.field_aug)
-            if device.type == "cuda":
+            if nhwc:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 loss = criterion(model(xb).float(), yt[idx])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -177,7 +195,14 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: T
         rec["seconds"] = round(time.time() - t0, 2)
         history.append(rec)
         log.log("epoch", **rec)
-        if step >= total or (cfg.patience and stale >= cfg.patience):
+        done = step >= total or bool(cfg.patience and stale >= cfg.patience)
+        if cfg.checkpoint:
+            _save_state(cfg.checkpoint, identity, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                "step": step, "epoch": cfg.epochs if done else epoch + 1, "best_state": best_state,
+                "best_epoch": best_epoch, "best_mca": best_mca, "best_loss": best_loss, "stale": stale})
+        if done:
             break
     if best_state is not None and cfg.patience:
         model.load_state_dict(best_state)
@@ -187,3 +212,28 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, model_cfg: ModelConfig, cfg: T
     seconds = time.time() - start
     log.log("end", best_epoch=best_epoch, best_val_mca=best_mca, seconds=round(seconds, 1))
     return TrainResult(model, best_epoch, best_mca, history, seconds)
+
+
+def _identity(cfg: TrainConfig, y_train: np.ndarray) -> dict[str, Any]:
+    """What a saved training state must match to be resumed: the settings (but logging and the file itself)
+    and the training labels in order (another fold or data set never resumes it)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("progress", "checkpoint", "device")}
+    labels = hashlib.sha256(np.ascontiguousarray(y_train, dtype=np.int64).tobytes()).hexdigest()
+    return {**settings, "train_labels_sha256": labels}
+
+
+def _save_state(path: str, identity: dict[str, Any], state: dict[str, Any]) -> None:
+    """Atomically write the per-epoch training state (this project's own file; not a shipped model)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    torch.save({"config": identity, **state}, tmp)
+    tmp.replace(target)
+
+
+def _load_state(path: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved state of this very fit, or None (no file, or another fit's)."""
+    if not Path(path).is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("config") == identity else None

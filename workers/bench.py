@@ -15,7 +15,6 @@ Both run on the same hardware with the same fields; the ratio is end-to-end / mo
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -33,9 +32,10 @@ from analysis.analyze import analyze_field
 from analysis.cells import crop_cell, measure_cells
 from analysis.config import load_config
 from analysis.decode import ImageLimits, decode_image
-from analysis.device import autocast_dtype
+from analysis.device import autocast_dtype, hardware
 from db.migrate import upgrade
 from db.session import session_scope
+from hep2.jsonio import write_json
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
@@ -199,10 +199,7 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
 
 def environment() -> dict[str, Any]:
     settings = get_settings()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "python": platform.python_version(), "torch": torch.__version__,
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(), **hardware(),
             "database": settings.resolved_database_url.split("://")[0],
             "broker": settings.resolved_broker_url.split("://")[0], "storage": settings.storage_backend,
             "worker": socket.gethostname()}
@@ -239,5 +236,5 @@ def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Pat
         report["classifier_batch_sweep"] = run_batch_sweep(
             models, lambda: fields, report["models_alone"]["median_classified_cells"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     return report

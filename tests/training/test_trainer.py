@@ -60,3 +60,39 @@ def test_max_steps_and_seeds_make_runs_reproducible(tiny_i3a: Path) -> None:
     runs = [fit(x, y, model_cfg, cfg) for _ in range(2)]
     assert runs[0].history[-1]["steps"] == 4 and len(runs[0].history) == 1
     assert np.allclose(predict_proba(runs[0].model, x), predict_proba(runs[1].model, x), atol=1e-6)
+
+
+class _StopAt(JsonlLogger):
+    """Raises when epoch ``stop`` is logged: a fit killed after saving the epoch before it."""
+
+    def __init__(self, stop: int) -> None:
+        super().__init__(None)
+        self.stop = stop
+
+    def log(self, event: str, **fields: object) -> None:
+        super().log(event, **fields)
+        if event == "epoch" and fields.get("epoch") == self.stop:
+            raise KeyboardInterrupt("stopped")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stopped_fit_resumes_from_its_last_epoch_to_the_same_weights(tiny_i3a: Path, tmp_path: Path,
+                                                                       precision: str) -> None:
+    table = load_manifest(tiny_i3a)
+    model_cfg = ModelConfig(arch="resnet10_w32", img_size=32, use_mask=True)
+    x, y = table.load(32, True), table.labels
+    cfg = TrainConfig(epochs=3, batch_size=32, progress=False, seed=3, patience=0, precision=precision,
+                      channels_last=precision == "bf16", checkpoint=str(tmp_path / "state.pt"))
+    with pytest.raises(KeyboardInterrupt):
+        fit(x, y, model_cfg, cfg, x[::4], y[::4], log=_StopAt(2))  # epoch 1 saved, killed in epoch 2
+    resumed_log = JsonlLogger(None)
+    resumed = fit(x, y, model_cfg, cfg, x[::4], y[::4], log=resumed_log)
+    assert [r["epoch"] for r in resumed_log.records if r["event"] == "resume"] == [1]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    straight = fit(x, y, model_cfg, TrainConfig(**{**cfg.to_dict(), "checkpoint": None}), x[::4], y[::4])
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    other_log = JsonlLogger(None)
+    fit(x[:-3], y[:-3], model_cfg, cfg, log=other_log)  # other data: never resumes that state
+    assert not [r for r in other_log.records if r["event"] == "resume"]
+    assert len([r for r in other_log.records if r["event"] == "epoch"]) == 3

@@ -1,0 +1,65 @@
+"""The one training recipe of the cell classifier: every default of ``hep2 train cells`` and of the
+service's retraining runs (:class:`training.retrain.RunParameters`) comes from :data:`RECIPE`.
+
+The defaults are the recipe of the shipped model (``analysis/weights/cells-default.json``, row O4 in
+docs/benchmarks.md); change them here, once, when a better recipe is shipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from analysis.models.classifier import ModelConfig
+    from training.trainer import TrainConfig
+
+
+@dataclass(frozen=True)
+class CellRecipe:
+    """Architecture, input, optimisation and evaluation settings of one cell-classifier recipe."""
+
+    arch: str = "resnet18_w32"
+    img_size: int = 48
+    use_mask: bool = True
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3
+    patience: int = 0  # 0: the whole one-cycle schedule, last epoch kept (validation only logged)
+    balance: Literal["sampler", "loss", "none"] = "sampler"
+    field_aug: float = 0.5
+    tta: int = 8
+    precision: str = "auto"  # analysis.device.PRECISIONS: auto = AMP on CUDA, fp32 on CPU; bf16 = autocast on CPU too
+    channels_last: bool | None = None  # None: NHWC on CUDA only
+    folds: int = 5
+    val_fraction: float = 0.125  # inner validation share of each training fold, drawn by group
+    seed: int = 0  # initialisation, sampling, augmentation
+    split_seed: int = 0  # folds and inner splits: runs with other training seeds share them
+
+    def model_config(self) -> ModelConfig:
+        from analysis.models.classifier import ModelConfig  # torch: kept off `hep2 --help`, which reads RECIPE
+
+        return ModelConfig(arch=self.arch, img_size=self.img_size, use_mask=self.use_mask)
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The trainer's settings; ``overrides`` for what is not part of the recipe (device, max_steps, ...)."""
+        from training.trainer import TrainConfig  # torch: kept off `hep2 --help`, which reads RECIPE
+
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
+                           balance=self.balance, field_aug=self.field_aug, precision=self.precision,
+                           channels_last=self.channels_last, seed=self.seed, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes: Any) -> CellRecipe:
+        """A copy with some fields changed (unknown names raise TypeError)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+RECIPE = CellRecipe()
+"""The default recipe (the shipped model's)."""
