@@ -1,0 +1,1 @@
+"""Image analysis that needs no deep-learning framework: handcrafted cell descriptors and the texture model."""
