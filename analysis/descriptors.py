@@ -439,12 +439,27 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
         bsect = np.bincount(cell_in * 8 + octant, bf.ravel()[flat_in], minlength=n * 8).reshape(n, 8) / nb_[:, None]
         p95 = qs[:, pcts.index(95)]
         top = (s >= np.maximum(p95, 1.0 / nbq)[:, None, None].astype(np.float32)) & m
-        top_share = np.einsum("nij,nij->n", w, top.astype(np.float32), dtype=np.float64) / sw
+        tf = top.astype(np.float32)
+        top_share = np.einsum("nij,nij->n", w, tf, dtype=np.float64) / sw
+        ntop = np.maximum(tf.sum((1, 2)), 1)
+        # where the brightest 5% sit: depth (0 = mask edge), share in the rim, angular concentration
+        top_depth = np.einsum("nij,nij->n", tf, rd, dtype=np.float64) / ntop
+        top_rim = (top & rim).sum((1, 2)) / ntop
+        top_harm = np.hypot(np.einsum("nij,nij->n", tf, dx / r, dtype=np.float64),
+                            np.einsum("nij,nij->n", tf, dy / r, dtype=np.float64)) / ntop
+        # the rim's signal by octant: a one-sided perinuclear arc puts most of it in one or two octants
+        rim_in = rim.ravel()[flat_in]
+        rsect = np.bincount(cell_in[rim_in] * 8 + octant[rim_in], w.ravel()[flat_in][rim_in],
+                            minlength=n * 8).reshape(n, 8)
+        rsect /= np.maximum(rsect.sum(1, keepdims=True), 1e-6)
         out.add(["golgi_harm1", "golgi_harm2", "golgi_wcentroid_off", "golgi_bright_off", "golgi_bright_spread",
-                 "golgi_sector_max", "golgi_sector_min", "golgi_bsector_max", "golgi_top5_share"],
+                 "golgi_sector_max", "golgi_sector_min", "golgi_bsector_max", "golgi_top5_share",
+                 "golgi_top5_depth", "golgi_top5_rim", "golgi_top5_harm1", "golgi_rimsector_max",
+                 "golgi_rimsector_top2"],
                 np.column_stack([np.hypot(c1, s1_) / sw, np.hypot(c2, s2_) / sw, np.hypot(wcy, wcx) / eq_r,
                                  np.hypot(bcy, bcx) / eq_r, bspread / eq_r, sect.max(1), sect.min(1),
-                                 bsect.max(1), top_share]))
+                                 bsect.max(1), top_share, top_depth, top_rim, top_harm, rsect.max(1),
+                                 np.sort(rsect, 1)[:, -2:].sum(1)]))
     return out
 
 
