@@ -74,7 +74,6 @@ def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) 
 
 
 def _results(keys: list[str]) -> list[dict[str, Any]]:
-
     rows = []
     with session_scope() as session:
         for slide in session.scalars(select(SlideImage).where(SlideImage.key.in_(keys)).order_by(SlideImage.key)):

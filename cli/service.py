@@ -63,6 +63,7 @@ def demo(
 
 class BenchPart(StrEnum):
     batch_sweep = "batch-sweep"
+    train_precision = "train-precision"
 
 
 @app.command()
@@ -73,12 +74,18 @@ def bench(
     width: int = typer.Option(1296, help="SYNTHETIC field width (ignored with --data)."),
     data: Path | None = typer.Option(None, help="Folder of real field images to cycle through."),
     only: BenchPart | None = typer.Option(None, help="Run one part only: batch-sweep (classifier cells/s by "
-                                                     "batch size)."),
+                                                     "batch size) or train-precision (training cells/s by "
+                                                     "precision and memory format, I3A cells)."),
+    train_img_size: int = typer.Option(48, help="Crop size for train-precision."),
 ) -> None:
     """Fields/s for the models alone and through queue, storage and database, classifier batch sweep; JSON."""
     from workers.bench import run_bench  # imports torch and the models: only for this command
 
-    report = run_bench(count, (height, width), data, json_out, only.value if only else None)
+    report = run_bench(count, (height, width), data, json_out, only.value if only else None, train_img_size)
+    if "training_throughput" in report:
+        speed = report["training_throughput"]
+        typer.echo(f"training cells/s: {speed['cells_per_s']}; vs fp32 {speed['speedup_vs_fp32']}; wrote {json_out}")
+        return
     if "models_alone" in report:
         typer.echo(f"models alone: {report['models_alone']['fields_per_s']} fields/s; end to end: "
                    f"{report['end_to_end']['fields_per_s']} fields/s; ratio {report['ratio']}")

@@ -40,6 +40,8 @@ from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
 from training.datasets import i3a_root, load_manifest
+from training.recipe import RECIPE
+from training.throughput import training_throughput
 from workers.celery_app import create_celery_app
 from workers.jobs import wait_for_final
 from workers.model_cache import ModelCache
@@ -70,7 +72,6 @@ def worker_models() -> Any:
 
 
 def models_alone(fields: list[tuple[str, bytes]], models: Any) -> dict[str, Any]:
-
     sixteen = get_settings().accept_16bit
     analyze_field(fields[0][1], models, accept_16bit=sixteen)  # warm-up: load the models
     started = time.perf_counter()
@@ -171,7 +172,6 @@ def run_batch_sweep(models: Any, fields: Callable[[], list[tuple[str, bytes]]],
 
 
 def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
-
     storage, app = storage_from_settings(), create_celery_app()
     run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     prefix = f"{get_settings().inbox_prefix}bench-{run}/"
@@ -219,10 +219,18 @@ def _prepare_state() -> None:
 
 
 def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Path,
-              only: str | None = None) -> dict[str, Any]:
-    """Measure both paths and the batch sweep on the same fields (``only="batch-sweep"``: the sweep alone)."""
+              only: str | None = None, train_img_size: int = RECIPE.img_size) -> dict[str, Any]:
+    """Measure both paths and the batch sweep on the same fields (``only="batch-sweep"``: the sweep alone;
+    ``only="train-precision"``: classifier training cells/s by precision on the I3A cells)."""
     _prepare_state()
     report: dict[str, Any] = {"environment": environment()}
+    if only == "train-precision":
+        table = load_manifest(i3a_root())
+        recipe = RECIPE.with_(img_size=train_img_size)
+        report["training_throughput"] = training_throughput(
+            table.load(recipe.img_size, recipe.use_mask, workers=2), table.labels, recipe)
+        write_json(out, report)
+        return report
     models = worker_models()
     if only == "batch-sweep":
         report["classifier_batch_sweep"] = run_batch_sweep(

@@ -1,0 +1,508 @@
+"""Handcrafted per-cell descriptors of a HEp-2 cell crop: multi-scale rotation-invariant LBP, grey-level
+co-occurrence, intensity distribution, radial profile, dot (DoG blob) and bright-spot statistics, gradients,
+shape, and optionally co-occurrence of adjacent LBPs, Gabor energies and Golgi-oriented asymmetry cues.
+
+Pure numpy/scipy. Everything is vectorised over a batch: crops are sorted by size, centred in a common
+square tile (bucket) with a zero margin, and processed as one ``(N, T, T)`` stack (LBP codes by slicing,
+Gaussian smoothing by FFT, histograms by one ``np.bincount`` each). Per crop:
+
+1. The cell (the mask's non-zero pixels; ``None`` = the whole crop) is percentile-stretched: its own
+   ``stretch_percentiles`` map to 0/1 (clipped); pixels outside the mask are set to 0.
+2. Regions: the *rim* is the band inside the mask edge whose distance to the edge (mean of chessboard and
+   taxicab distance) is at most ``rim_fraction`` of the cell's largest inner distance; the *interior* is the
+   rest; *whole* is both.
+3. LBP: rotation-invariant uniform codes (``riu2``, the ``"uniform"`` method of scikit-image: P+2 bins) with
+   the P sample points rounded to the pixel grid (at R=1, P=8 this is Ojala's 3×3 neighbourhood); sets of
+   points are closed under 90° rotation, so a rot90 of the crop gives the same histograms. Computed on the
+   stretched cell and on Gaussian-smoothed copies (``lbp_sigmas``, a scale space), histograms per region.
+
+The feature vector is a pure function of (crop, mask, spec); :func:`feature_names` lists its columns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy import fft as sfft
+from scipy import ndimage as ndi
+
+Crop = tuple[np.ndarray, "np.ndarray | None"]
+REGIONS = ("whole", "inner", "rim")
+
+
+def _tuplify(value: Any) -> Any:
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _listify(value: Any) -> Any:
+    return [_listify(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+@dataclass(frozen=True)
+class DescriptorSpec:
+    """Every parameter of the descriptor (the model file stores it: a model is only valid with its spec)."""
+
+    stretch_percentiles: tuple[float, float] = (1.0, 99.0)
+    lbp: tuple[tuple[int, int], ...] = ((1, 8), (2, 8), (3, 8), (4, 8), (5, 8))  # (radius, points)
+    lbp_sigmas: tuple[float, ...] = (0.0, 1.0)  # Gaussian pre-smoothing of the LBP input; 0 = none
+    rim_fraction: float = 0.25
+    glcm_levels: int = 16
+    glcm_distances: tuple[int, ...] = (1, 2, 4)
+    dog_sigmas: tuple[float, ...] = (0.0, 1.0, 1.6, 2.5, 4.0)  # consecutive pairs = difference-of-Gaussian bands
+    dot_thresholds: tuple[float, ...] = (0.03, 0.08, 0.15)  # DoG response (stretched units) of a counted dot
+    spot_thresholds: tuple[float, ...] = (0.5, 0.75)  # bright spots: smoothed stretched value above this
+    radial_bins: int = 8
+    coalbp: tuple[tuple[int, int], ...] = ()  # (LBP radius, displacement) of co-occurring adjacent LBPs
+    gabor_frequencies: tuple[float, ...] = ()  # cycles per pixel
+    gabor_orientations: int = 4
+    golgi: bool = False  # asymmetry cues: brightest sector share, bright-centroid eccentricity, ...
+    batch_size: int = 64  # cells per vectorised batch (64: the stack stays in cache; 256 was 40% slower)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _listify(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DescriptorSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown descriptor parameters: {sorted(unknown)}")
+        return cls(**{k: _tuplify(v) for k, v in data.items()})
+
+    @property
+    def margin(self) -> int:
+        """Zero margin around each crop in its tile: LBP radii, and FFT smoothing wrap-around."""
+        radii = [r for r, _ in self.lbp] + [r for r, _ in self.coalbp] + [1]
+        sigmas = [*self.lbp_sigmas, *self.dog_sigmas, 1.0]
+        return int(max(max(radii) + 1, math.ceil(2.5 * max(sigmas))))
+
+
+# ----------------------------------------------------------------------------------------------- batching
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = img[..., :3].max(axis=-1)
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2-D or HxWxC image, got shape {np.shape(image)}")
+    return img.astype(np.float32, copy=False)
+
+
+def _cell_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if mask is None:
+        return np.ones(shape, dtype=bool)
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m.max(axis=-1)
+    if m.shape != shape:
+        raise ValueError(f"mask shape {m.shape} differs from image shape {shape}")
+    return m > 0
+
+
+def _stack(crops: Sequence[Crop], spec: DescriptorSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Stretched cells and masks centred in ``(N, T, T)`` tiles with a zero margin."""
+    grays = [_gray(img) for img, _ in crops]
+    masks = [_cell_mask(m, g.shape) for g, (_, m) in zip(grays, crops, strict=True)]
+    side = max(max(g.shape) for g in grays)
+    side = -(-side // 8) * 8
+    tile = side + 2 * spec.margin
+    n = len(crops)
+    s = np.zeros((n, tile, tile), np.float32)
+    mk = np.zeros((n, tile, tile), bool)
+    lo_p, hi_p = spec.stretch_percentiles
+    for i, (g, m) in enumerate(zip(grays, masks, strict=True)):
+        vals = g[m]
+        if vals.size == 0:  # empty mask: treat the whole crop as the cell
+            m = np.ones_like(m)
+            vals = g.ravel()
+        lo, hi = np.percentile(vals, [lo_p, hi_p])
+        h, w = g.shape
+        y0, x0 = (tile - h) // 2, (tile - w) // 2
+        if hi > lo:
+            s[i, y0:y0 + h, x0:x0 + w] = np.clip((g - lo) / (hi - lo), 0.0, 1.0) * m
+        mk[i, y0:y0 + h, x0:x0 + w] = m
+    return s, mk
+
+
+class _Out:
+    """Collects named feature blocks in order."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.blocks: list[np.ndarray] = []
+
+    def add(self, names: Sequence[str], values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
+        if values.shape[1] != len(names):
+            raise AssertionError(f"{values.shape[1]} values for {len(names)} names ({names[:3]}...)")
+        self.names += list(names)
+        self.blocks.append(values)
+
+    def array(self) -> np.ndarray:
+        return np.concatenate(self.blocks, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _gaussians(s: np.ndarray, sigmas: set[float]) -> dict[float, np.ndarray]:
+    """Gaussian-smoothed copies of the stack, by FFT (one forward transform, one inverse per sigma)."""
+    out: dict[float, np.ndarray] = {0.0: s}
+    wanted = sorted(x for x in sigmas if x > 0)
+    if not wanted:
+        return out
+    t = s.shape[-1]
+    spec = sfft.rfft2(s, axes=(1, 2), workers=1)
+    fy = sfft.fftfreq(t)[:, None]
+    fx = sfft.rfftfreq(t)[None, :]
+    f2 = (fy ** 2 + fx ** 2).astype(np.float32)
+    for sigma in wanted:
+        transfer = np.exp(-2.0 * (math.pi * sigma) ** 2 * f2)
+        out[sigma] = sfft.irfft2(spec * transfer, s=(t, t), axes=(1, 2), workers=1).astype(np.float32)
+    return out
+
+
+def _lbp_riu2(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
+    """Rotation-invariant uniform LBP codes (0..P+1) on the grid ``[m:-m, m:-m]`` of each tile."""
+    t = q.shape[-1]
+    centre = q[:, m:t - m, m:t - m]
+    ones = np.zeros(centre.shape, np.uint8)
+    trans = np.zeros(centre.shape, np.uint8)
+    first = prev = None
+    for k in range(points):
+        a = 2.0 * math.pi * k / points
+        dy, dx = round(-radius * math.sin(a)), round(radius * math.cos(a))
+        bit = q[:, m + dy:t - m + dy, m + dx:t - m + dx] >= centre
+        ones += bit
+        if prev is None:
+            first = bit
+        else:
+            trans += bit ^ prev
+        prev = bit
+    trans += prev ^ first
+    return np.where(trans <= 2, ones, np.uint8(points + 1))
+
+
+def _region_hist(codes: np.ndarray, nbins: int, key_base: np.ndarray, flat_in: np.ndarray,
+                 counts: np.ndarray) -> np.ndarray:
+    """(N, 3, nbins) normalised histograms (whole, inner, rim) of in-mask codes."""
+    n = counts.shape[0]
+    h = np.bincount(key_base + codes.ravel()[flat_in], minlength=n * 2 * nbins).reshape(n, 2, nbins)
+    h = np.concatenate([h.sum(1, keepdims=True), h], axis=1).astype(np.float32)
+    return h / np.maximum(counts[:, :, None], 1)
+
+
+def _cooc(codes: np.ndarray, nbins: int, m: np.ndarray, d: int) -> np.ndarray:
+    """(N, nbins, nbins) symmetric co-occurrence counts of codes at horizontal and vertical distance ``d``
+    (both pixels in the mask); invariant to 90° rotations."""
+    n = codes.shape[0]
+    cell = np.arange(n, dtype=np.int64)[:, None, None] * (nbins * nbins)
+    total = np.zeros(n * nbins * nbins, np.float64)
+    for a, b, va, vb in ((codes[:, :, :-d], codes[:, :, d:], m[:, :, :-d], m[:, :, d:]),
+                         (codes[:, :-d, :], codes[:, d:, :], m[:, :-d, :], m[:, d:, :])):
+        valid = va & vb
+        key = (cell + a.astype(np.int64) * nbins + b)[valid]
+        total += np.bincount(key, minlength=n * nbins * nbins)
+    c = total.reshape(n, nbins, nbins)
+    return c + c.transpose(0, 2, 1)
+
+
+def _max3(r: np.ndarray) -> np.ndarray:
+    """3×3 maximum filter of each tile (edges: the valid part)."""
+    row = r.copy()
+    row[:, :, 1:] = np.maximum(row[:, :, 1:], r[:, :, :-1])
+    row[:, :, :-1] = np.maximum(row[:, :, :-1], r[:, :, 1:])
+    out = row.copy()
+    out[:, 1:] = np.maximum(out[:, 1:], row[:, :-1])
+    out[:, :-1] = np.maximum(out[:, :-1], row[:, 1:])
+    return out
+
+
+def _msum(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    return np.einsum("nij,nij->n", x, m, dtype=np.float64) if x.dtype != bool else (x & m).sum((1, 2))
+
+
+# ----------------------------------------------------------------------------------------------- features
+
+
+def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> _Out:
+    out = _Out()
+    n, t, _ = s_full.shape
+    mg = spec.margin
+    grid = (slice(None), slice(mg, t - mg), slice(mg, t - mg))
+    m = mk_full[grid]
+    mf = m.astype(np.float32)
+    area = m.sum((1, 2)).astype(np.float64)
+    area1 = np.maximum(area, 1)
+
+    # regions from the distance to the mask edge (mosaic: tiles are separated by their zero margins)
+    mosaic = mk_full.reshape(n * t, t)
+    dist = (ndi.distance_transform_cdt(mosaic, "chessboard").astype(np.float32)
+            + ndi.distance_transform_cdt(mosaic, "taxicab")) * 0.5
+    dist = dist.reshape(n, t, t)[grid]
+    dmax = np.maximum(dist.reshape(n, -1).max(1), 1.0)
+    rd = dist / dmax[:, None, None]
+    rim = m & (rd <= spec.rim_fraction)
+    inner = m & ~rim
+    counts = np.stack([area, inner.sum((1, 2)), rim.sum((1, 2))], axis=1)
+    hw = m.shape[1] * m.shape[2]
+    flat_in = np.flatnonzero(m)
+    cell_in = flat_in // hw
+    reg_in = rim.ravel()[flat_in].astype(np.int64)
+
+    # smoothed copies
+    sig = set(spec.lbp_sigmas) | set(spec.dog_sigmas) | {1.0}
+    gs = _gaussians(s_full, sig)
+    s = s_full[grid]
+
+    # LBP histograms per region
+    code_cache: dict[tuple[float, int, int], np.ndarray] = {}
+    for sigma in spec.lbp_sigmas:
+        q = np.round(gs[sigma] * 255.0).clip(0, 255).astype(np.uint8)
+        for radius, points in spec.lbp:
+            nb = points + 2
+            codes = _lbp_riu2(q, radius, points, mg)
+            code_cache[(sigma, radius, points)] = codes
+            key_base = (cell_in * 2 + reg_in) * nb
+            h = _region_hist(codes, nb, key_base, flat_in, counts)
+            out.add([f"lbp_s{sigma:g}_r{radius}p{points}_{reg}_{b}" for reg in REGIONS for b in range(nb)], h)
+
+    # co-occurrence of adjacent LBPs (rotation-invariant approximation of CoALBP: riu2 codes, H+V pairs)
+    for radius, d in spec.coalbp:
+        sigma0 = spec.lbp_sigmas[0] if spec.lbp_sigmas else 0.0
+        codes = code_cache.get((sigma0, radius, 8))
+        if codes is None:
+            q = np.round(gs[sigma0] * 255.0).clip(0, 255).astype(np.uint8)
+            codes = _lbp_riu2(q, radius, 8, mg)
+        c = _cooc(codes, 10, m, d)
+        iu = np.triu_indices(10)
+        c = c[:, iu[0], iu[1]]
+        c /= np.maximum(c.sum(1, keepdims=True), 1)
+        out.add([f"coalbp_r{radius}d{d}_{i}_{j}" for i, j in zip(*iu, strict=True)], c)
+
+    # grey-level co-occurrence (H+V, symmetric)
+    lv = spec.glcm_levels
+    g = np.minimum((s * lv).astype(np.int64), lv - 1)
+    ii, jj = np.meshgrid(np.arange(lv), np.arange(lv), indexing="ij")
+    for d in spec.glcm_distances:
+        p = _cooc(g, lv, m, d)
+        p /= np.maximum(p.sum((1, 2), keepdims=True), 1)
+        mu = (p * ii).sum((1, 2))
+        var = (p * (ii - mu[:, None, None]) ** 2).sum((1, 2))
+        corr = (p * (ii - mu[:, None, None]) * (jj - mu[:, None, None])).sum((1, 2)) / np.maximum(var, 1e-9)
+        feats = np.stack([
+            (p * (ii - jj) ** 2).sum((1, 2)), (p * np.abs(ii - jj)).sum((1, 2)),
+            (p / (1.0 + (ii - jj) ** 2)).sum((1, 2)), (p ** 2).sum((1, 2)), corr,
+            -(p * np.log(np.maximum(p, 1e-12))).sum((1, 2))], axis=1)
+        out.add([f"glcm_d{d}_{k}" for k in ("contrast", "dissimilarity", "homogeneity", "asm", "correlation",
+                                             "entropy")], feats)
+
+    # intensity distribution of the stretched cell
+    nbq = 64
+    qb = np.minimum((s * nbq).astype(np.int64), nbq - 1)
+    hist = np.bincount(cell_in * nbq + qb.ravel()[flat_in], minlength=n * nbq).reshape(n, nbq)
+    cdf = np.cumsum(hist, 1) / area1[:, None]
+    pcts = (5, 10, 25, 50, 75, 90, 95)
+    qs = np.stack([(cdf < p / 100).sum(1) / nbq for p in pcts], axis=1)
+    mean = _msum(s, mf) / area1
+    dev = (s - mean[:, None, None].astype(np.float32)) * mf
+    var = np.einsum("nij,nij->n", dev, dev, dtype=np.float64) / area1
+    std = np.sqrt(var)
+    skew = np.einsum("nij,nij,nij->n", dev, dev, dev, dtype=np.float64) / area1 / np.maximum(std, 1e-6) ** 3
+    kurt = np.einsum("nij,nij,nij,nij->n", dev, dev, dev, dev, dtype=np.float64) / area1 / np.maximum(var, 1e-9) ** 2
+    out.add([f"int_p{p}" for p in pcts] + ["int_mean", "int_std", "int_skew", "int_kurt"],
+            np.column_stack([qs, mean, std, skew, kurt]))
+
+    # radial profile (rim → centre), relative to the cell mean
+    nbr = spec.radial_bins
+    rb = np.minimum((rd * nbr).astype(np.int64), nbr - 1).ravel()[flat_in]
+    sv = s.ravel()[flat_in].astype(np.float64)
+    key = cell_in * nbr + rb
+    cnt = np.maximum(np.bincount(key, minlength=n * nbr), 1).reshape(n, nbr)
+    s1 = np.bincount(key, sv, minlength=n * nbr).reshape(n, nbr) / cnt
+    s2 = np.bincount(key, sv * sv, minlength=n * nbr).reshape(n, nbr) / cnt
+    rel = np.maximum(mean, 1e-3)[:, None]
+    out.add([f"radial_mean_{b}" for b in range(nbr)] + [f"radial_std_{b}" for b in range(nbr)],
+            np.column_stack([s1 / rel, np.sqrt(np.maximum(s2 - s1 ** 2, 0)) / rel]))
+
+    # dots: difference-of-Gaussian bands, local maxima counts and strengths, band energy
+    for a, b in itertools.pairwise(spec.dog_sigmas):
+        r = (gs[a] - gs[b])[grid]
+        peak = (r >= _max3(r)) & m & (r > 0)
+        names, vals = [], []
+        for th in spec.dot_thresholds:
+            names.append(f"dog_{a:g}_{b:g}_dots{th:g}")
+            vals.append(_msum(peak & (r > th), m) / area1 * 1000.0)
+        npk = np.maximum(peak.sum((1, 2)), 1)
+        rp = np.maximum(r, 0) * mf
+        vals += [np.einsum("nij,nij->n", r, peak.astype(np.float32), dtype=np.float64) / npk,
+                 rp.sum((1, 2)) / area1, np.einsum("nij,nij->n", rp, rp, dtype=np.float64) / area1,
+                 _msum(np.abs(r), mf) / area1]
+        names += [f"dog_{a:g}_{b:g}_{k}" for k in ("peak_mean", "pos_mean", "pos_energy", "abs_mean")]
+        out.add(names, np.column_stack(vals))
+
+    # bright spots on the sigma-1 smoothed cell: connected components above a threshold
+    g1 = gs[1.0]
+    for th in spec.spot_thresholds:
+        spots = (g1 > th) & mk_full
+        lab, nlab = ndi.label(spots.reshape(n * t, t))
+        lab = lab.reshape(n, t, t)
+        top = np.maximum.accumulate(lab.reshape(n, -1).max(1))
+        ncomp = np.diff(np.concatenate([[0], top]))
+        if nlab:
+            sizes = np.bincount(lab.ravel(), minlength=nlab + 1)[1:].astype(np.float64)
+            owner = np.searchsorted(top, np.arange(1, nlab + 1), side="left")
+            total = np.bincount(owner, sizes, minlength=n)
+            biggest = np.zeros(n)
+            np.maximum.at(biggest, owner, sizes)
+        else:
+            total, biggest = np.zeros(n), np.zeros(n)
+        out.add([f"spot{th:g}_{k}" for k in ("density", "mean_size", "max_share", "area_frac")],
+                np.column_stack([ncomp / area1 * 1000.0, total / np.maximum(ncomp, 1), biggest / area1,
+                                 total / area1]))
+
+    # gradients of the sigma-1 smoothed cell
+    gy = np.zeros_like(g1)
+    gx = np.zeros_like(g1)
+    gy[:, 1:-1] = (g1[:, 2:] - g1[:, :-2]) * 0.5
+    gx[:, :, 1:-1] = (g1[:, :, 2:] - g1[:, :, :-2]) * 0.5
+    mag = np.hypot(gy, gx)[grid]
+    gm = [_msum(mag, reg.astype(np.float32)) / np.maximum(c, 1) for reg, c in
+          ((m, area), (inner, counts[:, 1]), (rim, counts[:, 2]))]
+    g2 = np.einsum("nij,nij,nij->n", mag, mag, mf, dtype=np.float64) / area1
+    out.add(["grad_mean_whole", "grad_mean_inner", "grad_mean_rim", "grad_std", "grad_rel"],
+            np.column_stack([*gm, np.sqrt(np.maximum(g2 - gm[0] ** 2, 0)), gm[0] / np.maximum(mean, 1e-3)]))
+
+    # shape
+    yy, xx = np.mgrid[:m.shape[1], :m.shape[2]].astype(np.float32)
+    cy = _msum(np.broadcast_to(yy, m.shape), mf) / area1
+    cx = _msum(np.broadcast_to(xx, m.shape), mf) / area1
+    dy = (yy[None] - cy[:, None, None].astype(np.float32))
+    dx = (xx[None] - cx[:, None, None].astype(np.float32))
+    myy = np.einsum("nij,nij,nij->n", dy, dy, mf, dtype=np.float64) / area1
+    mxx = np.einsum("nij,nij,nij->n", dx, dx, mf, dtype=np.float64) / area1
+    mxy = np.einsum("nij,nij,nij->n", dy, dx, mf, dtype=np.float64) / area1
+    root = np.sqrt(((myy - mxx) / 2) ** 2 + mxy ** 2)
+    l1, l2 = (myy + mxx) / 2 + root, np.maximum((myy + mxx) / 2 - root, 1e-9)
+    eq_r = np.sqrt(area1 / math.pi)
+    out.add(["shape_area", "shape_eq_radius", "shape_inradius", "shape_elongation"],
+            np.column_stack([area, eq_r, dmax, np.sqrt(l1 / l2)]))
+
+    # Gabor energies (FFT), orientation mean and anisotropy per frequency
+    if spec.gabor_frequencies:
+        fs = sfft.fft2(s_full, axes=(1, 2), workers=1)
+        fy = sfft.fftfreq(t)[:, None]
+        fx = sfft.fftfreq(t)[None, :]
+        total_e = np.einsum("nij,nij->n", s, s, dtype=np.float64) + 1e-9
+        for f in spec.gabor_frequencies:
+            sf = 0.35 * f
+            energies = []
+            for k in range(spec.gabor_orientations):
+                th = math.pi * k / spec.gabor_orientations
+                h = np.exp(-((fy - f * math.sin(th)) ** 2 + (fx - f * math.cos(th)) ** 2) / (2 * sf * sf))
+                resp = sfft.ifft2(fs * h.astype(np.float32), axes=(1, 2), workers=1)[grid]
+                e = (resp.real ** 2 + resp.imag ** 2) * mf
+                energies.append(e.sum((1, 2)) / total_e)
+            e = np.stack(energies, 1)
+            out.add([f"gabor_f{f:g}_mean", f"gabor_f{f:g}_aniso"],
+                    np.column_stack([e.mean(1), (e.max(1) - e.min(1)) / np.maximum(e.mean(1), 1e-9)]))
+
+    # Golgi-oriented asymmetry: where the signal sits relative to the mask centroid
+    if spec.golgi:
+        w = s * mf
+        sw = np.maximum(w.sum((1, 2)), 1e-6)
+        r = np.sqrt(dy * dy + dx * dx) + 1e-3
+        c1 = np.einsum("nij,nij->n", w, dx / r, dtype=np.float64)
+        s1_ = np.einsum("nij,nij->n", w, dy / r, dtype=np.float64)
+        c2 = np.einsum("nij,nij->n", w, (dx * dx - dy * dy) / (r * r), dtype=np.float64)
+        s2_ = np.einsum("nij,nij->n", w, 2 * dx * dy / (r * r), dtype=np.float64)
+        wcy = np.einsum("nij,nij->n", w, dy, dtype=np.float64) / sw
+        wcx = np.einsum("nij,nij->n", w, dx, dtype=np.float64) / sw
+        octant = ((dy < 0) * 4 + (dx < 0) * 2 + (np.abs(dy) > np.abs(dx))).astype(np.int64).ravel()[flat_in]
+        sect = np.bincount(cell_in * 8 + octant, w.ravel()[flat_in], minlength=n * 8).reshape(n, 8) / sw[:, None]
+        p90 = qs[:, pcts.index(90)]
+        bright = (s >= np.maximum(p90, 1.0 / nbq)[:, None, None].astype(np.float32)) & m
+        bf = bright.astype(np.float32)
+        nb_ = np.maximum(bf.sum((1, 2)), 1)
+        bcy = np.einsum("nij,nij->n", bf, dy, dtype=np.float64) / nb_
+        bcx = np.einsum("nij,nij->n", bf, dx, dtype=np.float64) / nb_
+        bspread = np.sqrt(np.maximum(np.einsum("nij,nij,nij->n", bf, dy, dy, dtype=np.float64) / nb_ - bcy ** 2
+                                     + np.einsum("nij,nij,nij->n", bf, dx, dx, dtype=np.float64) / nb_ - bcx ** 2,
+                                     0))
+        bsect = np.bincount(cell_in * 8 + octant, bf.ravel()[flat_in], minlength=n * 8).reshape(n, 8) / nb_[:, None]
+        p95 = qs[:, pcts.index(95)]
+        top = (s >= np.maximum(p95, 1.0 / nbq)[:, None, None].astype(np.float32)) & m
+        tf = top.astype(np.float32)
+        top_share = np.einsum("nij,nij->n", w, tf, dtype=np.float64) / sw
+        ntop = np.maximum(tf.sum((1, 2)), 1)
+        # where the brightest 5% sit: depth (0 = mask edge), share in the rim, angular concentration
+        top_depth = np.einsum("nij,nij->n", tf, rd, dtype=np.float64) / ntop
+        top_rim = (top & rim).sum((1, 2)) / ntop
+        top_harm = np.hypot(np.einsum("nij,nij->n", tf, dx / r, dtype=np.float64),
+                            np.einsum("nij,nij->n", tf, dy / r, dtype=np.float64)) / ntop
+        # the rim's signal by octant: a one-sided perinuclear arc puts most of it in one or two octants
+        rim_in = rim.ravel()[flat_in]
+        rsect = np.bincount(cell_in[rim_in] * 8 + octant[rim_in], w.ravel()[flat_in][rim_in],
+                            minlength=n * 8).reshape(n, 8)
+        rsect /= np.maximum(rsect.sum(1, keepdims=True), 1e-6)
+        out.add(["golgi_harm1", "golgi_harm2", "golgi_wcentroid_off", "golgi_bright_off", "golgi_bright_spread",
+                 "golgi_sector_max", "golgi_sector_min", "golgi_bsector_max", "golgi_top5_share",
+                 "golgi_top5_depth", "golgi_top5_rim", "golgi_top5_harm1", "golgi_rimsector_max",
+                 "golgi_rimsector_top2"],
+                np.column_stack([np.hypot(c1, s1_) / sw, np.hypot(c2, s2_) / sw, np.hypot(wcy, wcx) / eq_r,
+                                 np.hypot(bcy, bcx) / eq_r, bspread / eq_r, sect.max(1), sect.min(1),
+                                 bsect.max(1), top_share, top_depth, top_rim, top_harm, rsect.max(1),
+                                 np.sort(rsect, 1)[:, -2:].sum(1)]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ public
+
+
+def _run(crops: Sequence[Crop], spec: DescriptorSpec) -> tuple[np.ndarray, list[str]]:
+    n = len(crops)
+    sizes = np.array([max(np.shape(img)[:2]) for img, _ in crops])
+    order = np.argsort(sizes, kind="stable")
+    result: np.ndarray | None = None
+    names: list[str] = []
+    for start in range(0, n, spec.batch_size):
+        idx = order[start:start + spec.batch_size]
+        s, mk = _stack([crops[i] for i in idx], spec)
+        out = _features(s, mk, spec)
+        x = out.array()
+        if result is None:
+            result = np.empty((n, x.shape[1]), np.float32)
+            names = out.names
+        result[idx] = x
+    if result is None:
+        names = feature_names(spec)
+        result = np.zeros((0, len(names)), np.float32)
+    return np.nan_to_num(result, nan=0.0, posinf=0.0, neginf=0.0), names
+
+
+def extract(crops: Sequence[Crop], spec: DescriptorSpec | None = None) -> np.ndarray:
+    """Descriptors of cell crops ``(image, mask or None)`` → ``float32 (N, F)`` (columns: :func:`feature_names`).
+
+    Images are 2-D (or HxWxC: the brightest channel), any numeric dtype; a mask of ``None`` means the whole
+    crop is the cell.
+    """
+    return _run(crops, spec or DescriptorSpec())[0]
+
+
+@lru_cache(maxsize=32)
+def _names(spec: DescriptorSpec) -> tuple[str, ...]:
+    yy, xx = np.mgrid[:40, :40]
+    disc = (np.hypot(yy - 20, xx - 20) < 15).astype(np.uint8)
+    return tuple(_run([(disc * 100 + 5, disc)], spec)[1])
+
+
+def feature_names(spec: DescriptorSpec | None = None) -> list[str]:
+    """The column names of :func:`extract`'s output for ``spec``."""
+    return list(_names(spec or DescriptorSpec()))

@@ -1,0 +1,204 @@
+"""The texture model family: handcrafted descriptors (:mod:`analysis.descriptors`) + gradient-boosted trees,
+cross-validated on the project's grouped folds so its out-of-fold predictions can be fused with the CNN's.
+
+Why LightGBM rather than scikit-learn's HistGradientBoosting: LightGBM saves a model as its own plain-text
+tree dump that loads without pickle (nothing executable in a model file, see
+:class:`analysis.texture_model.TextureModel`), and it is single-thread controllable and about as fast;
+HistGradientBoosting can only be persisted by pickling the estimator.
+
+Class balance: every cell is weighted ``n / (K · n_class)`` (inversely to its class frequency), so rare
+Golgi cells (564 of 11,611) weigh as much in total as each other class.
+
+Hyper-parameters are fixed a priori (:data:`DEFAULT_PARAMS`, :data:`DEFAULT_ROUNDS`), not tuned on any fold.
+
+Reproduce the cross-validation (grouped 5-fold by ``specimen_group``, the folds of
+``training.cv.grouped_kfold(y, groups, 5, seed=0)`` that the CNN experiments use)::
+
+    from pathlib import Path
+    from analysis.descriptors import DescriptorSpec
+    from training.datasets import i3a_root, load_manifest
+    from training.texture import cross_validate_texture, train_final
+
+    table = load_manifest(i3a_root())
+    spec = DescriptorSpec(golgi=True)                   # see RESULTS.md for the configurations compared
+    summary = cross_validate_texture(table, spec, None, Path.home() / "runs/texture/best")
+    model = train_final(table, spec, None, Path.home() / "runs/texture/best/texture-default")
+
+``cross_validate_texture`` writes ``cv.json`` (per-fold metrics with per-class recall, mean/std, pooled
+out-of-fold metrics, specimen-level metrics) and ``oof.csv`` (the format of :mod:`training.experiment`:
+``cell_id, group, fold, true, pred`` and one probability column per class in ``CLASS_NAMES`` order).
+Descriptors are cached under ``$HEP2_TEXTURE_CACHE`` (default ``~/runs/texture/features``), keyed by the
+data hash and the descriptor spec.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from analysis.descriptors import DescriptorSpec, extract, feature_names
+from analysis.texture_model import TextureModel
+from training.cv import grouped_kfold
+from training.datasets import CellTable
+from training.metrics import CLASS_NAMES, classification_metrics, summarize_folds
+from training.specimen_metrics import specimen_metrics
+
+DEFAULT_ROUNDS = 500
+DEFAULT_PARAMS: dict[str, Any] = {
+    "objective": "multiclass", "num_class": len(CLASS_NAMES), "learning_rate": 0.05, "num_leaves": 31,
+    "min_data_in_leaf": 20, "feature_fraction": 0.5, "bagging_fraction": 0.8, "bagging_freq": 1,
+    "lambda_l2": 1.0, "num_threads": 1, "verbose": -1, "num_boost_round": DEFAULT_ROUNDS,
+}
+
+
+def balanced_weights(y: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """Per-cell weights ``n / (K · n_class)`` over the classes present."""
+    y = np.asarray(y)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    present = (counts > 0).sum()
+    return (len(y) / (present * np.maximum(counts, 1)))[y]
+
+
+def fit_texture(x: np.ndarray, y: np.ndarray, params: dict[str, Any] | None = None, seed: int = 0) -> lgb.Booster:
+    """A class-balanced multiclass LightGBM booster on descriptor rows ``x`` and labels ``y`` (CELL_PATTERNS
+    indices)."""
+    p = {**DEFAULT_PARAMS, **(params or {})}
+    rounds = int(p.pop("num_boost_round"))
+    p.update(seed=seed, deterministic=True, force_col_wise=True)
+    data = lgb.Dataset(np.asarray(x, np.float32), label=np.asarray(y), weight=balanced_weights(y, p["num_class"]),
+                       free_raw_data=True)
+    return lgb.train(p, data, num_boost_round=rounds)
+
+
+# ----------------------------------------------------------------------------------------------- features
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HEP2_TEXTURE_CACHE") or Path.home() / "runs" / "texture" / "features")
+
+
+def spec_hash(spec: DescriptorSpec) -> str:
+    """Hash of the descriptor parameters, minus those that cannot change the values (batch size)."""
+    d = {k: v for k, v in spec.to_dict().items() if k != "batch_size"}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_crops(table: CellTable) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    return [table.read_crop(i) for i in range(len(table))]
+
+
+def cached_features(table: CellTable, spec: DescriptorSpec, data_hash: str | None = None,
+                    crops: list | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Descriptors of every cell of ``table`` (``float32 (N, F)``), from the cache when present.
+
+    The cache file is ``<cache_dir>/<data_hash[:16]>-<spec_hash>.npy`` with a ``.json`` beside it (spec,
+    names, extraction seconds)."""
+    data_hash = data_hash or table.data_hash()
+    base = cache_dir() / f"{data_hash[:16]}-{spec_hash(spec)}"
+    npy, meta_path = base.with_suffix(".npy"), base.with_suffix(".json")
+    names = feature_names(spec)
+    if npy.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        x = np.load(npy, allow_pickle=False)
+        if meta.get("feature_names") == names and x.shape == (len(table), len(names)):
+            return x, {**meta, "cached": True}
+    t0 = time.perf_counter()
+    crops = crops if crops is not None else read_crops(table)
+    t1 = time.perf_counter()
+    x = extract(crops, spec)
+    t2 = time.perf_counter()
+    meta = {"data_hash": data_hash, "spec": spec.to_dict(), "feature_names": names, "n": len(table),
+            "read_seconds": round(t1 - t0, 2), "extract_seconds": round(t2 - t1, 2),
+            "cells_per_second": round(len(table) / max(t2 - t1, 1e-9), 1)}
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    np.save(npy, x, allow_pickle=False)
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    return x, {**meta, "cached": False}
+
+
+# ------------------------------------------------------------------------------------------ cross-validation
+
+
+def write_oof(path: Path, table: CellTable, y: np.ndarray, fold_of: np.ndarray, oof: np.ndarray) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cell_id", "group", "fold", "true", "pred", *CLASS_NAMES])
+        for i, rec in enumerate(table.records):
+            w.writerow([rec.cell_id, rec.group, int(fold_of[i]), CLASS_NAMES[y[i]], CLASS_NAMES[int(oof[i].argmax())],
+                        *[f"{p:.4f}" for p in oof[i]]])
+
+
+def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[str, Any] | None,
+                           out_dir: str | Path, seed: int = 0, n_splits: int = 5, split_seed: int = 0,
+                           x: np.ndarray | None = None, data_hash: str | None = None) -> dict[str, Any]:
+    """Grouped K-fold CV (``grouped_kfold(y, groups, n_splits, split_seed)``) of the texture model; writes
+    ``cv.json`` and ``oof.csv`` to ``out_dir`` and returns the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y, groups = table.labels, table.groups
+    data_hash = data_hash or table.data_hash()
+    feat_meta: dict[str, Any] = {}
+    if x is None:
+        x, feat_meta = cached_features(table, spec, data_hash)
+    folds = grouped_kfold(y, groups, n_splits, split_seed)
+    oof = np.full((len(y), len(CLASS_NAMES)), np.nan, np.float32)
+    fold_of = np.full(len(y), -1)
+    fold_metrics, fold_info = [], []
+    names = feature_names(spec)
+    gain = np.zeros(len(names))
+    for k, (train, test) in enumerate(folds):
+        t0 = time.perf_counter()
+        booster = fit_texture(x[train], y[train], params, seed)
+        secs = time.perf_counter() - t0
+        model = TextureModel(booster, spec, CLASS_NAMES, names)
+        probs = model.predict_features(x[test])
+        oof[test], fold_of[test] = probs, k
+        gain += booster.feature_importance("gain")
+        m = classification_metrics(y[test], probs.argmax(1))
+        sm = specimen_metrics(y[test], probs, groups[test])
+        fold_metrics.append(m)
+        fold_info.append({"fold": k, "n_train": len(train), "n_test": len(test),
+                          "test_groups": sorted(set(groups[test].tolist())), "fit_seconds": round(secs, 1),
+                          "mca": m["mca"], "accuracy": m["accuracy"],
+                          "recall": {n: v["recall"] for n, v in m["per_class"].items()},
+                          "specimens_correct": sm["correct"], "specimens": sm["n"]})
+    pooled = classification_metrics(y, oof.argmax(1))
+    top = np.argsort(-gain)[:30]
+    summary = {
+        "model": "texture (handcrafted descriptors + LightGBM)", "data_hash": data_hash, "n_cells": len(y),
+        "n_groups": len(set(groups.tolist())), "protocol": "grouped", "folds": n_splits, "split_seed": split_seed,
+        "seed": seed, "descriptor": spec.to_dict(), "n_features": len(names),
+        "params": {**DEFAULT_PARAMS, **(params or {})}, "features": {k: v for k, v in feat_meta.items()
+                                                                     if k not in ("feature_names", "spec")},
+        "fold_info": fold_info, "cv_mean": summarize_folds(fold_metrics), "pooled": pooled,
+        "specimen": specimen_metrics(y, oof, groups),
+        "top_features_gain": [[names[i], round(float(gain[i]), 1)] for i in top],
+        "fit_seconds_total": round(sum(f["fit_seconds"] for f in fold_info), 1),
+        "fold_metrics": fold_metrics,
+    }
+    (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_oof(out / "oof.csv", table, y, fold_of, oof)
+    return summary
+
+
+def train_final(table: CellTable, spec: DescriptorSpec, params: dict[str, Any] | None, path_stem: str | Path,
+                seed: int = 0, x: np.ndarray | None = None, meta: dict[str, Any] | None = None) -> TextureModel:
+    """Fit on every cell of ``table`` and save with :meth:`TextureModel.save` to ``<path_stem>.{txt,json}``."""
+    data_hash = table.data_hash()
+    if x is None:
+        x, _ = cached_features(table, spec, data_hash)
+    t0 = time.perf_counter()
+    booster = fit_texture(x, table.labels, params, seed)
+    model = TextureModel(booster, spec, CLASS_NAMES, feature_names(spec),
+                         {"data_hash": data_hash, "n_cells": len(table), "params": {**DEFAULT_PARAMS, **(params or {})},
+                          "seed": seed, "fit_seconds": round(time.perf_counter() - t0, 1), **(meta or {})})
+    model.save(path_stem)
+    return model
