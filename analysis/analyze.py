@@ -21,7 +21,7 @@ from analysis.decode import ImageLimits, decode_image
 from analysis.fibrillar import field_fibrillar_index
 from analysis.intensity import IntensityResult, measure_intensity
 from analysis.models import DEFAULT_SEGMENTER
-from analysis.models.inference import CellClassifier
+from analysis.models.fused import load_cell_classifier
 from analysis.overlay import render_overlay
 from analysis.segmentation import ClassicalSegmenter
 from analysis.specimen import SpecimenConfig, SpecimenResult, aggregate, cytoplasm_ratio
@@ -53,7 +53,7 @@ class Models:
     @property
     def classifier(self) -> Any:
         if self._classifier is None:
-            self._classifier = CellClassifier(self.classifier_weights, device=self.device)
+            self._classifier = load_cell_classifier(self.classifier_weights, device=self.device)
         return self._classifier
 
     def versions(self) -> dict[str, Any]:

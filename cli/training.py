@@ -116,17 +116,28 @@ def train_cells(
                    f"(folds {', '.join(f'{v:.3f}' for v in mean['mca']['folds'])}), "
                    f"accuracy {mean['accuracy']['mean']:.4f}, pooled MCA {summary['pooled']['mca']:.4f}, "
                    f"golgi recall (pooled) {summary['pooled']['per_class']['golgi']['recall']}")
+        if "specimen" in summary:
+            _echo_specimens(summary["specimen"])
     if export:
         weights, card = export_run(out, export_dir or WEIGHTS_DIR, export)
         typer.echo(f"exported {weights} and {card}")
+
+
+def _echo_specimens(spec: dict) -> None:
+    typer.echo(f"specimens: {spec['correct']}/{spec['n']} right (accuracy {spec['accuracy']:.4f}, specimen MCA "
+               f"{spec['mca']:.4f})")
+    for w in spec["wrong"]:
+        typer.echo(f"  {w['group']}: {w['true']} called {w['pred']} ({w['p_top']:.2f}; second {w['second']} "
+                   f"{w['p_second']:.2f})")
 
 
 @evaluate_app.command("cells")
 def evaluate_cells_cmd(
     data: Annotated[Path, typer.Option(help="Folder with labels.csv (I3A layout) or a manifest CSV.")],
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the metrics JSON.")],
-    model: Annotated[list[Path] | None, typer.Option(help="safetensors file (repeat: averaging "
-                                                         "ensemble); default: the bundled one.")] = None,
+    model: Annotated[list[Path] | None, typer.Option(help="A fused model (.json) or CNN checkpoint (.safetensors; "
+                                                         "repeat: averaging ensemble); default: the bundled "
+                                                         "one.")] = None,
     tta: Annotated[int | None, typer.Option(help="1 or 8; default: the model card's.")] = None,
     batch_size: int = 256,
     device: str = "auto",
@@ -147,6 +158,8 @@ def evaluate_cells_cmd(
     for name, pc in result["per_class"].items():
         recall = "n/a" if pc["recall"] is None else f"{pc['recall']:.4f}"
         typer.echo(f"  {name:<17} recall {recall}  (n={pc['support']})")
+    if "specimen" in result:
+        _echo_specimens(result["specimen"])
     speed = result["throughput"]
     typer.echo(f"  {speed['model_cells_per_s']:.0f} cells/s on {speed['device']}")
     if "warning" in result:
@@ -167,3 +180,70 @@ def cv_ensemble_cmd(
     typer.echo(f"ensemble of {len(runs)}: MCA {mca['mean']:.4f} ± {mca['std']:.4f} "
                f"(members, pooled: {', '.join(f'{m:.4f}' for m in result['member_pooled_mca'])}), "
                f"pooled MCA {result['pooled']['mca']:.4f}")
+
+
+@train_app.command("texture")
+def train_texture(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="Folder with labels.csv (I3A layout) or a manifest CSV.")],
+    out: Annotated[Path, typer.Option(help="Run folder: cv.json, oof.csv, the final model.")],
+    golgi: Annotated[bool, typer.Option(help="Add the Golgi cues (bright perinuclear blob) to the descriptors.")
+                     ] = True,
+    folds: Annotated[int, typer.Option(min=2)] = RECIPE.folds,
+    split_seed: Annotated[int, typer.Option(help="Seed of the folds (the CNN runs' one).")] = RECIPE.split_seed,
+    seed: int = RECIPE.seed,
+    cv: Annotated[bool, typer.Option(help="Run the grouped cross-validation.")] = True,
+    final_fit: Annotated[bool, typer.Option(help="Fit on all cells: <out>/texture.{txt,json}.")] = True,
+) -> None:
+    """The texture-feature cell model (descriptors + LightGBM): grouped CV on the CNN's folds, final fit."""
+    from analysis.descriptors import DescriptorSpec
+    from training.datasets import load_manifest
+    from training.texture import cross_validate_texture, train_final  # heavy (lightgbm): when the command runs
+
+    table = load_manifest(data.as_posix())
+    spec = DescriptorSpec(golgi=golgi)
+    if cv:
+        summary = cross_validate_texture(table, spec, None, out, seed=seed, n_splits=folds, split_seed=split_seed)
+        mean = summary["cv_mean"]
+        typer.echo(f"grouped: MCA {mean['mca']['mean']:.4f} ± {mean['mca']['std']:.4f}, pooled MCA "
+                   f"{summary['pooled']['mca']:.4f}, golgi recall (pooled) "
+                   f"{summary['pooled']['per_class']['golgi']['recall']}")
+        _echo_specimens(summary["specimen"])
+    if final_fit:
+        train_final(table, spec, None, out / "texture", seed=seed, meta={"command": _command_line(ctx)})
+        typer.echo(f"final model: {out / 'texture.json'}")
+
+
+@train_app.command("fusion")
+def train_fusion(
+    ctx: typer.Context,
+    cnn_run: Annotated[Path, typer.Option(help="Run folder of `hep2 train cells` (oof.csv, cv.json).")],
+    texture_run: Annotated[Path, typer.Option(help="Run folder of `hep2 train texture` on the same folds.")],
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the nested-CV report.")],
+    cnn_weights: Annotated[Path | None, typer.Option(help="The CNN member to ship (its final fit).")] = None,
+    texture_model: Annotated[Path | None, typer.Option(help="The texture member to ship (texture.json).")] = None,
+    export: Annotated[Path | None, typer.Option(help="Write the fused model here (a .json; members beside it).")
+                      ] = None,
+) -> None:
+    """Fuse the CNN and texture families with per-class weights chosen on out-of-fold predictions (nested)."""
+    from training.fusion import fuse_runs, write_fused_model  # heavy (torch): imported when the command runs
+
+    result = fuse_runs(cnn_run, texture_run)
+    nested = result["nested"]
+    report = {k: v for k, v in result.items() if k not in ("final_weights", "groups")}
+    report["nested"] = {k: v for k, v in nested.items() if k != "fused_oof"}
+    report["command"] = _command_line(ctx)
+    write_json(json_out, report)
+    for name, member in result["members"].items():
+        typer.echo(f"{name}: MCA {member['mca']:.4f}, specimens {member['specimen']['correct']}/"
+                   f"{member['specimen']['n']}")
+    mean = nested["cv_mean"]
+    typer.echo(f"fused (nested): MCA {mean['mca']['mean']:.4f} ± {mean['mca']['std']:.4f}, pooled MCA "
+               f"{nested['pooled']['mca']:.4f}, golgi recall {nested['pooled']['per_class']['golgi']['recall']}")
+    _echo_specimens(nested["specimen"])
+    typer.echo(f"final CNN weight per class: {result['final_cnn_weights']}")
+    if export:
+        if not (cnn_weights and texture_model):
+            raise typer.BadParameter("--export needs --cnn-weights and --texture-model")
+        path = write_fused_model(result, cnn_weights, texture_model, export, {"command": _command_line(ctx)})
+        typer.echo(f"fused model: {path}")

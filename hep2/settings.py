@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     promotion_min_mca_gain: float = Field(
         0.005, description="A candidate must beat production's grouped-CV MCA on the same folds by this much.")
     promotion_max_recall_drop: float = Field(0.02, description="...and no class recall may fall by more than this.")
+    promotion_max_specimen_loss: int = Field(
+        0, ge=0, description="...and it may call at most this many more specimens wrong (out-of-fold).")
     signing_key: SecretStr = Field(
         SecretStr("embedded-mode-not-secret"),
         description="HMAC key for local presigned URLs; set a random value in production.",

@@ -32,6 +32,7 @@ from training.cv import grouped_kfold, random_kfold, random_split
 from training.datasets import CellTable, load_manifest
 from training.metrics import CLASS_NAMES, classification_metrics, save_confusion_png, summarize_folds
 from training.recipe import RECIPE
+from training.specimen_metrics import specimen_metrics
 from training.trainer import JsonlLogger, TrainConfig, fit
 
 
@@ -121,7 +122,7 @@ def _earlier_cv(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
     earlier = json.loads(path.read_text())
     if _recipe(earlier) != _recipe(json.loads(json.dumps(summary))):  # tuples → lists, as stored
         return {}
-    keys = ("fold_info", "fold_metrics", "cv_mean", "pooled", "specimen_thresholds")
+    keys = ("fold_info", "fold_metrics", "cv_mean", "pooled", "specimen", "specimen_thresholds")
     return {**{k: earlier[k] for k in keys if k in earlier}, "cv_command": earlier.get("command")}
 
 
@@ -171,6 +172,7 @@ def _cross_validate(table: CellTable, x: np.ndarray, y: np.ndarray, groups: np.n
     result = {"fold_info": fold_info, "fold_metrics": fold_metrics, "cv_mean": summarize_folds(fold_metrics),
               "pooled": pooled}
     if grouped:
+        result["specimen"] = specimen_metrics(y[tested], oof[tested], groups[tested])
         result["specimen_thresholds"] = oov_thresholds(oof[tested], groups[tested])
     return result
 
@@ -198,7 +200,7 @@ def export(run_dir: str | Path, weights_dir: str | Path, name: str) -> tuple[Pat
     return w, c
 
 
-def _read_oof(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def read_oof(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """cell ids, true labels, fold numbers and probabilities of a run's ``oof.csv``."""
     cv = json.loads((run_dir / "cv.json").read_text())
     group_fold = {g: i["fold"] for i in cv["fold_info"] for g in (i.get("test_groups") or [])}
@@ -221,7 +223,7 @@ def _oof_probs(rows: list[dict[str, str]]) -> np.ndarray:
 def ensemble_runs(run_dirs: list[Path]) -> dict[str, Any]:
     """Cross-validated metrics of the probability average of several runs made on the same folds
     (same data and ``--split-seed``, other models or training seeds)."""
-    loaded = [_read_oof(Path(d)) for d in run_dirs]
+    loaded = [read_oof(Path(d)) for d in run_dirs]
     ids, y, folds, _ = loaded[0]
     for other_ids, _, other_folds, _ in loaded[1:]:
         if other_ids != ids or not np.array_equal(other_folds, folds):
@@ -230,6 +232,14 @@ def ensemble_runs(run_dirs: list[Path]) -> dict[str, Any]:
     per_fold = [classification_metrics(y[folds == k], probs[folds == k].argmax(1))
                 for k in sorted(set(folds.tolist()))]
     members = [classification_metrics(y, p.argmax(1))["mca"] for *_, p in loaded]
-    return {"runs": [str(d) for d in run_dirs], "member_pooled_mca": members, "n_cells": len(ids),
-            "cv_mean": summarize_folds(per_fold), "pooled": classification_metrics(y, probs.argmax(1)),
-            "fold_metrics": per_fold}
+    out = {"runs": [str(d) for d in run_dirs], "member_pooled_mca": members, "n_cells": len(ids),
+           "cv_mean": summarize_folds(per_fold), "pooled": classification_metrics(y, probs.argmax(1)),
+           "fold_metrics": per_fold}
+    groups = oof_groups(Path(run_dirs[0]))
+    if all(groups):
+        out["specimen"] = specimen_metrics(y, probs, np.array(groups))
+    return out
+
+
+def oof_groups(run_dir: Path) -> list[str]:
+    return [r["group"] for r in _oof_rows(run_dir)]

@@ -36,11 +36,15 @@ class PromotionPolicy:
     """Grouped-CV mean class accuracy must beat production's by at least this much."""
     max_recall_drop: float = 0.02
     """No class recall may fall by more than this."""
+    max_specimen_loss: int = 0
+    """The candidate may call at most this many more specimen groups wrong than production (out-of-fold,
+    aggregated as the pipeline does); the specimen call is what a lab reports."""
 
     @classmethod
     def from_settings(cls) -> PromotionPolicy:
         settings = get_settings()
-        return cls(settings.promotion_min_mca_gain, settings.promotion_max_recall_drop)
+        return cls(settings.promotion_min_mca_gain, settings.promotion_max_recall_drop,
+                   settings.promotion_max_specimen_loss)
 
 
 def artifact_prefix(task: ModelTask, version: str) -> str:
@@ -104,8 +108,18 @@ def decide_promotion(candidate: ModelVersion, current: ModelVersion | None,
     if drops[worst] > policy.max_recall_drop:
         return False, (f"recall of {worst} falls {drops[worst]:.3f} (> {policy.max_recall_drop:.3f}) "
                        f"although MCA gains {gain:+.4f}")
+    specimens = ""
+    if mine.get("specimen") and theirs.get("specimen"):
+        lost = mine["specimen"]["n"] - mine["specimen"]["correct"] - (
+            theirs["specimen"]["n"] - theirs["specimen"]["correct"])
+        if lost > policy.max_specimen_loss:
+            return False, (f"{mine['specimen']['correct']}/{mine['specimen']['n']} specimens right vs production's "
+                           f"{theirs['specimen']['correct']}/{theirs['specimen']['n']} on the same folds "
+                           f"although MCA gains {gain:+.4f}")
+        specimens = (f"; specimens {mine['specimen']['correct']}/{mine['specimen']['n']} vs "
+                     f"{theirs['specimen']['correct']}/{theirs['specimen']['n']}")
     return True, (f"grouped-CV MCA {mine['mca']:.4f} vs {theirs['mca']:.4f} (+{gain:.4f}); largest recall "
-                  f"drop {max(drops[worst], 0.0):.3f} ({worst})")
+                  f"drop {max(drops[worst], 0.0):.3f} ({worst}){specimens}")
 
 
 def promote(session: Session, version_id: int, actor: str, force: bool = False,

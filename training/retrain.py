@@ -35,6 +35,7 @@ from training.experiment import oov_thresholds
 from training.metrics import CLASS_NAMES, summarize_folds
 from training.recipe import CellRecipe
 from training.snapshot import build_snapshot
+from training.specimen_metrics import specimen_metrics
 from training.trainer import JsonlLogger, fit
 
 
@@ -121,13 +122,14 @@ class ProgressLog(JsonlLogger):
                 raise RunCancelled(f"run {self.run_id} cancelled at fold {self.fold}, epoch {run.current_epoch}")
 
 
-def _cv_summary(fold_metrics: list[dict[str, Any]], signature: str) -> dict[str, Any]:
-    """Mean MCA and per-class recall over the test folds (what the promotion policy compares)."""
+def _cv_summary(fold_metrics: list[dict[str, Any]], signature: str, specimen: dict[str, Any]) -> dict[str, Any]:
+    """Mean MCA and per-class recall over the test folds and the specimen-level calls of the out-of-fold
+    predictions (what the promotion policy compares)."""
     mean = summarize_folds(fold_metrics)
     recall = {name: mean[f"recall_{name}"]["mean"] for name in CLASS_NAMES
               if mean[f"recall_{name}"]["mean"] is not None}
     return {"mca": mean["mca"]["mean"], "recall": recall, "folds_signature": signature,
-            "folds": len(fold_metrics), "summary": mean}
+            "folds": len(fold_metrics), "summary": mean, "specimen": specimen}
 
 
 def run_training(run_id: int, storage: ObjectStorage) -> dict[str, Any]:
@@ -168,7 +170,7 @@ def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: An
     total_fits = len(folds) * len(contenders) + 1
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in contenders}
     cache: dict[tuple[int, bool], np.ndarray] = {}
-    oof = np.zeros((len(y), len(CLASS_NAMES)), np.float32)
+    oof = {name: np.zeros((len(y), len(CLASS_NAMES)), np.float32) for name, _ in contenders}
     for c, (name, p) in enumerate(contenders):
         train_cfg = p.train_config(max_steps=p.max_steps, progress=False)
         outcomes = cross_validate(
@@ -177,14 +179,15 @@ def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: An
             lambda k, c=c, p=p: ProgressLog(run_id, c * len(folds) + k, total_fits, p.epochs, k))
         for outcome in outcomes:
             results[name].append(outcome.metrics)
+            oof[name][outcome.test] = outcome.probs
             if name == "challenger":
-                oof[outcome.test] = outcome.probs
                 _store_fold(run_id, outcome.fold, outcome.metrics, sorted(set(groups[outcome.test].tolist())))
-    cv = _cv_summary(results["challenger"], signature.hexdigest())
+    cv = _cv_summary(results["challenger"], signature.hexdigest(), specimen_metrics(y, oof["challenger"], groups))
     metrics: dict[str, Any] = {"cv": cv, "per_fold": results["challenger"]}
-    thresholds = oov_thresholds(oof, groups)
+    thresholds = oov_thresholds(oof["challenger"], groups)
     if champion is not None and "champion" in results:
-        metrics["champion_cv"] = {**_cv_summary(results["champion"], signature.hexdigest()),
+        metrics["champion_cv"] = {**_cv_summary(results["champion"], signature.hexdigest(),
+                                                specimen_metrics(y, oof["champion"], groups)),
                                   "production_version": champion.version}
 
     x = _images(table, params, cache)

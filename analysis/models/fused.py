@@ -1,0 +1,116 @@
+"""The cell classifier the pipeline uses: an ensemble of model families fused with per-class weights.
+
+A fused model is a JSON file (format ``hep2-cell-ensemble/1``) naming its members beside it — a CNN
+checkpoint (``family: cnn``, :class:`analysis.models.inference.CellClassifier`) and a texture-feature model
+(``family: texture``, :class:`analysis.texture_model.TextureModel`) — with each member file's sha256, and
+one weight per member and class. The fused probability of class c is ``sum_m w[m, c] * p_m[c]``, rows
+renormalised to 1: each family counts where it is reliable (e.g. Golgi from the CNN alone, which the texture
+model misses). The weights are chosen on out-of-fold predictions only (``training.fusion``).
+
+:func:`load_cell_classifier` is the one loader: a ``.safetensors`` file is a CNN alone (still selectable,
+e.g. ``HEP2_CELL_MODEL_PATH``), a ``.json`` of this format the fused model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from analysis.models import DEFAULT_CELL_MODEL, WEIGHTS_DIR
+from analysis.models.inference import CellClassifier
+from analysis.texture_model import TextureModel
+from hep2.vocabulary import CELL_PATTERNS, Pattern
+
+FORMAT = "hep2-cell-ensemble/1"
+DEFAULT_FUSED_MODEL = WEIGHTS_DIR / "cells-fused.json"
+"""The shipped fused classifier (used by default when present)."""
+Crop = tuple[np.ndarray, np.ndarray | None]
+
+
+class Member(Protocol):
+    def predict(self, crops: Sequence[Crop]) -> np.ndarray: ...
+
+
+class TextureMember:
+    """A :class:`TextureModel` with the classifier interface (``predict``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.model = TextureModel.load(path)
+        self.path = path
+
+    def predict(self, crops: Sequence[Crop]) -> np.ndarray:
+        return self.model.predict_proba(crops)
+
+
+def fuse(member_probs: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """Per-class weighted sum of the members' probabilities ``(M, N, C)`` with weights ``(M, C)``; rows
+    renormalised (a row that sums to 0 stays uniform)."""
+    stack = np.stack([np.asarray(p, dtype=np.float64) for p in member_probs])
+    fused = np.einsum("mnc,mc->nc", stack, np.asarray(weights, dtype=np.float64))
+    total = fused.sum(axis=1, keepdims=True)
+    fused = np.where(total > 0, fused / np.where(total > 0, total, 1), 1.0 / stack.shape[2])
+    return fused.astype(np.float32)
+
+
+class FusedCellClassifier:
+    """Members' probabilities fused per class (see the module docstring); the pipeline's interface."""
+
+    def __init__(self, path: str | Path, device: str = "auto") -> None:
+        self.path = Path(path)
+        doc = json.loads(self.path.read_text())
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"{self.path}: not a {FORMAT} file (format {doc.get('format')!r})")
+        if tuple(doc["classes"]) != tuple(p.value for p in CELL_PATTERNS):
+            raise ValueError(f"{self.path}: class order {doc['classes']} is not CELL_PATTERNS")
+        self.card: dict[str, Any] = doc
+        self.members: list[Member] = []
+        self.paths: list[Path] = [self.path]
+        for entry in doc["members"]:
+            member_path = self.path.with_name(entry["file"])
+            digest = hashlib.sha256(member_path.read_bytes()).hexdigest()
+            if digest != entry["sha256"]:
+                raise ValueError(f"{member_path}: sha256 differs from the one in {self.path.name} (modified)")
+            if entry["family"] == "cnn":
+                self.members.append(CellClassifier(member_path, device=device))
+            elif entry["family"] == "texture":
+                self.members.append(TextureMember(member_path))
+            else:
+                raise ValueError(f"{self.path}: unknown member family {entry['family']!r}")
+            self.paths.append(member_path)
+        self.weights = np.array([entry["class_weights"] for entry in doc["members"]], dtype=np.float64)
+        if self.weights.shape != (len(self.members), len(CELL_PATTERNS)) or (self.weights < 0).any():
+            raise ValueError(f"{self.path}: class_weights must be non-negative, one per class and member")
+        cnn = [m for m in self.members if isinstance(m, CellClassifier)]
+        self.tta = cnn[0].tta if cnn else None
+
+    @property
+    def classes(self) -> tuple[Pattern, ...]:
+        return CELL_PATTERNS
+
+    def member_predictions(self, crops: Sequence[Crop]) -> list[np.ndarray]:
+        return [m.predict(crops) for m in self.members]
+
+    def predict(self, crops: Sequence[Crop]) -> np.ndarray:
+        """Fused probabilities ``(N, 6)`` for (image uint8 HxW, mask bool HxW) pairs."""
+        if not crops:
+            return np.zeros((0, len(CELL_PATTERNS)), np.float32)
+        return fuse(self.member_predictions(crops), self.weights)
+
+
+def default_cell_model() -> Path:
+    """The fused model when it is shipped, else the CNN."""
+    return DEFAULT_FUSED_MODEL if DEFAULT_FUSED_MODEL.is_file() else DEFAULT_CELL_MODEL
+
+
+def load_cell_classifier(path: str | Path | None = None, device: str = "auto") -> CellClassifier | FusedCellClassifier:
+    """The one loader of cell classifiers: ``.json`` → fused ensemble, ``.safetensors`` → CNN alone;
+    None → :func:`default_cell_model`."""
+    chosen = Path(path) if path else default_cell_model()
+    if chosen.suffix == ".json":
+        return FusedCellClassifier(chosen, device=device)
+    return CellClassifier(chosen, device=device)
