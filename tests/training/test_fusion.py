@@ -43,7 +43,7 @@ def test_fuse_weights_per_class_and_renormalises() -> None:
 
 
 def test_chosen_weights_follow_the_member_that_knows_each_class() -> None:
-    members, y, groups, folds = _members()
+    members, y, groups, _folds = _members()
     w = choose_weights(members, y, groups)
     assert w.shape == (2, C) and np.allclose(w.sum(0), 1)
     fused = fuse(members, w)
