@@ -34,6 +34,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import tifffile
 from PIL import Image
 from scipy import ndimage
 
@@ -157,7 +158,6 @@ def _png_bit_depth(data: bytes) -> int:
 
 # ---------------------------------------------------------------------------------------------- tifffile
 def _decode_tiff(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, int, str]:
-    import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         n_pages = len(tif.pages)

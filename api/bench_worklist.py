@@ -84,7 +84,7 @@ def _timed(client: Any, url: str, headers: dict[str, str], n: int) -> dict[str, 
 
 def run(specimens: int, requests: int, json_out: Path) -> dict[str, Any]:
     """Seed, then time the worklist endpoint; writes and returns the report."""
-    from fastapi.testclient import TestClient
+    from fastapi.testclient import TestClient  # needs httpx, a dev dependency
 
 
     started = time.perf_counter()

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import select
@@ -148,7 +149,6 @@ def queue_depths() -> dict[str, int | None]:
     settings = get_settings()
     url = settings.resolved_broker_url
     if url.startswith(("redis://", "rediss://")):
-        import redis
 
         client = redis.Redis.from_url(url, socket_timeout=2)
         # kombu keeps priority levels in "<queue>\x06\x16<n>" lists beside the plain one

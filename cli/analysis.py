@@ -21,7 +21,7 @@ def cli_models(classifier: Path | None, segmenter: str, device: str, cfg: Pipeli
     """Models for the CLI: ``segmenter`` default | unet | classical (default = ``HEP2_SEGMENTER``), the
     classical one with the lab's ``cfg.segmentation``; ``classifier`` overrides the bundled/pinned weights."""
     from analysis.build import build_models  # heavy (torch): imported when a command runs
-    from analysis.models import ModelWeights
+    from analysis.models import ModelWeights  # heavy (torch) with the command's other imports
 
     settings = get_settings()
     weights = ModelWeights(cell_pattern=classifier or settings.cell_model_path)
@@ -46,7 +46,7 @@ def analyze_cmd(
 ) -> None:
     """Analyse slide images with the bundled models; prints a table, bad files with their reason."""
     from analysis.analyze import analyze_field  # heavy (torch): imported when the command runs
-    from analysis.types import InvalidImageError
+    from analysis.types import InvalidImageError  # heavy (torch) with the command's other imports
 
     cfg, results = load_config(config), {}
     models = cli_models(classifier, segmenter, device, cfg)

@@ -39,8 +39,8 @@ def train_segmentation(
 ) -> None:
     """Train the U-Net segmenter from scratch on fields composed from I3A cells; write weights + card."""
     from analysis.models.unet import DEFAULT_CONFIG, UnetSegmenter  # heavy (torch): imported when the command runs
-    from training.segmentation.evaluate import evaluate
-    from training.segmentation.train import TrainConfig, train
+    from training.segmentation.evaluate import evaluate  # heavy (torch) with the command's other imports
+    from training.segmentation.train import TrainConfig, train  # heavy (torch) with the command's other imports
 
     cfg = TrainConfig(data=str(data or ""), out=str(out), name=name, epochs=epochs, steps_per_epoch=steps_per_epoch,
                       batch_size=batch_size, patch=patch, lr=lr, device=device, threads=threads,
@@ -75,7 +75,11 @@ def evaluate_segmentation(
 ) -> None:
     """Pixel Dice / IoU and object F1 (IoU ≥ 0.5) of the segmenters on hand-outlined fields."""
     from analysis.models.unet import UnetSegmenter  # heavy (torch): imported when the command runs
-    from training.segmentation.evaluate import TRUTHS, evaluate, format_table
+    from training.segmentation.evaluate import (  # heavy (torch) with the command's other imports
+        TRUTHS,
+        evaluate,
+        format_table,
+    )
 
     if segmenter not in ("unet", "classical", "both"):
         raise typer.BadParameter("--segmenter must be unet, classical or both")

@@ -90,9 +90,9 @@ def train_cells(
     """Train the cell staining-pattern classifier under an evaluation protocol."""
     import torch  # heavy: imported when the command runs
 
-    from analysis.models import WEIGHTS_DIR
+    from analysis.models import WEIGHTS_DIR  # heavy (torch) with the command's other imports
     from training.experiment import ExperimentConfig, run_cells  # heavy (torch)
-    from training.experiment import export as export_run
+    from training.experiment import export as export_run  # heavy (torch) with the command's other imports
 
     if protocol not in ("grouped", "random"):
         raise typer.BadParameter("protocol must be grouped or random")
@@ -196,8 +196,8 @@ def train_texture(
     final_fit: Annotated[bool, typer.Option(help="Fit on all cells: <out>/texture.{txt,json}.")] = True,
 ) -> None:
     """The texture-feature cell model (descriptors + LightGBM): grouped CV on the CNN's folds, final fit."""
-    from analysis.descriptors import DescriptorSpec
-    from training.datasets import load_manifest
+    from analysis.descriptors import DescriptorSpec  # heavy (torch) with the command's other imports
+    from training.datasets import load_manifest  # heavy (torch) with the command's other imports
     from training.texture import cross_validate_texture, train_final  # heavy (lightgbm): when the command runs
 
     table = load_manifest(data.as_posix())

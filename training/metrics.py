@@ -66,10 +66,10 @@ def summarize_folds(fold_metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def save_confusion_png(metrics: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix with counts, as a PNG."""
-    import matplotlib
+    import matplotlib  # plotting only: kept off every other import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the Agg backend
 
     cm = np.asarray(metrics["confusion"]["matrix"], dtype=float)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analysis.models.classifier import save_checkpoint
@@ -81,7 +82,6 @@ def start_training(session: Session, task: ModelTask | str, actor: str, paramete
 def due_for_retraining(session: Session, trigger: str, min_new_labels: int) -> str | None:
     """Why a scheduled run should start now, or None. Never while another run is queued or running;
     ``labels``: only once ``min_new_labels`` reviews exist that no earlier run's snapshot contained."""
-    from sqlalchemy import func, select
 
 
     recent = utcnow() - timedelta(seconds=get_settings().training_time_limit_s)  # older ones died with a worker

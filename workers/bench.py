@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import socket
 import statistics
 import time
@@ -208,7 +209,6 @@ def environment() -> dict[str, Any]:
 def _prepare_state() -> None:
     """Embedded mode (no database URL): fresh service state in ``var/bench``, migrated."""
     if not get_settings().database_url:
-        import shutil
 
         state = Path("var/bench").resolve()
         shutil.rmtree(state, ignore_errors=True)

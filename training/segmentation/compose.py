@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from sklearn.model_selection import GroupShuffleSplit
 
 from training.datasets import CellTable
 
@@ -58,7 +59,6 @@ class CellBank:
 
 def split_groups(groups: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, val) with whole ``specimen_group``s on one side (sklearn GroupShuffleSplit)."""
-    from sklearn.model_selection import GroupShuffleSplit
 
     groups = np.asarray(groups)
     splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
