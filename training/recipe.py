@@ -42,12 +42,14 @@ class CellRecipe:
         return ModelConfig(arch=self.arch, img_size=self.img_size, use_mask=self.use_mask)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
-        """The trainer's settings; ``overrides`` for what is not part of the recipe (device, max_steps, ...)."""
+        """The trainer's settings; ``overrides`` replace any of them or add what is not part of the recipe
+        (device, max_steps, ...)."""
         from training.trainer import TrainConfig  # torch: kept off `hep2 --help`, which reads RECIPE
 
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-                           balance=self.balance, field_aug=self.field_aug, precision=self.precision,
-                           channels_last=self.channels_last, seed=self.seed, **overrides)
+        settings = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "patience": self.patience,
+                    "balance": self.balance, "field_aug": self.field_aug, "precision": self.precision,
+                    "channels_last": self.channels_last, "seed": self.seed}
+        return TrainConfig(**{**settings, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
