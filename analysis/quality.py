@@ -77,6 +77,9 @@ class QualityReport:
     structure: float
     saturated_fraction: float
     focus: float | None
+    height: int = 0
+    width: int = 0
+    """The field's size in pixels (the frame of cell coordinates)."""
     nuclei: int | None = None
     """Nuclei found by :func:`count_nuclei` (None: not counted, i.e. the field was not negative)."""
     review_reasons: list[str] = field(default_factory=list)
@@ -134,8 +137,10 @@ def measure(image: FieldImage) -> QualityReport:
     focus = _focus(small, sigma)
     saturated = float(np.mean(image.signal[~image.annotation_mask] >= 0.999)) if free.size else 0.0
     return QualityReport(p99=round(float(p99), 3), dynamic_range=round(float(p_hi - p_lo), 3),
-                         noise=round(sigma, 3), structure=round(float(structure), 3),
-                         saturated_fraction=round(saturated, 5), focus=None if focus is None else round(focus, 4))
+                         noise=round(float(sigma), 3), structure=round(float(structure), 3),
+                         saturated_fraction=round(saturated, 5),
+                         focus=None if focus is None else round(float(focus), 4),
+                         height=int(grey.shape[0]), width=int(grey.shape[1]))
 
 
 def _focus(grey: np.ndarray, sigma: float) -> float | None:

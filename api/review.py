@@ -33,7 +33,14 @@ from api.schemas import (
 from api.specimens import detail, final_icap, load_row
 from db.base import utcnow
 from db.models import Cell, Review
-from hep2.vocabulary import MIXED_SEPARATOR, icap_of_pattern, pattern_of_icap
+from hep2.vocabulary import (
+    CELL_REVIEW_LABELS,
+    ICAP_TREE,
+    INTENSITY_CLASSES,
+    MIXED_SEPARATOR,
+    icap_of_pattern,
+    pattern_of_icap,
+)
 
 router = APIRouter(prefix="/v1", tags=["review"])
 DbPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -140,3 +147,17 @@ def specimen_reviews(slide_id: DbPath, session: SessionDep, _: Viewer) -> list[R
     cell_ids = select(Cell.id).where(Cell.attempt_id == row[1].attempt_id)
     return list(session.scalars(select(Review).where((Review.specimen_result_id == row[1].id)
                                                      | Review.cell_id.in_(cell_ids)).order_by(Review.id)))
+
+
+class VocabularyOut(BaseModel):
+    icap: dict[str, str] = Field(description="ICAP code -> name (the whole tree)")
+    pattern_of_icap: dict[str, str] = Field(description="ICAP code -> this service's pattern (others: other)")
+    cell_labels: list[str] = Field(description="what a cell review may say")
+    intensities: list[str]
+
+
+@router.get("/vocabulary", response_model=VocabularyOut, tags=["review"])
+def vocabulary(_: Viewer) -> VocabularyOut:
+    """The codes and labels a review may use (the dashboard builds its choices from this)."""
+    return VocabularyOut(icap=dict(ICAP_TREE), pattern_of_icap={c: pattern_of_icap(c) for c in ICAP_TREE},
+                         cell_labels=list(CELL_REVIEW_LABELS), intensities=list(INTENSITY_CLASSES))

@@ -72,6 +72,7 @@ class ModelVersionOut(ORM):
     training_run_id: int | None
     created_at: datetime
     promoted_at: datetime | None
+    mca: float | None = Field(None, description="grouped-CV mean class accuracy (its metrics, else its model card)")
 
 
 class ResultOut(ORM):

@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
@@ -212,6 +212,19 @@ def detail(session: Session, slide_id: int) -> SpecimenDetail:
 def get_specimen(slide_id: SlideId, session: SessionDep, _: Viewer) -> SpecimenDetail:
     """Detail: sidecar, latest result, final values, reviews, attempts, model versions, presigned URLs."""
     return detail(session, slide_id)
+
+
+@router.get("/{slide_id}/image", response_class=Response,
+            responses={200: {"content": {"image/png": {}, "image/tiff": {}, "image/jpeg": {}}}})
+def get_image(slide_id: SlideId, session: SessionDep, _: Viewer) -> Response:
+    """The uploaded image itself, from the API's own origin (the dashboard reads its pixels for the
+    contrast-stretched view, which a cross-origin presigned URL would not allow)."""
+    slide = session.get(SlideImage, slide_id)
+    if slide is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"specimen {slide_id} not found")
+    data = storage_from_settings().get(slide.key)
+    kind = "image/png" if data[:4] == b"\x89PNG" else "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/tiff"
+    return Response(content=data, media_type=kind, headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.get("/{slide_id}/cells", response_model=list[CellOut])
