@@ -252,3 +252,12 @@ def test_dashboard_is_served(client: TestClient) -> None:
     page = client.get("/dashboard/")
     assert page.status_code == 200 and "app.js" in page.text
     assert client.get("/openapi.json").json()["components"]["securitySchemes"]
+
+
+def test_api_docs_are_served_without_a_cdn(client: TestClient) -> None:
+    for path in ("/docs", "/redoc"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assert "cdn" not in page.text.lower() and "https://" not in page.text.split("<body")[-1], path
+        for src in (s.split('"')[0] for s in page.text.split('src="')[1:]):
+            assert src.startswith("/") and client.get(src).status_code == 200, src
