@@ -161,12 +161,12 @@ def assess_field(image: FieldImage, config: QualityConfig | None = None) -> Qual
     if report.p99 < cfg.min_p99:
         raise InvalidImageError(f"image quality: black field (99th percentile {report.p99:.1f} grey levels < "
                                 f"{cfg.min_p99}): no light reached the camera; rescan the well")
-    if report.dynamic_range < cfg.min_dynamic_range:
-        raise InvalidImageError(f"image quality: flat field without contrast (range {report.dynamic_range:.1f} "
-                                f"grey levels < {cfg.min_dynamic_range}): no cells can be seen; rescan the well")
     if report.saturated_fraction > cfg.reject_saturated_fraction:
         raise InvalidImageError(f"image quality: overexposed ({report.saturated_fraction:.0%} of pixels at full "
                                 f"scale > {cfg.reject_saturated_fraction:.0%}); rescan with a shorter exposure")
+    if report.dynamic_range < cfg.min_dynamic_range:
+        raise InvalidImageError(f"image quality: flat field without contrast (range {report.dynamic_range:.1f} "
+                                f"grey levels < {cfg.min_dynamic_range}): no cells can be seen; rescan the well")
     if report.structure < cfg.min_structure:
         raise InvalidImageError(f"image quality: the field looks like noise (structure {report.structure:.1f} < "
                                 f"{cfg.min_structure}, noise sigma {report.noise:.1f} grey levels): no cells can "

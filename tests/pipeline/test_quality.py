@@ -72,7 +72,7 @@ def test_unreadable_fields_are_never_called_negative(name: str) -> None:
 @pytest.mark.parametrize(("name", "reason"), [("black", "black field"), ("blank_flat_grey", "flat field"),
                                               ("uniform_noise", "looks like noise"),
                                               ("camera_noise_only", "looks like noise"),
-                                              ("saturated_white", "flat field"), ("mostly_saturated", "overexposed"),
+                                              ("saturated_white", "overexposed"), ("mostly_saturated", "overexposed"),
                                               ("blurred", "out of focus")])
 def test_rejection_names_the_problem(name: str, reason: str) -> None:
     with pytest.raises(InvalidImageError, match=reason):
