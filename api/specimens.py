@@ -215,7 +215,8 @@ def get_specimen(slide_id: SlideId, session: SessionDep, _: Viewer) -> SpecimenD
 
 
 @router.get("/{slide_id}/image", response_class=Response,
-            responses={200: {"content": {"image/png": {}, "image/tiff": {}, "image/jpeg": {}}}})
+            responses={200: {"content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                         for t in ("image/png", "image/tiff", "image/jpeg")}}})
 def get_image(slide_id: SlideId, session: SessionDep, _: Viewer) -> Response:
     """The uploaded image itself, from the API's own origin (the dashboard reads its pixels for the
     contrast-stretched view, which a cross-origin presigned URL would not allow)."""
