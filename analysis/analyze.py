@@ -1,7 +1,8 @@
 """The whole-field pipeline as one plain function: image bytes in, :class:`SlideAnalysis` out.
 
-decode → segment → measure cells (filters, mitoses) → intensity → classify cells → specimen → overlay.
-No queue, database or storage inside; the worker task stores what comes out. The tunable rules are
+decode → quality gate (unreadable fields rejected) → segment → measure cells (filters, mitoses) → intensity →
+classify cells → specimen (a negative call needs the gate's evidence of cells) → overlay. No queue, database
+or storage inside; the worker task stores what comes out. The tunable rules are
 :class:`analysis.config.PipelineConfig`; the models come from :func:`analysis.build.build_models`.
 """
 
@@ -23,9 +24,11 @@ from analysis.intensity import IntensityResult, measure_intensity
 from analysis.models import DEFAULT_SEGMENTER
 from analysis.models.fused import load_cell_classifier
 from analysis.overlay import render_overlay
+from analysis.quality import QualityReport, assess_field, count_nuclei, negative_needs_cells
 from analysis.segmentation import ClassicalSegmenter
-from analysis.specimen import SpecimenConfig, SpecimenResult, aggregate, cytoplasm_ratio
+from analysis.specimen import SpecimenConfig, SpecimenResult, aggregate, cytoplasm_ratio, hold_for_review
 from analysis.types import FieldImage, InvalidImageError, Segmenter
+from hep2.vocabulary import NEGATIVE
 
 
 def _sha256(path: Path) -> str:
@@ -105,6 +108,8 @@ class SlideAnalysis:
     model_versions: dict[str, Any]
     image: dict[str, Any]
     """Decode facts: shape, bit depth, format, channel rule, annotation pixels."""
+    quality: QualityReport | None = None
+    """The quality gate's measurements (:mod:`analysis.quality`), incl. the nuclei found."""
 
     def to_dict(self, with_cells: bool = True) -> dict[str, Any]:
         """JSON-ready (the overlay is left out: store it as its own PNG)."""
@@ -112,7 +117,8 @@ class SlideAnalysis:
         out = {"intensity": asdict(self.intensity), "specimen": asdict(self.specimen),
                "n_cells": len(self.cells), "n_classified": sum(c.probabilities is not None for c in self.cells),
                "n_mitotic": sum(c.mitotic for c in self.cells), "timings_ms": self.timings_ms,
-               "model_versions": self.model_versions, "image": self.image}
+               "model_versions": self.model_versions, "image": self.image,
+               "quality": self.quality.to_dict() if self.quality else None}
         if with_cells:
             out["cells"] = cells
         return out
@@ -149,6 +155,9 @@ def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, conf
 
     image = _decode(data, accept_16bit)
     lap("decode")
+    quality = assess_field(image, cfg.quality)  # raises InvalidImageError for an unreadable field
+    quality.nuclei = count_nuclei(image, cfg.quality)
+    lap("quality")
     labels = np.asarray(models.segmenter.segment(image))
     if labels.shape != image.shape:
         raise RuntimeError(f"segmenter returned {labels.shape} for an image of {image.shape}")
@@ -166,14 +175,20 @@ def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, conf
         else cfg.specimen
     specimen = aggregate(cells, intensity.intensity_class, ratio, rules,
                          fibrillar=field_fibrillar_index(image.signal, labels, cells))
+    no_cells = negative_needs_cells(quality, cfg.quality) if specimen.pattern == NEGATIVE else None
+    if specimen.pattern == NEGATIVE and no_cells is None:
+        specimen.reasons.append(f"cells seen: {quality.nuclei} nucleus-sized objects (quality gate)")
+    hold_for_review(specimen, [*quality.review_reasons, *([no_cells] if no_cells else [])],
+                    withdraw_negative=no_cells is not None)
     lap("specimen")
-    overlay = render_overlay(image, labels, cells, title=title)
+    overlay = render_overlay(image, labels, cells, title=title, index=intensity.index,
+                             intensity_class=intensity.intensity_class)
     lap("overlay")
     facts = {"height": image.shape[0], "width": image.shape[1], "bit_depth": image.bit_depth,
              "format": image.source_format, "channel_rule": image.channel_rule,
              "annotation_pixels": int(image.annotation_mask.sum())}
     return SlideAnalysis(intensity=intensity, specimen=specimen, cells=cells, overlay_png=overlay,
-                         timings_ms=timings, model_versions=models.versions(), image=facts)
+                         timings_ms=timings, model_versions=models.versions(), image=facts, quality=quality)
 
 
 __all__ = ["InvalidImageError", "Models", "SlideAnalysis", "analyze_field"]

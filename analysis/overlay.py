@@ -1,7 +1,11 @@
 """The overlay PNG for the dashboard: the field, each cell's outline coloured by its class, a legend.
 
-Contrast: the field is stretched between its 0.5th and 99.5th percentiles and shown in grey so the colours
-read. Excluded cells (border, annotation, size) get a thin grey outline, mitotic cells a white outline and a
+Brightness is shown faithfully: the field is drawn on a **fixed scale**, 0 to the full scale of its bit depth
+(× ``DISPLAY_GAIN`` = 1, no per-image stretch), so a negative well looks dark and a strong positive bright;
+the legend names the scale and prints the measured fluorescence index and class. (Until 2026-12 each image
+was stretched between its own percentiles, which made a negative look as bright as a positive.) The
+dashboard shows a contrast-stretched copy of the raw image beside it, labelled as such, for reading the
+pattern. Excluded cells (border, annotation, size) get a thin grey outline, mitotic cells a white outline and a
 white "M"; the burned-in annotation is tinted magenta.
 """
 
@@ -27,6 +31,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 EXCLUDED = (110, 110, 110)
 MITOTIC = (255, 255, 255)
 ANNOTATION = (255, 0, 255)
+DISPLAY_GAIN = 1.0
+"""Overlay grey level = signal (fraction of the bit depth's full scale) × 255 × this, clipped: a fixed scale."""
 
 
 def _outlines(labels: np.ndarray) -> np.ndarray:
@@ -40,11 +46,10 @@ def _outlines(labels: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(field: FieldImage, labels: np.ndarray, cells: list[Cell], title: str = "",
-                   max_side: int = 1600) -> bytes:
-    """PNG bytes of the overlay (downscaled so the longer side is at most ``max_side``)."""
-    sig = field.signal
-    lo, hi = np.percentile(sig, [0.5, 99.5])
-    grey = np.clip((sig - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+                   max_side: int = 1600, index: float | None = None, intensity_class: str | None = None) -> bytes:
+    """PNG bytes of the overlay on a fixed scale (downscaled so the longer side is at most ``max_side``);
+    ``index``/``intensity_class``: the measured fluorescence index, printed in the legend."""
+    grey = np.clip(field.signal * DISPLAY_GAIN, 0, 1) * 255
     rgb = np.repeat(grey[..., None], 3, axis=2)
     ann = field.annotation_mask
     rgb[ann] = 0.5 * rgb[ann] + 0.5 * np.array(ANNOTATION)
@@ -76,23 +81,25 @@ def render_overlay(field: FieldImage, labels: np.ndarray, cells: list[Cell], tit
     for c in cells:
         if c.mitotic:
             draw.text((c.bbox[3] * scale + 2, c.bbox[0] * scale - 4), "M", fill=MITOTIC, font=font)
-    _legend(draw, image.size, counts, mitotic, title, font)
+    scale_note = f"fixed scale 0-{2 ** field.bit_depth - 1}" + (f" x{DISPLAY_GAIN:g}" if DISPLAY_GAIN != 1 else "")
+    measured = f"index {index:.1f}" + (f" ({intensity_class})" if intensity_class else "") if index is not None else ""
+    _legend(draw, image.size, counts, mitotic, title, font, [scale_note, measured])
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
 
 
 def _legend(draw: ImageDraw.ImageDraw, size: tuple[int, int], counts: dict[str, int], mitotic: int, title: str,
-            font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
+            font: ImageFont.ImageFont | ImageFont.FreeTypeFont, notes: list[str] | None = None) -> None:
     rows = [(COLOURS[p.value], f"{p.value} ({counts[p.value]})") for p in CELL_PATTERNS]
     rows += [(MITOTIC, f"mitotic ({mitotic})"), (EXCLUDED, "not classified"), (ANNOTATION, "annotation")]
-    if title:
-        rows.insert(0, ((255, 255, 255), title))
+    heads = [text for text in [title, *(notes or [])] if text]
+    rows = [((255, 255, 255), text) for text in heads] + rows
     line, width = 14, 10 + max(int(draw.textlength(text, font=font)) for _, text in rows) + 22
     x0, y0 = size[0] - width - 8, size[1] - line * len(rows) - 14
     draw.rectangle((x0, y0, size[0] - 8, size[1] - 8), fill=(0, 0, 0), outline=(200, 200, 200))
     for i, (colour, text) in enumerate(rows):
         y = y0 + 4 + i * line
-        if not (title and i == 0):
+        if i >= len(heads):
             draw.rectangle((x0 + 6, y + 2, x0 + 16, y + 10), fill=colour)
         draw.text((x0 + 22, y), text, fill=(255, 255, 255), font=font)

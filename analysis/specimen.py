@@ -208,3 +208,17 @@ def aggregate(cells: list[Cell], intensity_class: str, cyto_ratio: float | None 
     res.reasons.extend(weak)
     res.needs_review = bool(oov or weak)
     return res
+
+
+def hold_for_review(result: SpecimenResult, reasons: list[str], withdraw_negative: bool = False) -> SpecimenResult:
+    """Add review ``reasons`` (e.g. from the quality gate) to ``result``. ``withdraw_negative``: the negative
+    call lacks evidence (no cells seen), so it is not reported as negative: pattern ``other``, no ICAP code,
+    confidence 0, needs review (the intensity class stays what was measured)."""
+    if withdraw_negative and result.pattern == NEGATIVE:
+        result.pattern, result.icap, result.confidence = OTHER, None, 0.0
+        result.reasons = [r for r in result.reasons if "negative cut-off" not in r]
+        result.reasons.append("fluorescence index below the negative cut-off, but negative not confirmed")
+    if reasons:
+        result.reasons.extend(reasons)
+        result.needs_review = True
+    return result

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from api import audit, events, health, keys, metrics, objects, operations, review, specimens
 from hep2 import __version__
@@ -25,7 +26,8 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="HEp-2 IIF reader", version=__version__,
+    # FastAPIOffline: /docs (Swagger UI) and /redoc load their scripts from the installed package, not a CDN
+    app = FastAPIOffline(title="HEp-2 IIF reader", version=__version__,
                   description="Open HEp-2 indirect-immunofluorescence (ANA) analysis service. Authenticate with "
                               "`Authorization: Bearer <API key>` or `X-API-Key`.")
     app.include_router(health.router)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from api.auth import Ops, SessionDep, Viewer, get_or_404
 from api.schemas import ORM, Comment, ModelVersionOut
 from db.models import (
+    TRAINABLE_TASKS,
     AnalysisAttempt,
     FoldMetrics,
     ModelTask,
@@ -28,6 +29,7 @@ from db.models import (
     TrainingRun,
 )
 from hep2.settings import get_settings
+from hep2.storage import storage_from_settings
 from services import ConflictError, NotFoundError
 from services import jobs as job_service
 from services import models as model_service
@@ -104,9 +106,30 @@ class RunDetail(RunOut):
     confusion: dict[str, Any] | None = Field(None, description="Sum of the folds' test confusion matrices")
 
 
+class CardFold(BaseModel):
+    fold: int | None
+    mean_class_accuracy: float
+    accuracy: float | None
+
+
+class CardMetrics(BaseModel):
+    """Grouped-CV results from the model card (the bundled model has no training run on this service)."""
+
+    protocol: str | None
+    mca: float | None
+    mca_std: float | None
+    pooled_mca: float | None
+    folds: list[CardFold]
+    confusion: dict[str, Any] | None
+    date: str | None
+    n_cells: int | None
+    n_groups: int | None
+
+
 class ModelDetail(BaseModel):
     version: ModelVersionOut
     run: RunDetail | None
+    card: CardMetrics | None = Field(None, description="grouped-CV metrics from the model card, if it has them")
 
 
 class TrainingIn(BaseModel):
@@ -183,19 +206,45 @@ def run_detail(session: Session, run: TrainingRun) -> RunDetail:
     return RunDetail(**base, fold_metrics=[FoldOut.model_validate(f) for f in folds], confusion=confusion)
 
 
+def _mca(version: ModelVersion, card: dict[str, Any] | None) -> float | None:
+    metrics = version.metrics or {}
+    value = metrics.get("mca")
+    value = value.get("mean") if isinstance(value, dict) else value
+    value = value if value is not None else ((metrics.get("cv") or {}).get("summary") or {}).get("mca", {})
+    value = value.get("mean") if isinstance(value, dict) else value
+    return value if isinstance(value, int | float) else (card or {}).get("mca")
+
+
 @router.get("/models", response_model=list[ModelVersionOut])
-def list_models(session: SessionDep, _: Viewer, task: ModelTask | None = None) -> list[ModelVersion]:
-    """Model versions with metrics, newest first."""
+def list_models(session: SessionDep, _: Viewer, task: ModelTask | None = None) -> list[ModelVersionOut]:
+    """Model versions with metrics, newest first; ``mca``: grouped-CV mean class accuracy (metrics or card)."""
     query = select(ModelVersion).order_by(ModelVersion.id.desc())
-    return list(session.scalars(query.where(ModelVersion.task == task) if task else query))
+    storage = storage_from_settings()
+    out = []
+    for version in session.scalars(query.where(ModelVersion.task == task) if task else query):
+        item = ModelVersionOut.model_validate(version)
+        item.mca = _mca(version, model_service.card_metrics(model_service.model_card(version, storage)))
+        out.append(item)
+    return out
 
 
 @router.get("/models/{version_id}", response_model=ModelDetail)
 def get_model(version_id: DbPath, session: SessionDep, _: Viewer) -> ModelDetail:
-    """One version with its training run's per-fold metrics and pooled confusion matrix."""
+    """One version with its training run's per-fold metrics and pooled confusion matrix, and the grouped-CV
+    metrics its model card records (for the bundled model, the only record of them)."""
     version = get_or_404(session, ModelVersion, version_id, "model version")
     run = session.get(TrainingRun, version.training_run_id) if version.training_run_id else None
-    return ModelDetail(version=ModelVersionOut.model_validate(version), run=run_detail(session, run) if run else None)
+    card = model_service.card_metrics(model_service.model_card(version, storage_from_settings()))
+    item = ModelVersionOut.model_validate(version)
+    item.mca = _mca(version, card)
+    return ModelDetail(version=item, run=run_detail(session, run) if run else None,
+                       card=CardMetrics.model_validate(card) if card else None)
+
+
+@router.get("/training-tasks", response_model=list[str])
+def training_tasks(_: Viewer) -> list[str]:
+    """The tasks a training run can be started for (others are refused with 422)."""
+    return [t.value for t in TRAINABLE_TASKS]
 
 
 @router.post("/models/{version_id}/promote", response_model=PromotionOut)

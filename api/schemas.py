@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from hep2.vocabulary import CELL_PATTERNS, INTENSITY_CLASSES, NEGATIVE, OTHER
+from hep2.vocabulary import CELL_PATTERNS, CELL_REVIEW_LABELS, ICAP_TREE, INTENSITY_CLASSES, NEGATIVE, OTHER
 
-CellPattern = StrEnum("CellPattern", {p.value.upper(): p.value for p in CELL_PATTERNS})
+CellPattern = StrEnum("CellPattern", {v.upper(): v for v in CELL_REVIEW_LABELS})
+"""A cell review: one of the six classifier classes, ``other`` or ``not_a_cell``."""
+IcapCode = StrEnum("IcapCode", {code.replace("-", "_"): code for code in ICAP_TREE})
 SPECIMEN_PATTERNS = [p.value for p in CELL_PATTERNS] + [NEGATIVE, OTHER]
 SpecimenPattern = StrEnum("SpecimenPattern", {v.upper(): v for v in SPECIMEN_PATTERNS})
 IntensityClass = StrEnum("IntensityClass", {v.upper(): v for v in INTENSITY_CLASSES})
@@ -30,6 +32,7 @@ class SpecimenItem(BaseModel):
 
     id: int
     key: str
+    file_name: str = Field(description="the uploaded file's name (last part of its key)")
     accession: str | None
     patient: str | None
     well: str | None
@@ -41,11 +44,14 @@ class SpecimenItem(BaseModel):
     result_id: int | None
     pattern: str | None
     intensity: str | None
+    icap: str | None = Field(None, description="final ICAP code(s): follows the corrected pattern; mixed = A+B")
     model_pattern: str | None
     model_intensity: str | None
+    model_icap: str | None = None
     confidence: float | None
     second_pattern: str | None
     needs_review: bool
+    review_reason: str | None = None
     reviewed: bool
 
 
@@ -66,6 +72,7 @@ class ModelVersionOut(ORM):
     training_run_id: int | None
     created_at: datetime
     promoted_at: datetime | None
+    mca: float | None = Field(None, description="grouped-CV mean class accuracy (its metrics, else its model card)")
 
 
 class ResultOut(ORM):
@@ -83,6 +90,7 @@ class ResultOut(ORM):
     cell_count: int
     needs_review: bool
     review_reason: str | None
+    quality: dict[str, Any] | None = Field(None, description="image-quality gate: noise, focus, nuclei seen, ...")
     created_at: datetime
 
 
@@ -96,6 +104,8 @@ class ReviewOut(ORM):
     new_value: str
     comment: str | None
     created_at: datetime
+    undone_at: datetime | None = None
+    undone_by: str | None = None
 
 
 class AttemptOut(ORM):
@@ -117,8 +127,10 @@ class SpecimenDetail(BaseModel):
     scanner: str | None
     sha256: str | None
     result: ResultOut | None
-    final: dict[str, str | None] = Field(description="pattern/intensity after the latest review, else the model's")
-    reviews: list[ReviewOut]
+    final: dict[str, str | None] = Field(description="pattern/intensity/icap after the latest review, else the "
+                                                     "model's")
+    reviews: list[ReviewOut] = Field(description="reviews of the result and of its cells, oldest first (undone ones "
+                                                 "included, marked)")
     attempts: list[AttemptOut]
     model_versions: list[ModelVersionOut]
     overlay_url: str | None = Field(None, description="Short-lived presigned URL of the overlay PNG")
@@ -142,6 +154,7 @@ class CellOut(ORM):
     mitotic: bool
     final_pattern: str = ""
     reviewed: bool = False
+    review_id: int | None = Field(None, description="the review that set final_pattern (undo it to go back)")
 
 
 class Overview(BaseModel):

@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
@@ -35,6 +35,7 @@ from api.schemas import (
 from db.base import utcnow
 from db.models import AnalysisAttempt, Cell, Patient, Review, SlideImage, SlideStatus, Specimen, SpecimenResult
 from hep2.storage import storage_from_settings
+from hep2.vocabulary import icap_of_pattern
 
 router = APIRouter(prefix="/v1/specimens", tags=["specimens"])
 URL_TTL_S = 300
@@ -46,13 +47,17 @@ latest = (select(SpecimenResult.slide_image_id.label("slide_id"), func.max(Speci
 
 
 def _reviewed_value(field: str) -> Any:
-    return (select(Review.new_value).where(Review.specimen_result_id == SpecimenResult.id, Review.field == field)
+    """The latest review's value of ``field`` (undone reviews do not count)."""
+    return (select(Review.new_value).where(Review.specimen_result_id == SpecimenResult.id, Review.field == field,
+                                           Review.undone_at.is_(None))
             .order_by(Review.id.desc()).limit(1).correlate(SpecimenResult).scalar_subquery())
 
 
 final_pattern = func.coalesce(_reviewed_value("pattern"), SpecimenResult.pattern)
 final_intensity = func.coalesce(_reviewed_value("intensity"), SpecimenResult.intensity_class)
-reviewed = exists().where(Review.specimen_result_id == SpecimenResult.id).correlate(SpecimenResult)
+reviewed_icap = _reviewed_value("icap")
+reviewed = (exists().where(Review.specimen_result_id == SpecimenResult.id, Review.undone_at.is_(None))
+            .correlate(SpecimenResult))
 needs_review = func.coalesce(SpecimenResult.needs_review, false())
 priority = case((and_(needs_review, ~reviewed), 1), else_=0)
 """Worklist order: unreviewed results that need review first, then newest first."""
@@ -68,19 +73,34 @@ def joined(*columns: Any) -> Select[Any]:
 
 def base_query() -> Select[Any]:
     return joined(SlideImage, SpecimenResult, Specimen.accession, Patient.pseudo_id, final_pattern.label("fp"),
-                  final_intensity.label("fi"), reviewed.label("rv"), priority.label("pr"))
+                  final_intensity.label("fi"), reviewed_icap.label("ficap"), reviewed.label("rv"),
+                  priority.label("pr"))
+
+
+def final_icap(row: Any) -> str | None:
+    """The ICAP code(s) of the final pattern: the latest review's (a correction always records one), else the
+    model's when the pattern is the model's, else the code of the reviewed pattern (reviews written before
+    corrections recorded a code). An empty reviewed code means none (``other``)."""
+    result = row[1]
+    if row.ficap is not None:
+        return row.ficap or None
+    if result is None:
+        return None
+    return result.icap_code if row.fp == result.pattern else icap_of_pattern(row.fp)
 
 
 def to_item(row: Any) -> SpecimenItem:
     slide, result = row[0], row[1]
     return SpecimenItem(
-        id=slide.id, key=slide.key, accession=row.accession, patient=row.pseudo_id, well=slide.well,
+        id=slide.id, key=slide.key, file_name=slide.key.rsplit("/", 1)[-1], accession=row.accession,
+        patient=row.pseudo_id, well=slide.well,
         dilution=slide.dilution, status=slide.status.value, status_reason=slide.status_reason,
         received_at=slide.received_at, finished_at=slide.finished_at, result_id=result.id if result else None,
-        pattern=row.fp, intensity=row.fi, model_pattern=result.pattern if result else None,
-        model_intensity=result.intensity_class if result else None,
+        pattern=row.fp, intensity=row.fi, icap=final_icap(row), model_pattern=result.pattern if result else None,
+        model_intensity=result.intensity_class if result else None, model_icap=result.icap_code if result else None,
         confidence=result.confidence if result else None, second_pattern=result.second_pattern if result else None,
-        needs_review=bool(result and result.needs_review), reviewed=bool(row.rv))
+        needs_review=bool(result and result.needs_review), review_reason=result.review_reason if result else None,
+        reviewed=bool(row.rv))
 
 
 def encode_cursor(row: Any) -> str:
@@ -107,7 +127,7 @@ def list_specimens(
     received_from: datetime | None = None,
     received_to: datetime | None = None,
     patient: PseudoId | None = None,
-    accession: PseudoId | None = None,
+    accession: Annotated[PseudoId | None, Query(description="accession or its beginning")] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> SpecimenPage:
@@ -132,7 +152,7 @@ def list_specimens(
     if patient is not None:
         conditions.append(Patient.pseudo_id == patient)
     if accession is not None:
-        conditions.append(Specimen.accession == accession)
+        conditions.append(Specimen.accession.startswith(accession, autoescape=True))  # a prefix
     if cursor:
         conditions.append(tuple_(priority, SlideImage.received_at, SlideImage.id) < tuple_(*decode_cursor(cursor)))
     query = query.where(*conditions).order_by(priority.desc(), SlideImage.received_at.desc(), SlideImage.id.desc())
@@ -171,13 +191,15 @@ def detail(session: Session, slide_id: int) -> SpecimenDetail:
     slide, result = row[0], row[1]
     storage = storage_from_settings()
     attempt = session.get(AnalysisAttempt, result.attempt_id) if result else None
-    reviews = session.scalars(select(Review).where(Review.specimen_result_id == result.id)
-                              .order_by(Review.id)).all() if result else []
+    reviews = session.scalars(select(Review).where(
+        (Review.specimen_result_id == result.id)
+        | Review.cell_id.in_(select(Cell.id).where(Cell.attempt_id == result.attempt_id)))
+        .order_by(Review.id)).all() if result else []
     return SpecimenDetail(
         item=to_item(row), sidecar=slide.sidecar, exposure_ms=slide.exposure_ms, kit_lot=slide.kit_lot,
         scanner=slide.scanner, sha256=slide.sha256,
         result=ResultOut.model_validate(result) if result else None,
-        final={"pattern": row.fp, "intensity": row.fi},
+        final={"pattern": row.fp, "intensity": row.fi, "icap": final_icap(row)},
         reviews=[ReviewOut.model_validate(r) for r in reviews],
         attempts=[AttemptOut.model_validate(a) for a in slide.attempts],
         model_versions=[ModelVersionOut.model_validate(m) for m in (attempt.model_versions if attempt else [])],
@@ -192,6 +214,20 @@ def get_specimen(slide_id: SlideId, session: SessionDep, _: Viewer) -> SpecimenD
     return detail(session, slide_id)
 
 
+@router.get("/{slide_id}/image", response_class=Response,
+            responses={200: {"content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                         for t in ("image/png", "image/tiff", "image/jpeg")}}})
+def get_image(slide_id: SlideId, session: SessionDep, _: Viewer) -> Response:
+    """The uploaded image itself, from the API's own origin (the dashboard reads its pixels for the
+    contrast-stretched view, which a cross-origin presigned URL would not allow)."""
+    slide = session.get(SlideImage, slide_id)
+    if slide is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"specimen {slide_id} not found")
+    data = storage_from_settings().get(slide.key)
+    kind = "image/png" if data[:4] == b"\x89PNG" else "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/tiff"
+    return Response(content=data, media_type=kind, headers={"Cache-Control": "private, max-age=300"})
+
+
 @router.get("/{slide_id}/cells", response_model=list[CellOut])
 def list_cells(slide_id: SlideId, session: SessionDep, _: Viewer) -> list[CellOut]:
     """Cells of the latest result with probabilities, bbox and the final (reviewed) pattern."""
@@ -199,13 +235,14 @@ def list_cells(slide_id: SlideId, session: SessionDep, _: Viewer) -> list[CellOu
     if row[1] is None:
         return []
     latest = aliased(Review)
-    last_review = (select(latest.new_value).where(latest.cell_id == Cell.id).order_by(latest.id.desc()).limit(1)
+    last_review = (select(func.max(latest.id)).where(latest.cell_id == Cell.id, latest.undone_at.is_(None))
                    .correlate(Cell).scalar_subquery())
-    rows = session.execute(select(Cell, last_review).where(Cell.attempt_id == row[1].attempt_id)
-                           .order_by(Cell.index)).all()
+    rows = session.execute(select(Cell, Review.new_value, Review.id).outerjoin(Review, Review.id == last_review)
+                           .where(Cell.attempt_id == row[1].attempt_id).order_by(Cell.index)).all()
     out = []
-    for cell, review_value in rows:
+    for cell, review_value, review_id in rows:
         item = CellOut.model_validate(cell)
         item.final_pattern, item.reviewed = review_value or cell.predicted_pattern, review_value is not None
+        item.review_id = review_id
         out.append(item)
     return out

@@ -1,16 +1,22 @@
 """``hep2 demo``: the service's main job on embedded defaults, with nothing installed.
 
-SQLite database, a local folder as the bucket and a file broker under ``var/demo``; a real worker
-subprocess runs the same Celery tasks as production. Images from ``--input`` (or SYNTHETIC fields made by
-:mod:`hep2.synthetic`) are uploaded to the inbox; each upload is registered and analysed (segmentation,
-intensity, cell and specimen patterns); the results are printed and written to ``var/demo/report.json``
-and ``report.html`` (with the overlays).
+SQLite database, a local folder as the bucket and a file broker in the state folder: ``HEP2_STATE_DIR``
+(default ``var``), the same folder ``hep2 api`` serves by default, so the dashboard opens on the demo's
+results (the demo prints the command and a reviewer key). A real worker subprocess runs the same Celery
+tasks as production. Images from ``--input`` (or SYNTHETIC fields made by :mod:`hep2.synthetic`) are
+uploaded to the inbox; each upload is registered and analysed; the results are printed and written to
+``<state>/report.json`` and ``report.html`` (with the overlays).
+
+The demo starts from nothing, but it never deletes a folder it did not create: it wipes the state folder
+only when the folder carries the marker file ``.hep2-demo`` that an earlier demo wrote; a non-empty folder
+without it is refused (choose another ``--state-dir``).
 """
 
 from __future__ import annotations
 
 import html
 import os
+import shlex
 import shutil
 import socket
 import time
@@ -21,11 +27,12 @@ from sqlalchemy import select
 
 from db.migrate import upgrade
 from db.models import SlideImage
-from db.session import session_scope
+from db.session import session_factory, session_scope
 from hep2.jsonio import write_json
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
+from services.keys import create_key
 from workers.celery_app import create_celery_app
 from workers.jobs import wait_for_final
 from workers.process import worker_process
@@ -44,9 +51,34 @@ def demo_inputs(input_dir: Path | None) -> list[tuple[str, bytes]]:
     return [(f.name, f.read_bytes()) for f in files]
 
 
-def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) -> dict[str, Any]:
-    """Process the inputs through the embedded service and return the report."""
-    shutil.rmtree(state_dir, ignore_errors=True)  # a demo starts from nothing; only its own folder
+MARKER = ".hep2-demo"
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """An empty state folder for the demo, marked as the demo's: a folder with the marker (an earlier demo's)
+    is wiped, a missing or empty one is created; any other folder is left alone and refused."""
+    if state_dir.exists() and not state_dir.is_dir():
+        raise SystemExit(f"{state_dir} is a file, not a folder")
+    if state_dir.is_dir() and any(state_dir.iterdir()):
+        if not (state_dir / MARKER).is_file():
+            raise SystemExit(f"{state_dir} is not empty and was not created by hep2 demo (no {MARKER} file in it); "
+                             "nothing was deleted. Use --state-dir (or HEP2_STATE_DIR) with a new folder.")
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / MARKER).write_text("written by hep2 demo: this folder may be wiped by the next demo\n")
+
+
+def demo_key(role: str = "reviewer") -> str:
+    """A new API key for the demo's dashboard (stored hashed in the demo's database; printed once)."""
+    with session_factory()() as session:
+        return create_key(session, "demo", role, "hep2 demo")[1]
+
+
+def run_demo(input_dir: Path | None, state_dir: Path | None = None, timeout_s: float = 900.0) -> dict[str, Any]:
+    """Process the inputs through the embedded service and return the report (``state_dir``: default the
+    settings' ``HEP2_STATE_DIR``)."""
+    state_dir = state_dir or get_settings().state_dir
+    prepare_state_dir(state_dir)
     env = {"HEP2_STATE_DIR": str(state_dir.resolve()), "HEP2_STORAGE_BACKEND": "local",
            "HEP2_DATABASE_URL": "", "HEP2_BROKER_URL": "", "HEP2_RESULT_BACKEND": ""}
     os.environ.update(env)
@@ -65,12 +97,13 @@ def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) 
         wait_for_final(keys, timeout_s)
         rows = _results(keys)
     report = {"inputs": str(input_dir) if input_dir else "SYNTHETIC fields made by hep2.synthetic",
-              "synthetic": input_dir is None, "state_dir": str(state_dir),
+              "synthetic": input_dir is None, "state_dir": str(state_dir.resolve()),
+              "dashboard_command": f"HEP2_STATE_DIR={shlex.quote(str(state_dir.resolve()))} hep2 api",
               "seconds": round(time.monotonic() - started, 2), "slides": rows}
     _copy_overlays(rows, storage, state_dir)
     write_json(state_dir / "report.json", report)
     (state_dir / "report.html").write_text(_html(report))
-    return report
+    return {**report, "key": demo_key()}  # the key is printed, never written to the report
 
 
 def _results(keys: list[str]) -> list[dict[str, Any]]:
@@ -130,3 +163,6 @@ def print_report(report: dict[str, Any]) -> None:
         print("NOTE: these images are SYNTHETIC (drawn by hep2.synthetic), not real specimens.")
     print(f"{len(report['slides'])} slide(s) in {report['seconds']} s; "
           f"report: {report['state_dir']}/report.json and report.html")
+    print(f"Dashboard on these results: {report['dashboard_command']}   then open http://127.0.0.1:8000/")
+    if report.get("key"):
+        print(f"  log in with this reviewer key (shown once): {report['key']}")

@@ -55,7 +55,9 @@ def api(host: str = typer.Option("127.0.0.1", help="Interface; 0.0.0.0 in a cont
 @app.command()
 def demo(
     input_dir: Path | None = typer.Option(None, "--input", help="Folder of slide images; default: synthetic."),
-    state_dir: Path = typer.Option(Path("var/demo"), help="Embedded state (wiped at start)."),
+    state_dir: Path | None = typer.Option(None, help="Embedded state; default HEP2_STATE_DIR (var), the folder "
+                                                      "`hep2 api` serves. Wiped at start only if an earlier demo "
+                                                      "created it."),
 ) -> None:
     """Run the main job on embedded defaults: SQLite, local bucket, file broker, a real worker."""
     print_report(run_demo(input_dir, state_dir))

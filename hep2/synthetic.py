@@ -42,8 +42,14 @@ def _nucleus_texture(pattern: Pattern, inside: np.ndarray, ring: np.ndarray, rng
 
 
 def synthetic_field(pattern: Pattern, size: tuple[int, int] = (768, 1024), cells: int = 40,
-                    brightness: float = 150.0, seed: int = 0) -> np.ndarray:
-    """An RGB uint8 field (H, W, 3) of ``cells`` nuclei stained with ``pattern`` (0 brightness: negative)."""
+                    brightness: float = 150.0, seed: int = 0, residual: float = 4.0,
+                    noise_scale: float = 1.0) -> np.ndarray:
+    """An RGB uint8 field (H, W, 3) of ``cells`` nuclei stained with ``pattern`` (0 brightness: negative).
+
+    ``residual``: grey levels of faint uniform nuclear fluorescence every well shows (a negative well's nuclei
+    are faintly visible, as in real negative fields); 0 with ``brightness=0`` gives a field of noise only.
+    ``noise_scale``: camera noise (shot + read) relative to the default; real dim fields are quieter (~0.3).
+    """
     rng = np.random.default_rng(seed)
     height, width = size
     field = np.zeros(size, dtype=np.float64)
@@ -57,10 +63,14 @@ def synthetic_field(pattern: Pattern, size: tuple[int, int] = (768, 1024), cells
         v = (-dx * np.sin(angle) + dy * np.cos(angle)) / ry
         r = np.sqrt(u**2 + v**2)
         texture = _nucleus_texture(pattern, r <= 1.0, (r > 0.8) & (r <= 1.0), rng)
-        field[y0:y1, x0:x1] = np.maximum(field[y0:y1, x0:x1], texture * rng.uniform(0.7, 1.1))
+        level = texture * rng.uniform(0.7, 1.1) * brightness + (r <= 1.0) * residual
+        field[y0:y1, x0:x1] = np.maximum(field[y0:y1, x0:x1], level)
     illumination = 0.75 + 0.25 * np.cos((xx / width - 0.5) * np.pi) * np.cos((yy / height - 0.5) * np.pi)
-    signal = ndimage.gaussian_filter(field * brightness * illumination, 1.2) + 8.0
-    noisy = rng.poisson(np.clip(signal, 0, None)).astype(np.float64) + rng.normal(0, 2.0, size)
+    signal = ndimage.gaussian_filter(field * illumination, 1.2) + 8.0
+    mean = np.clip(signal, 0, None)
+    noisy = rng.poisson(mean).astype(np.float64) + rng.normal(0, 2.0, size)
+    if noise_scale != 1.0:
+        noisy = mean + noise_scale * (noisy - mean)
     rgb = np.zeros((height, width, 3), dtype=np.uint8)
     rgb[..., 1] = np.clip(noisy, 0, 255).astype(np.uint8)
     rgb[..., 0] = np.clip(noisy * 0.08, 0, 255).astype(np.uint8)  # a little bleed-through, as cameras show

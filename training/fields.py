@@ -65,7 +65,7 @@ def evaluate_fields(data: Path, models: Models, config: PipelineConfig | None = 
                      cells=s.cells_used, mitotic=sum(c.mitotic for c in result.cells),
                      mean_cell_confidence=s.mean_cell_confidence, mean_entropy=s.mean_entropy,
                      cytoplasm_ratio=s.cytoplasm_ratio, fibrillar_index=s.fibrillar_index,
-                     timings_ms=result.timings_ms)
+                     nuclei=result.quality.nuclei if result.quality else None, timings_ms=result.timings_ms)
         per_image.append(entry)
     return {"data": str(data), "n_images": len(rows), **score(per_image),
             "seconds": round(time.perf_counter() - started, 1), "model_versions": models.versions(),

@@ -23,7 +23,16 @@ from sqlalchemy.orm import Session
 from analysis.models.classifier import save_checkpoint
 from db import audit
 from db.base import utcnow
-from db.models import Dataset, FoldMetrics, ModelTask, ModelVersion, Review, RunStatus, TrainingRun
+from db.models import (
+    TRAINABLE_TASKS,
+    Dataset,
+    FoldMetrics,
+    ModelTask,
+    ModelVersion,
+    Review,
+    RunStatus,
+    TrainingRun,
+)
 from db.session import session_scope
 from hep2 import __version__
 from hep2.settings import get_settings
@@ -68,7 +77,7 @@ def start_training(session: Session, task: ModelTask | str, actor: str, paramete
                    trigger: str = "api") -> TrainingRun:
     """Create a queued run (the caller sends ``hep2.train_model`` after commit)."""
     task = ModelTask(task)
-    if task is not ModelTask.CELL_PATTERN:
+    if task not in TRAINABLE_TASKS:
         raise ValueError(f"training {task.value} through the service is not supported yet")
     params = RunParameters.from_dict(parameters or {})
     run = TrainingRun(task=task, trigger=trigger, requested_by=actor, parameters=asdict(params),

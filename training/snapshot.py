@@ -6,7 +6,9 @@ content under ``reviewed-cells/``, so the same rows always give the same manifes
 (over the manifest and every image and mask, see ``CellTable.data_hash``) is stored on the training run,
 so a run can be reproduced from exactly the rows it used.
 
-Reviewed cells: the latest ``cell_pattern`` review of each cell is its label. Its crop and mask are cut
+Reviewed cells: the latest ``cell_pattern`` review of each cell that was not undone is its label, mapped
+explicitly by ``hep2.vocabulary.TRAINING_LABEL_OF_CELL_REVIEW`` to the six I3A classes the classifier learns:
+``other`` (a pattern outside them) and ``not_a_cell`` are left out of training. Its crop and mask are cut
 from the slide image as the pipeline does (decode, segment, the instance under the stored centroid).
 Its group is the patient (pseudonymised id), else the specimen, else the slide: grouped CV never splits
 a patient's cells across training and test.
@@ -32,7 +34,7 @@ from analysis.decode import ImageLimits, decode_image
 from db.models import Cell, Dataset, Review, SlideImage, Specimen
 from hep2.settings import get_settings
 from hep2.storage import ObjectStorage
-from hep2.vocabulary import CELL_PATTERNS, parse_pattern
+from hep2.vocabulary import CELL_PATTERNS, TRAINING_LABEL_OF_CELL_REVIEW, parse_pattern
 from training.datasets import CellTable, load_manifest
 from training.registry import resolve_weights
 
@@ -66,10 +68,10 @@ def register_dataset(session: Session, storage: ObjectStorage, name: str, folder
 
 
 def reviewed_cells(session: Session) -> list[ReviewedCell]:
-    """Cells with a ``cell_pattern`` review; the latest review wins."""
+    """Cells with a ``cell_pattern`` review that is a training label; the latest review not undone wins."""
     latest = (select(Review.cell_id, func.max(Review.id).label("review_id"))
-              .where(Review.cell_id.is_not(None), Review.field == "cell_pattern").group_by(Review.cell_id)
-              .subquery())
+              .where(Review.cell_id.is_not(None), Review.field == "cell_pattern", Review.undone_at.is_(None))
+              .group_by(Review.cell_id).subquery())
     rows = session.execute(
         select(Cell, Review.new_value, SlideImage.key, SlideImage.id, Specimen)
         .join(latest, latest.c.cell_id == Cell.id).join(Review, Review.id == latest.c.review_id)
@@ -79,8 +81,11 @@ def reviewed_cells(session: Session) -> list[ReviewedCell]:
     for cell, label, key, slide_id, specimen in rows:
         group = (f"patient:{specimen.patient.pseudo_id}" if specimen and specimen.patient
                  else f"specimen:{specimen.id}" if specimen else f"slide:{slide_id}")
-        cells.append(ReviewedCell(cell.id, parse_pattern(label).value, group, key,
-                                  (cell.centroid_y, cell.centroid_x)))
+        pattern = TRAINING_LABEL_OF_CELL_REVIEW.get(label, None) if label in TRAINING_LABEL_OF_CELL_REVIEW \
+            else parse_pattern(label)  # a spelling from before the explicit map (raises if unknown)
+        if pattern is None:  # other / not a cell: reviewed, but not one of the six classes
+            continue
+        cells.append(ReviewedCell(cell.id, pattern.value, group, key, (cell.centroid_y, cell.centroid_x)))
     return cells
 
 

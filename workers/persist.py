@@ -63,7 +63,8 @@ def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, 
         attempt_id=claim.attempt_id, slide_image_id=claim.slide_id, intensity_class=intensity.intensity_class,
         intensity_index=intensity.index, pattern=spec.pattern, icap_code=spec.icap, confidence=spec.confidence,
         second_pattern=spec.second_pattern, second_confidence=spec.second_confidence, cell_count=len(classified),
-        needs_review=spec.needs_review, review_reason="; ".join(spec.reasons) or None, overlay_key=overlay_key))
+        needs_review=spec.needs_review, review_reason="; ".join(spec.reasons) or None, overlay_key=overlay_key,
+        quality=analysis.quality.to_dict() if analysis.quality else None))
     status = SlideStatus.NEEDS_REVIEW if spec.needs_review else SlideStatus.DONE
     jobs.finish_attempt(session, claim, AttemptOutcome.SUCCEEDED, status, timings_ms=timings_ms)
     return status

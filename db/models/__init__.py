@@ -4,6 +4,7 @@ from db.base import Base
 from db.models.access import ApiKey, AuditEvent, Review, Role
 from db.models.analysis import AnalysisAttempt, AttemptOutcome, Cell, SpecimenResult, attempt_model_versions
 from db.models.registry import (
+    TRAINABLE_TASKS,
     Dataset,
     FoldMetrics,
     ModelStage,
@@ -22,8 +23,28 @@ from db.models.specimens import (
 )
 
 __all__ = [
-    "ALLOWED_TRANSITIONS", "AnalysisAttempt", "ApiKey", "AttemptOutcome", "AuditEvent", "Base", "Cell",
-    "Dataset", "FoldMetrics", "InvalidTransitionError", "ModelStage", "ModelTask", "ModelVersion", "Patient",
-    "Review", "Role", "RunStatus", "SlideImage", "SlideStatus", "Specimen", "SpecimenResult", "TrainingRun",
+    "ALLOWED_TRANSITIONS",
+    "TRAINABLE_TASKS",
+    "AnalysisAttempt",
+    "ApiKey",
+    "AttemptOutcome",
+    "AuditEvent",
+    "Base",
+    "Cell",
+    "Dataset",
+    "FoldMetrics",
+    "InvalidTransitionError",
+    "ModelStage",
+    "ModelTask",
+    "ModelVersion",
+    "Patient",
+    "Review",
+    "Role",
+    "RunStatus",
+    "SlideImage",
+    "SlideStatus",
+    "Specimen",
+    "SpecimenResult",
+    "TrainingRun",
     "attempt_model_versions",
 ]

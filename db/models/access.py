@@ -36,6 +36,8 @@ class Review(CreatedAt, Base):
     old_value: Mapped[str | None] = mapped_column(String(64))
     new_value: Mapped[str] = mapped_column(String(64))
     comment: Mapped[str | None] = mapped_column(Text)
+    undone_at: Mapped[datetime | None] = mapped_column(comment="set when the reviewer undid it: no longer a label")
+    undone_by: Mapped[str | None] = mapped_column(String(128))
 
 
 class ApiKey(CreatedAt, Base):

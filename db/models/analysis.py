@@ -98,6 +98,8 @@ class SpecimenResult(CreatedAt, Base):
     needs_review: Mapped[bool] = mapped_column(default=False, index=True)
     review_reason: Mapped[str | None] = mapped_column(Text)
     overlay_key: Mapped[str | None] = mapped_column(String(1024))
+    quality: Mapped[dict[str, Any] | None] = mapped_column(
+        comment="image-quality gate: noise, focus, saturation, nuclei seen (analysis/quality.py)")
 
     attempt: Mapped[AnalysisAttempt] = relationship(back_populates="result")
     slide: Mapped[SlideImage] = relationship(back_populates="results")

@@ -19,6 +19,10 @@ class ModelTask(enum.StrEnum):
     SPECIMEN_PATTERN = "specimen_pattern"
 
 
+TRAINABLE_TASKS: tuple[ModelTask, ...] = (ModelTask.CELL_PATTERN,)
+"""Tasks a training run can be started for on the service (``training.retrain.start_training``)."""
+
+
 class ModelStage(enum.StrEnum):
     CANDIDATE = "candidate"
     PRODUCTION = "production"

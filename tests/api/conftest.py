@@ -31,7 +31,7 @@ from db.models import (
     Specimen,
     SpecimenResult,
 )
-from db.session import session_scope
+from db.session import session_factory, session_scope
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.vocabulary import CELL_PATTERNS
@@ -55,11 +55,12 @@ def api_env(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
 def keys(api_env: dict[str, str]) -> dict[str, str]:
     """One API key per role, plus a revoked one under "revoked"."""
     out = {}
-    with session_scope() as session:
+    with session_factory()() as session:  # create_key commits each key itself
         for role in Role:
-            out[role.value] = create_key(session, f"test-{role.value}", role, actor="test")[1]
-        row, out["revoked"] = create_key(session, "test-revoked", Role.ADMIN, actor="test")
+            out[role.value] = create_key(session, f"test-{role.value}", role, "test")[1]
+        row, out["revoked"] = create_key(session, "test-revoked", Role.ADMIN, "test")
         row.revoked_at = utcnow()
+        session.commit()
     return out
 
 

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from api.app import create_app
+from db.base import utcnow
 from db.models import Cell, Review, SlideStatus, SpecimenResult
 from db.session import session_scope
 from hep2.settings import get_settings
@@ -89,12 +90,12 @@ def test_review_never_overwrites_the_model(client: TestClient, keys: dict[str, s
     url = f"/v1/specimens/{seeded.slide_id}/review"
     body = client.post(url, json={"action": "correct", "pattern": "nucleolar", "comment": "clear nucleoli"},
                        headers=reviewer).json()
-    assert body["final"] == {"pattern": "nucleolar", "intensity": "positive"}
+    assert body["final"] == {"pattern": "nucleolar", "intensity": "positive", "icap": "AC-8,9,10"}
     assert body["result"]["pattern"] == "speckled"  # the model's own output is still there
     body = client.post(url, json={"action": "correct", "intensity": "intermediate"}, headers=reviewer).json()
-    assert body["final"] == {"pattern": "nucleolar", "intensity": "intermediate"}  # latest review per field wins
+    assert body["final"] == {"pattern": "nucleolar", "intensity": "intermediate", "icap": "AC-8,9,10"}
     body = client.post(url, json={"action": "confirm"}, headers=reviewer).json()
-    assert body["final"] == {"pattern": "nucleolar", "intensity": "intermediate"}
+    assert body["final"] == {"pattern": "nucleolar", "intensity": "intermediate", "icap": "AC-8,9,10"}
     assert client.post(url, json={"action": "correct"}, headers=reviewer).status_code == 422
     assert client.post(url, json={"action": "correct", "pattern": "plaid"}, headers=reviewer).status_code == 422
     cell_id = seeded.cell_ids[0]
@@ -107,14 +108,77 @@ def test_review_never_overwrites_the_model(client: TestClient, keys: dict[str, s
         reviews = session.scalars(select(Review).where((Review.specimen_result_id == seeded.result_id)
                                                        | (Review.cell_id == cell_id)).order_by(Review.id)).all()
         assert [(r.field, r.old_value, r.new_value) for r in reviews] == [
-            ("pattern", "speckled", "nucleolar"), ("intensity", "positive", "intermediate"),
-            ("pattern", "nucleolar", "nucleolar"), ("intensity", "intermediate", "intermediate"),
+            ("pattern", "speckled", "nucleolar"), ("icap", "AC-2,4,5", "AC-8,9,10"),
+            ("intensity", "positive", "intermediate"),
+            ("pattern", "nucleolar", "nucleolar"), ("icap", "AC-8,9,10", "AC-8,9,10"),
+            ("intensity", "intermediate", "intermediate"),
             ("cell_pattern", reviews[-1].old_value, "golgi")]
         assert all(r.reviewer == "test-reviewer" and r.created_at for r in reviews)
     cells = client.get(f"/v1/specimens/{seeded.slide_id}/cells", headers=auth(keys["viewer"])).json()
     assert next(c for c in cells if c["id"] == cell_id)["reviewed"] is True
     history = client.get(f"/v1/specimens/{seeded.slide_id}/reviews", headers=auth(keys["viewer"])).json()
-    assert len(history) == 5
+    assert len(history) == 7
+
+
+def test_corrections_take_icap_codes_and_cell_corrections_can_be_undone(client: TestClient,
+                                                                         keys: dict[str, str]) -> None:
+    seeded = seed_specimen(pattern="speckled", intensity="positive", needs_review=True)
+    reviewer, viewer = auth(keys["reviewer"]), auth(keys["viewer"])
+    url = f"/v1/specimens/{seeded.slide_id}/review"
+    body = client.post(url, json={"action": "correct", "icap": ["AC-21"]}, headers=reviewer).json()
+    assert body["final"] == {"pattern": "other", "intensity": "positive", "icap": "AC-21"}  # cytoplasmic: other
+    assert body["item"]["icap"] == "AC-21" and body["item"]["model_icap"] == "AC-2,4,5"
+    body = client.post(url, json={"action": "correct", "icap": ["AC-1", "AC-22"]}, headers=reviewer).json()
+    assert body["final"]["pattern"] == "homogeneous" and body["final"]["icap"] == "AC-1+AC-22"  # mixed
+    body = client.post(url, json={"action": "correct", "pattern": "nucleolar"}, headers=reviewer).json()
+    assert body["final"]["icap"] == "AC-8,9,10"  # the code follows a pattern-only correction too
+    listed = client.get("/v1/specimens", params={"accession": body["item"]["accession"]}, headers=viewer).json()
+    assert [(i["id"], i["icap"], i["pattern"]) for i in listed["items"]] == [(seeded.slide_id, "AC-8,9,10",
+                                                                              "nucleolar")]
+    assert listed["items"][0]["file_name"] == seeded.key.rsplit("/", 1)[-1]
+    assert listed["items"][0]["review_reason"] == "low confidence"
+    for bad in ({"icap": ["AC-99"]}, {"icap": ["AC-1", "AC-1"]}, {"icap": ["AC-1"], "pattern": "golgi"},
+                {"icap": ["AC-1", "AC-2", "AC-3"]}):
+        assert client.post(url, json={"action": "correct", **bad}, headers=reviewer).status_code == 422, bad
+    # a cell: "not a cell", then undo: back to the model's call, the history keeps both, marked
+    cell_id = seeded.cell_ids[1]
+    predicted = client.get(f"/v1/specimens/{seeded.slide_id}/cells", headers=viewer).json()[1]["final_pattern"]
+    out = client.post(f"/v1/cells/{cell_id}/review", json={"pattern": "not_a_cell"}, headers=reviewer).json()
+    assert out["final_pattern"] == "not_a_cell" and out["review_id"]
+    undone = client.post(f"/v1/reviews/{out['review_id']}/undo", headers=reviewer)
+    assert undone.status_code == 200 and undone.json()["undone_by"] == "test-reviewer"
+    assert client.post(f"/v1/reviews/{out['review_id']}/undo", headers=reviewer).status_code == 409
+    assert client.post(f"/v1/reviews/{out['review_id']}/undo", headers=viewer).status_code == 403
+    cell = next(c for c in client.get(f"/v1/specimens/{seeded.slide_id}/cells", headers=viewer).json()
+                if c["id"] == cell_id)
+    assert (cell["final_pattern"], cell["reviewed"], cell["review_id"]) == (predicted, False, None)
+    detail = client.get(f"/v1/specimens/{seeded.slide_id}", headers=viewer).json()
+    cell_reviews = [r for r in detail["reviews"] if r["cell_id"] == cell_id]
+    assert [(r["new_value"], r["undone_at"] is not None) for r in cell_reviews] == [("not_a_cell", True)]
+    # aware UTC everywhere: every timestamp the API returns carries an offset
+    for stamp in (detail["item"]["received_at"], detail["result"]["created_at"], cell_reviews[0]["created_at"],
+                  cell_reviews[0]["undone_at"]):
+        assert stamp.endswith(("Z", "+00:00")), stamp
+
+
+def test_undone_and_non_class_cell_reviews_are_not_training_labels(keys: dict[str, str]) -> None:
+    from training.snapshot import reviewed_cells
+
+    seeded = seed_specimen(pattern="speckled")
+    with session_scope() as session:
+        labels = ["golgi", "not_a_cell", "other", "centromere"]
+        rows = [Review(cell_id=c, reviewer="r", field="cell_pattern", new_value=v)
+                for c, v in zip(seeded.cell_ids, labels, strict=False)]
+        session.add_all(rows)
+        session.flush()
+        rows[3].undone_at = rows[3].created_at or utcnow()
+    got = {c.cell_id: c.label for c in reviewed_cells_of(seeded.cell_ids, reviewed_cells)}
+    assert got == {seeded.cell_ids[0]: "golgi"}
+
+
+def reviewed_cells_of(cell_ids: list[int], reader: object) -> list:
+    with session_scope() as session:
+        return [c for c in reader(session) if c.cell_id in cell_ids]  # type: ignore[operator]
 
 
 def test_rerun_refuses_rejected_input(client: TestClient, keys: dict[str, str], sent: list) -> None:
@@ -188,3 +252,12 @@ def test_dashboard_is_served(client: TestClient) -> None:
     page = client.get("/dashboard/")
     assert page.status_code == 200 and "app.js" in page.text
     assert client.get("/openapi.json").json()["components"]["securitySchemes"]
+
+
+def test_api_docs_are_served_without_a_cdn(client: TestClient) -> None:
+    for path in ("/docs", "/redoc"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assert "cdn" not in page.text.lower() and "https://" not in page.text.split("<body")[-1], path
+        for src in (s.split('"')[0] for s in page.text.split('src="')[1:]):
+            assert src.startswith("/") and client.get(src).status_code == 200, src

@@ -15,8 +15,18 @@ from sqlalchemy import func, select, update
 from api.app import create_app
 from api.auth import RANK, route_roles
 from db.base import utcnow
-from db.models import AuditEvent, ModelStage, ModelTask, ModelVersion, Role, RunStatus, SlideStatus, TrainingRun
-from db.session import session_scope
+from db.models import (
+    AuditEvent,
+    ModelStage,
+    ModelTask,
+    ModelVersion,
+    Review,
+    Role,
+    RunStatus,
+    SlideStatus,
+    TrainingRun,
+)
+from db.session import session_factory, session_scope
 from services.keys import create_key
 from tests.api.conftest import SentTasks, auth, seed_specimen
 from tests.integration.test_events import minio_event
@@ -50,9 +60,17 @@ def _versions(task: ModelTask, *stages: ModelStage) -> list[int]:
         return [r.id for r in rows]
 
 
-def _key() -> int:
+def _cell_review() -> int:
     with session_scope() as session:
-        return create_key(session, "to-revoke", Role.VIEWER, actor="test")[0].id
+        review = Review(cell_id=seed_specimen().cell_ids[0], reviewer="roles", field="cell_pattern", new_value="golgi")
+        session.add(review)
+        session.flush()
+        return review.id
+
+
+def _key() -> int:
+    with session_factory()() as session:  # create_key commits itself
+        return create_key(session, "to-revoke", Role.VIEWER, "test")[0].id
 
 
 # (method, path template) -> () -> (concrete path, JSON body or None, expected audit action or None)
@@ -63,6 +81,7 @@ VALID: dict[tuple[str, str], Request] = {
         f"/v1/specimens/{seed_specimen().slide_id}/review", {"action": "confirm"}, "review.confirm"),
     ("POST", "/v1/cells/{cell_id}/review"): lambda: (
         f"/v1/cells/{seed_specimen().cell_ids[0]}/review", {"pattern": "golgi"}, "review.cell_correct"),
+    ("POST", "/v1/reviews/{review_id}/undo"): lambda: (f"/v1/reviews/{_cell_review()}/undo", None, "review.undo"),
     ("POST", "/v1/jobs/{slide_id}/rerun"): lambda: (
         f"/v1/jobs/{seed_specimen(status=SlideStatus.FAILED, with_result=False).slide_id}/rerun", None, "job.rerun"),
     ("POST", "/v1/training-runs/{run_id}/cancel"): lambda: (f"/v1/training-runs/{_run()}/cancel", None,

@@ -10,22 +10,32 @@ from pathlib import Path
 
 import pytest
 
+from cli.demo import MARKER, prepare_state_dir
+
 pytestmark = pytest.mark.integration
 
 
-def run_demo(tmp_path: Path, *args: str) -> dict:
+def run_demo(tmp_path: Path, *args: str, via_env: bool = False) -> dict:
     keep = {"HEP2_CELL_MODEL_PATH", "HEP2_SHARED_DATA"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEP2_") or k in keep}  # embedded defaults
     state = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--state-dir", str(state), *args],
+    if via_env:
+        env["HEP2_STATE_DIR"] = str(state)
+    option = [] if via_env else ["--state-dir", str(state)]
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "demo", *option, *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "report:" in proc.stdout
-    return json.loads((state / "report.json").read_text())
+    # the command that opens the dashboard on exactly this state, and a key to log in with
+    assert f"HEP2_STATE_DIR={state.resolve()} hep2 api" in proc.stdout
+    assert "reviewer key (shown once): hep2_" in proc.stdout
+    report = json.loads((state / "report.json").read_text())
+    assert "key" not in report and (state / MARKER).is_file()
+    return report
 
 
 def test_demo_analyses_synthetic_fields(tmp_path: Path) -> None:
-    report = run_demo(tmp_path)
+    report = run_demo(tmp_path, via_env=True)  # HEP2_STATE_DIR is honoured
     slides = report["slides"]
     assert report["synthetic"] and len(slides) == 5
     assert all(s["image"].startswith("SYNTHETIC-") for s in slides)
@@ -45,3 +55,21 @@ def test_demo_processes_an_input_folder(tmp_path: Path, shared_data: Path) -> No
     assert [s["image"] for s in report["slides"]] == ["HOM-1.png", "NEG-1.png"]
     assert not report["synthetic"]
     assert all(s["status"] in {"done", "needs_review"} for s in report["slides"]), report["slides"]
+
+
+def test_demo_never_deletes_a_folder_it_did_not_create(tmp_path: Path) -> None:
+    theirs = tmp_path / "lab-state"
+    theirs.mkdir()
+    (theirs / "hep2.sqlite3").write_text("a lab's own database")
+    with pytest.raises(SystemExit, match="not created by hep2 demo"):
+        prepare_state_dir(theirs)
+    assert (theirs / "hep2.sqlite3").read_text() == "a lab's own database"
+    ours = tmp_path / "demo"
+    prepare_state_dir(ours)  # a new folder: created and marked
+    (ours / "old-report.json").write_text("{}")
+    prepare_state_dir(ours)  # the demo's own: wiped, marked again
+    assert sorted(p.name for p in ours.iterdir()) == [MARKER]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prepare_state_dir(empty)
+    assert (empty / MARKER).is_file()

@@ -50,19 +50,28 @@ def test_synthetic_field_end_to_end_with_a_fake_classifier() -> None:
     assert result.intensity.intensity_class == "positive" and result.intensity.exposure_ms == 100
     assert result.specimen.pattern == "nucleolar" and result.specimen.icap == "AC-8,9,10"
     assert result.specimen.cells_used >= 10 and not result.specimen.needs_review
-    assert set(result.timings_ms) == {"decode", "segment", "cells", "intensity", "classify", "specimen", "overlay"}
+    assert set(result.timings_ms) == {"decode", "quality", "segment", "cells", "intensity", "classify", "specimen",
+                                      "overlay"}
     overlay = Image.open(io.BytesIO(result.overlay_png))
     assert overlay.size == (512, 384) and overlay.mode == "RGB"
     blob = json.dumps(result.to_dict())
     assert '"pattern": "nucleolar"' in blob and "overlay_png" not in blob
 
 
-def test_blank_well_is_negative_without_classifying() -> None:
+def test_negative_well_is_negative_without_classifying() -> None:
+    """Unstained nuclei, faintly visible (as in real negative wells): negative, no classifier call."""
     clf = RecordingClassifier()
-    result = analyze_field(synthetic_png(Pattern.HOMOGENEOUS, brightness=0.0, size=(256, 256), cells=10),
-                           Models(segmenter=ClassicalSegmenter(), classifier=clf))
+    result = analyze_field(synthetic_png(Pattern.HOMOGENEOUS, brightness=0.0, size=(384, 384), cells=20,
+                                         noise_scale=0.3), Models(segmenter=ClassicalSegmenter(), classifier=clf))
     assert result.specimen.pattern == "negative" and result.specimen.icap == "AC-0"
     assert clf.calls == []
+
+
+def test_noise_only_well_is_rejected_not_negative() -> None:
+    """A field of camera noise (no nuclei at all: empty well, failed scan) is rejected by the quality gate."""
+    with pytest.raises(InvalidImageError, match="noise"):
+        analyze_field(synthetic_png(Pattern.HOMOGENEOUS, brightness=0.0, residual=0.0, size=(256, 256)),
+                      Models(segmenter=ClassicalSegmenter(), classifier=RecordingClassifier()))
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image at all", synthetic_png(Pattern.SPECKLED)[:300]])
@@ -143,9 +152,9 @@ def test_evaluate_fields_cli_on_a_synthetic_set(tmp_path: Path, tiny_weights: Pa
         w = csv.writer(f)
         w.writerow(["image", "code", "pattern", "icap", "ana_positive", "width", "height"])
         for name, code, pattern, icap, pos, bright in rows:
-            (tmp_path / name).write_bytes(synthetic_png(Pattern.HOMOGENEOUS, brightness=bright, size=(256, 256),
-                                                        cells=10))
-            w.writerow([name, code, pattern, icap, pos, 256, 256])
+            (tmp_path / name).write_bytes(synthetic_png(Pattern.HOMOGENEOUS, brightness=bright, size=(384, 384),
+                                                        cells=20, noise_scale=1.0 if bright else 0.3))
+            w.writerow([name, code, pattern, icap, pos, 384, 384])
     out = tmp_path / "eval.json"
     res = CliRunner().invoke(app, ["evaluate", "fields", "--data", str(tmp_path), "--json", str(out),
                                    "--classifier", str(tiny_weights), "--segmenter", "classical",

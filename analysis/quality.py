@@ -1,0 +1,217 @@
+"""Image-quality gate: is this field fit to be read, and is there evidence of cells behind a negative call?
+
+Two steps, both plain functions of the decoded field (thresholds in :class:`QualityConfig`, the ``quality``
+section of :class:`analysis.config.PipelineConfig`; how each default was chosen: docs/pipeline.md,
+"Quality gate").
+
+1. :func:`assess_field`, before segmentation. Measures, in 8-bit grey levels (annotation pixels replaced by
+   the field's median):
+
+   * ``p99`` / ``dynamic_range`` (99.5th − 0.5th percentile): a black field (nothing above a few grey
+     levels) or a flat one (no contrast at all) is **rejected**: a failed scan, a shutter that did not
+     open, an empty frame.
+   * ``noise``: the camera noise sigma (robust Immerkær estimate, :func:`noise_sigma`);
+     ``structure``: the standard deviation of the field smoothed at nucleus scale (Gaussian σ = 2 px),
+     divided by what white noise of that sigma would leave after the same smoothing. Pure noise gives ~1,
+     a field with cells (even the faint nuclei of a negative well) many times more. Below
+     ``min_structure`` the field is **rejected** as noise.
+   * ``saturated_fraction``: the share of pixels at full scale. Above ``reject_saturated_fraction`` the
+     field is **rejected** (overexposed); above ``review_saturated_fraction`` it is read but sent to
+     **review** (the fluorescence index and the cell crops are clipped).
+   * ``focus``: fine-detail energy (difference of Gaussians σ 1 − 2.5 px) over coarse-detail energy
+     (σ 2.5 − 8 px), each with the energy the measured noise alone would put there subtracted. A blurred
+     field loses the fine band first. Below ``min_focus`` the field is **rejected** (out of focus).
+
+2. :func:`count_nuclei`, on every field that passed: evidence that cells are there. Nucleus-sized bright
+   blobs are counted on a denoised field (2 × 2 average, difference of Gaussians at nucleus scales), each
+   response measured in units of what the camera noise alone would give, so the faint nuclei of a negative
+   well (a few grey levels above background) count as readily as bright ones, and noise does not. A
+   negative call with fewer than ``min_nuclei`` blobs is not signed out as negative: it goes to review
+   (:func:`negative_needs_cells`). When the scanner sends a counterstain (DAPI) channel this is where it
+   belongs; the decoder keeps only the FITC channel today.
+
+A rejection raises :class:`analysis.types.InvalidImageError` with a readable reason (the service marks the
+slide ``rejected``); a review reason is returned for the specimen stage to add.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, Field
+from scipy import ndimage
+
+from analysis.segmentation import fill_annotations
+from analysis.types import FieldImage, InvalidImageError
+
+
+class QualityConfig(BaseModel):
+    """Quality-gate thresholds (grey levels are 8-bit full scale; docs/pipeline.md, "Quality gate")."""
+
+    enabled: bool = Field(True, description="Off: no quality checks (not recommended).")
+    min_p99: float = Field(2.0, ge=0, description="99th percentile below this (grey levels): black field, rejected.")
+    min_dynamic_range: float = Field(2.0, ge=0, description="99.5th - 0.5th percentile below this: flat field, "
+                                                            "rejected.")
+    min_structure: float = Field(1.5, ge=0, description="Smoothed std / white-noise expectation below this: "
+                                                        "noise, rejected.")
+    reject_saturated_fraction: float = Field(0.5, ge=0, le=1, description="Share of full-scale pixels above "
+                                                                          "this: overexposed, rejected.")
+    review_saturated_fraction: float = Field(0.05, ge=0, le=1, description="Share of full-scale pixels above "
+                                                                           "this: review.")
+    min_focus: float = Field(0.02, ge=0, description="Fine/coarse detail energy below this: out of focus, rejected.")
+    min_nuclei: int = Field(10, ge=0, description="A negative call needs at least this many detected nuclei.")
+    nucleus_sigmas: tuple[float, ...] = Field((8.0, 12.0, 18.0), min_length=1, description="Blob scales (px, "
+                                              "Gaussian sigma of the difference of Gaussians).")
+    nucleus_snr: float = Field(8.0, gt=0, description="A nucleus: a blob response this many times the noise's.")
+    min_separation: int = Field(26, ge=2, description="Two blobs closer than this (px) count once.")
+
+
+@dataclass
+class QualityReport:
+    """What the gate measured (8-bit grey levels) and what it decided."""
+
+    p99: float
+    dynamic_range: float
+    noise: float
+    structure: float
+    saturated_fraction: float
+    focus: float | None
+    height: int = 0
+    width: int = 0
+    """The field's size in pixels (the frame of cell coordinates)."""
+    nuclei: int | None = None
+    """Nuclei found by :func:`count_nuclei` (None: not counted, i.e. the field was not negative)."""
+    review_reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def noise_sigma(grey: np.ndarray) -> float:
+    """Camera-noise sigma (grey levels), Immerkær's estimator made robust: the median absolute response of
+    the 3×3 kernel [[1,-2,1],[-2,4,-2],[1,-2,1]] (blind to planes and ramps, so to most of the image) /
+    (0.6745 × 6). Floor: 0.15 (8-bit quantisation leaves at least that much)."""
+    response = ndimage.convolve(grey, _IMMERKAER)[1:-1, 1:-1]
+    return max(float(np.median(np.abs(response))) / (0.6745 * 6.0), 0.15)
+
+
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+
+
+def _white_noise_gain(filt: np.ndarray) -> float:
+    """Sum of squared filter weights: white noise of unit variance has this variance after the filter."""
+    return float(np.sum(filt**2))
+
+
+def _impulse(sigmas: tuple[float, float] | float, size: int = 65) -> np.ndarray:
+    """The 2-D impulse response of a Gaussian (one sigma) or a difference of Gaussians (two)."""
+    size = max(size, int(8 * (sigmas[1] if isinstance(sigmas, tuple) else sigmas)) | 1)
+    delta = np.zeros((size, size))
+    delta[size // 2, size // 2] = 1.0
+    if isinstance(sigmas, tuple):
+        return ndimage.gaussian_filter(delta, sigmas[0]) - ndimage.gaussian_filter(delta, sigmas[1])
+    return ndimage.gaussian_filter(delta, sigmas)
+
+
+SMOOTH_SIGMA = 2.0
+FINE, COARSE = (1.0, 2.5), (2.5, 8.0)
+_GAIN_SMOOTH = _white_noise_gain(_impulse(SMOOTH_SIGMA))
+_GAIN_FINE = _white_noise_gain(_impulse(FINE))
+_GAIN_COARSE = _white_noise_gain(_impulse(COARSE))
+
+
+def _grey(image: FieldImage) -> np.ndarray:
+    return fill_annotations(image.signal, image.annotation_mask).astype(np.float64) * 255.0
+
+
+def measure(image: FieldImage) -> QualityReport:
+    """The gate's measurements of one field (no decision)."""
+    grey = _grey(image)
+    free = grey[~image.annotation_mask] if (~image.annotation_mask).any() else grey.ravel()
+    p_lo, p99, p_hi = np.percentile(free, [0.5, 99.0, 99.5])
+    sigma = noise_sigma(grey)
+    small = grey[::2, ::2] if min(grey.shape) >= 512 else grey  # the band energies, at half the cost
+    smooth_std = float(np.std(ndimage.gaussian_filter(grey, SMOOTH_SIGMA)))
+    structure = smooth_std / (sigma * np.sqrt(_GAIN_SMOOTH))
+    focus = _focus(small, sigma)
+    saturated = float(np.mean(image.signal[~image.annotation_mask] >= 0.999)) if free.size else 0.0
+    return QualityReport(p99=round(float(p99), 3), dynamic_range=round(float(p_hi - p_lo), 3),
+                         noise=round(float(sigma), 3), structure=round(float(structure), 3),
+                         saturated_fraction=round(saturated, 5),
+                         focus=None if focus is None else round(float(focus), 4),
+                         height=int(grey.shape[0]), width=int(grey.shape[1]))
+
+
+def _focus(grey: np.ndarray, sigma: float) -> float | None:
+    """Fine-band energy / coarse-band energy, noise energy subtracted from each (None: no coarse detail)."""
+    g1, g25, g8 = (ndimage.gaussian_filter(grey, s) for s in (FINE[0], FINE[1], COARSE[1]))
+    fine = max(float(np.var(g1 - g25)) - sigma**2 * _GAIN_FINE, 0.0)
+    coarse = max(float(np.var(g25 - g8)) - sigma**2 * _GAIN_COARSE, 0.0)
+    return fine / coarse if coarse > 0 else None
+
+
+def assess_field(image: FieldImage, config: QualityConfig | None = None) -> QualityReport:
+    """Measure the field; raise :class:`InvalidImageError` when it cannot be read, else return the report
+    (with review reasons, e.g. partial saturation)."""
+    cfg = config or QualityConfig()
+    report = measure(image)
+    if not cfg.enabled:
+        return report
+    if report.p99 < cfg.min_p99:
+        raise InvalidImageError(f"image quality: black field (99th percentile {report.p99:.1f} grey levels < "
+                                f"{cfg.min_p99}): no light reached the camera; rescan the well")
+    if report.saturated_fraction > cfg.reject_saturated_fraction:
+        raise InvalidImageError(f"image quality: overexposed ({report.saturated_fraction:.0%} of pixels at full "
+                                f"scale > {cfg.reject_saturated_fraction:.0%}); rescan with a shorter exposure")
+    if report.dynamic_range < cfg.min_dynamic_range:
+        raise InvalidImageError(f"image quality: flat field without contrast (range {report.dynamic_range:.1f} "
+                                f"grey levels < {cfg.min_dynamic_range}): no cells can be seen; rescan the well")
+    if report.structure < cfg.min_structure:
+        raise InvalidImageError(f"image quality: the field looks like noise (structure {report.structure:.1f} < "
+                                f"{cfg.min_structure}, noise sigma {report.noise:.1f} grey levels): no cells can "
+                                "be seen; rescan the well")
+    if report.focus is not None and report.focus < cfg.min_focus:
+        raise InvalidImageError(f"image quality: out of focus (fine/coarse detail {report.focus:.3f} < "
+                                f"{cfg.min_focus}); refocus and rescan the well")
+    if report.saturated_fraction > cfg.review_saturated_fraction:
+        report.review_reasons.append(
+            f"partly overexposed ({report.saturated_fraction:.1%} of pixels at full scale > "
+            f"{cfg.review_saturated_fraction:.0%}): fluorescence index and cell crops are clipped")
+    return report
+
+
+def count_nuclei(image: FieldImage, config: QualityConfig | None = None) -> int:
+    """Nucleus-sized bright blobs in the field, however faint (see the module docstring).
+
+    On the field averaged 2 × 2 (noise halves): difference-of-Gaussians responses at the scales
+    ``nucleus_sigmas`` (full-resolution px; DoG σ and 1.6 σ), each divided by the response white noise of the
+    measured sigma would give, maximum over scales; a blob is a local maximum (window ``min_separation`` px)
+    of at least ``nucleus_snr``, away from the border (2 σ) and from burned-in annotations.
+    """
+    cfg = config or QualityConfig()
+    grey = _grey(image)
+    h, w = grey.shape[0] // 2 * 2, grey.shape[1] // 2 * 2
+    half = grey[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    sigma = noise_sigma(half)
+    score = np.full(half.shape, -np.inf)
+    for s in (v / 2 for v in cfg.nucleus_sigmas):
+        dog = ndimage.gaussian_filter(half, s) - ndimage.gaussian_filter(half, 1.6 * s)
+        score = np.maximum(score, dog / (sigma * np.sqrt(_white_noise_gain(_impulse((s, 1.6 * s))))))
+    window = max(3, round(cfg.min_separation / 2)) | 1
+    peaks = (score == ndimage.maximum_filter(score, size=window)) & (score >= cfg.nucleus_snr)
+    margin = max(1, round(max(cfg.nucleus_sigmas)))  # 2 σ of the largest scale, in half-resolution px
+    peaks[:margin], peaks[-margin:], peaks[:, :margin], peaks[:, -margin:] = False, False, False, False
+    if image.annotation_mask.any():
+        near = ndimage.binary_dilation(image.annotation_mask[:h:2, :w:2], iterations=margin)
+        peaks &= ~near
+    return int(peaks.sum())
+
+
+def negative_needs_cells(report: QualityReport, config: QualityConfig | None = None) -> str | None:
+    """The review reason when a negative call lacks evidence of cells (``report.nuclei`` < ``min_nuclei``)."""
+    cfg = config or QualityConfig()
+    if not cfg.enabled or report.nuclei is None or report.nuclei >= cfg.min_nuclei:
+        return None
+    return (f"no evidence of cells: {report.nuclei} nucleus-sized objects found (< {cfg.min_nuclei}); an empty or "
+            "cell-free well cannot be reported negative")
