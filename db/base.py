@@ -6,9 +6,9 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Enum, MetaData, func
+from sqlalchemy import JSON, DateTime, Enum, MetaData, func, select
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 # Deterministic constraint names, so that migrations can refer to them on every database.
 NAMING_CONVENTION = {
@@ -25,6 +25,15 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock (aware, UTC): what staleness is measured against, so that workers whose clocks
+    disagree still agree on which job is stale. SQLite returns a naive UTC value."""
+    value = session.scalar(select(func.now()))
+    if isinstance(value, str):  # SQLite's CURRENT_TIMESTAMP may come back untyped
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def enum_column(enum_cls: type[enum.Enum], name: str) -> Enum:
