@@ -36,6 +36,14 @@ def session_factory(url: str | None = None) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session whose work is committed on success and rolled back on any exception."""
-    with session_factory(url)() as session, session.begin():
-        yield session
+    """A session whose work is committed on success and rolled back on any exception.
+
+    Callees may commit on the way (the service layer commits before it sends a task); what follows their
+    commit is committed or rolled back here."""
+    with session_factory(url)() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

@@ -16,7 +16,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.app import create_app
-from api.auth import create_key
 from db.base import utcnow
 from db.models import (
     AnalysisAttempt,
@@ -36,6 +35,7 @@ from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.vocabulary import CELL_PATTERNS
+from services.keys import create_key
 
 WEBHOOK_TOKEN = "api-tests-webhook-token"
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
@@ -57,8 +57,8 @@ def keys(api_env: dict[str, str]) -> dict[str, str]:
     out = {}
     with session_scope() as session:
         for role in Role:
-            out[role.value] = create_key(session, f"test-{role.value}", role)[1]
-        row, out["revoked"] = create_key(session, "test-revoked", Role.ADMIN)
+            out[role.value] = create_key(session, f"test-{role.value}", role, actor="test")[1]
+        row, out["revoked"] = create_key(session, "test-revoked", Role.ADMIN, actor="test")
         row.revoked_at = utcnow()
     return out
 

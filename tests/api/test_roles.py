@@ -13,10 +13,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from api.app import create_app
-from api.auth import RANK, create_key, route_roles
+from api.auth import RANK, route_roles
 from db.base import utcnow
 from db.models import AuditEvent, ModelStage, ModelTask, ModelVersion, Role, RunStatus, SlideStatus, TrainingRun
 from db.session import session_scope
+from services.keys import create_key
 from tests.api.conftest import SentTasks, auth, seed_specimen
 from tests.integration.test_events import minio_event
 
@@ -51,7 +52,7 @@ def _versions(task: ModelTask, *stages: ModelStage) -> list[int]:
 
 def _key() -> int:
     with session_scope() as session:
-        return create_key(session, "to-revoke", Role.VIEWER)[0].id
+        return create_key(session, "to-revoke", Role.VIEWER, actor="test")[0].id
 
 
 # (method, path template) -> () -> (concrete path, JSON body or None, expected audit action or None)
