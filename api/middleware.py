@@ -83,11 +83,22 @@ class RequestGuard:
         await self.app(scope, _replay(bytes(body)), send)
 
     def _rule(self, scope: Scope) -> Any:
-        for route in self.fastapi_app.router.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL and hasattr(route, "dependant"):
-                return route_rule(route.dependant, self.fastapi_app.dependency_overrides)
-        return None
+        route = _find_route(self.fastapi_app.router.routes, scope)
+        return route_rule(route.dependant, self.fastapi_app.dependency_overrides) if route is not None else None
+
+
+def _find_route(routes: list[Any], scope: Scope) -> Any:
+    """The APIRoute that will handle ``scope`` (included routers are searched through)."""
+    for route in routes:
+        if hasattr(route, "original_router"):  # FastAPI wraps include_router()'s routes
+            found = _find_route(route.original_router.routes, scope)
+            if found is not None:
+                return found
+            continue
+        match, _ = route.matches(scope)
+        if match is Match.FULL and hasattr(route, "dependant"):
+            return route
+    return None
 
 
 def _identify(headers: Headers, webhook: bool) -> Principal:
