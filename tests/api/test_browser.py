@@ -19,6 +19,8 @@ from db.session import session_scope
 from tests.api.conftest import Seeded, seed_specimen
 from tests.conftest import REPO_ROOT, free_port
 
+expect = pytest.importorskip("playwright.sync_api", reason="pip install playwright").expect
+
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "dashboard"
@@ -92,19 +94,20 @@ def walk_through(page: object, base_url: str, keys: dict[str, str], target: Seed
     page.fill("#apikey", keys["reviewer"])
     page.click("#login")
     page.wait_for_selector(f"#worklist tr[data-id='{target.slide_id}']")
-    page.wait_for_function("document.querySelectorAll('.chip').length > 1")  # the overview counts
+    # locator waits, not wait_for_function: the dashboard's CSP forbids the eval a string predicate needs
+    expect(page.locator(".chip").nth(1)).to_be_attached()  # the overview counts
     page.screenshot(path=str(ARTIFACTS / "1-worklist.png"), full_page=True)
     assert page.locator("#worklist tbody tr").first.get_attribute("data-id")  # needs-review first
     page.click(f"#worklist tr[data-id='{target.slide_id}']")
     page.wait_for_selector("#gallery canvas")
-    page.wait_for_function("document.querySelectorAll('#gallery canvas').length === 5")
+    expect(page.locator("#gallery canvas")).to_have_count(5)
     assert page.inner_text("#final-pattern") == "speckled"
     page.screenshot(path=str(ARTIFACTS / "2-specimen.png"), full_page=True)
     page.select_option("#correct-pattern", "nucleolar")
     page.select_option("#correct-intensity", "intermediate")
     page.fill("#comment", "nucleoli clearly stained")
     page.click("#save-correction")
-    page.wait_for_function("document.querySelector('#final-pattern')?.innerText === 'nucleolar'")
+    expect(page.locator("#final-pattern")).to_have_text("nucleolar")
     assert page.inner_text("#final-intensity") == "intermediate"
     assert "nucleoli clearly stained" in page.inner_text("#review")
     page.screenshot(path=str(ARTIFACTS / "3-corrected.png"), full_page=True)
