@@ -38,8 +38,10 @@ class Sidecar(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    patient_id: str | None = Field(None, description="pseudonymised patient id (HEP2_PSEUDONYM_PATTERN)")
-    specimen_id: str | None = Field(None, description="pseudonymised specimen id (HEP2_PSEUDONYM_PATTERN)")
+    patient_id: str | None = Field(None, max_length=64, description="pseudonymised patient id "
+                                                                    "(HEP2_PSEUDONYM_PATTERN)")
+    specimen_id: str | None = Field(None, max_length=64, description="pseudonymised specimen id "
+                                                                     "(HEP2_PSEUDONYM_PATTERN)")
     well: str | None = Field(None, max_length=16, pattern=r"^[A-Za-z0-9._-]+$")
     dilution: str | None = Field(None, pattern=r"^1:\d{1,6}$", description='e.g. "1:160"')
     exposure_ms: float | None = Field(None, gt=0, le=60_000)
