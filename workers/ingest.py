@@ -210,7 +210,7 @@ def _apply_sidecar(session: Session, slide: SlideImage, sidecar: Sidecar) -> str
         specimen = specimen or _get_or_create(session, Specimen, accession=sidecar.specimen_id)
         if specimen.patient_id is None and patient is not None:
             specimen.patient = patient
-        slide.specimen = specimen
+        slide.specimen_id = specimen.id  # by id: the slide is not in the session yet (no backref to a row)
     elif patient is not None:
         slide.specimen = Specimen(patient=patient)
     return None
