@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -71,10 +71,29 @@ def allowed_roles(*roles: Role | str) -> frozenset[Role]:
     return frozenset(out)
 
 
-def presented_key(bearer: HTTPAuthorizationCredentials | None, x_api_key: str | None) -> str | None:
+def presented(bearer: str | None, x_api_key: str | None) -> str | None:
+    """The credential a request presents: ``X-API-Key`` first, else the bearer token."""
     if x_api_key and x_api_key.strip():
         return x_api_key.strip()
-    return bearer.credentials.strip() if bearer and bearer.credentials.strip() else None
+    return bearer.strip() if bearer and bearer.strip() else None
+
+
+def webhook_principal(bearer: str | None) -> Principal | None:
+    """The webhook's principal when ``bearer`` is ``HEP2_WEBHOOK_TOKEN`` (constant-time comparison)."""
+    token = get_settings().webhook_token
+    bearer = bearer.strip() if bearer else None
+    if token and bearer and hmac.compare_digest(bearer.encode(), token.get_secret_value().encode()):
+        return Principal(None, "webhook", Role.SCANNER)
+    return None
+
+
+def identify(session: Session, bearer: str | None, x_api_key: str | None, webhook: bool) -> Principal:
+    """Who presents these credentials (401 if nobody); ``webhook``: the webhook token is accepted too.
+
+    The one place credentials are checked: by :class:`api.middleware.RequestGuard` before a request body is
+    read, and by the route's :class:`RoleRule` (which reuses the guard's answer)."""
+    principal = webhook_principal(bearer) if webhook else None
+    return principal or authenticate(session, presented(bearer, x_api_key))
 
 
 def authenticate(session: Session, key: str | None) -> Principal:
@@ -98,16 +117,24 @@ def _aware(value: datetime) -> datetime:
 class RoleRule:
     """A dependency admitting the given roles (and, for hierarchical roles, those above them)."""
 
+    webhook = False  # whether HEP2_WEBHOOK_TOKEN is a credential for this route
+
     def __init__(self, *roles: Role | str) -> None:
         self.roles = allowed_roles(*roles)
 
-    def __call__(self, session: SessionDep, bearer: BearerDep = None, x_api_key: ApiKeyDep = None) -> Principal:
-        principal = authenticate(session, presented_key(bearer, x_api_key))
+    def __call__(self, request: Request, session: SessionDep, bearer: BearerDep = None,
+                 x_api_key: ApiKeyDep = None) -> Principal:
+        principal = getattr(request.state, "principal", None)  # set by the guard when it read the body
+        if principal is None:
+            principal = identify(session, bearer.credentials if bearer else None, x_api_key, self.webhook)
+        self.check(principal)
+        return principal
+
+    def check(self, principal: Principal) -> None:
         if principal.role not in self.roles:
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"role {principal.role.value} may not do this "
                                 f"(needs one of: {', '.join(sorted(r.value for r in self.roles))})")
-        return principal
 
 
 def require_role(*roles: Role | str) -> RoleRule:
@@ -124,26 +151,25 @@ Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 class WebhookOrScanner(RoleRule):
     """``POST /v1/events/s3``: MinIO's webhook bearer token (``HEP2_WEBHOOK_TOKEN``) or a scanner API key."""
 
+    webhook = True
+
     def __init__(self) -> None:
         super().__init__(Role.SCANNER)
 
-    def __call__(self, session: SessionDep, bearer: BearerDep = None,  # type: ignore[override]
-                 x_api_key: ApiKeyDep = None) -> Principal:
 
-        token = get_settings().webhook_token
-        presented = presented_key(bearer, None)
-        if token and presented and hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
-            return Principal(None, "webhook", Role.SCANNER)
-        return super().__call__(session, bearer, x_api_key)
+def route_rule(dependant: Any, overrides: dict[Any, Any]) -> RoleRule | None:
+    """The first RoleRule in a route's dependency tree (after overrides); None if the route is unguarded."""
+    for dep in dependant.dependencies:
+        call = overrides.get(dep.call, dep.call)
+        if isinstance(call, RoleRule):
+            return call
+        found = route_rule(dep, overrides)
+        if found is not None:
+            return found
+    return None
 
 
 def route_roles(dependant: Any, overrides: dict[Any, Any]) -> frozenset[Role] | None:
     """The roles the first RoleRule in a route's dependency tree admits (after overrides); None if unguarded."""
-    for dep in dependant.dependencies:
-        call = overrides.get(dep.call, dep.call)
-        if isinstance(call, RoleRule):
-            return call.roles
-        found = route_roles(dep, overrides)
-        if found is not None:
-            return found
-    return None
+    rule = route_rule(dependant, overrides)
+    return rule.roles if rule is not None else None

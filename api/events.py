@@ -21,6 +21,8 @@ from workers.ingest import is_sidecar
 from workers.routing import TaskName
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
+MAX_RECORDS = 100
+"""Records per notification: MinIO and AWS send one; a scanner batching more must split its requests."""
 
 
 class S3Bucket(BaseModel):
@@ -52,7 +54,7 @@ class S3Event(BaseModel):
     """The notification body MinIO and AWS send (MinIO adds ``EventName`` and ``Key`` at the top)."""
 
     model_config = ConfigDict(extra="allow")
-    Records: list[S3Record] = Field(min_length=1, max_length=1000)
+    Records: list[S3Record] = Field(min_length=1, max_length=MAX_RECORDS)
 
 
 class RecordOutcome(BaseModel):

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from api.auth import Admin, SessionDep, Viewer
 from api.schemas import ORM, Name
 from db.models import ApiKey, Role
-from services import NotFoundError
+from services import ConflictError, NotFoundError
 from services.keys import create_key, revoke_key
 
 router = APIRouter(prefix="/v1", tags=["auth"])
@@ -63,8 +63,10 @@ def new_key(body: KeyIn, session: SessionDep, who: Admin) -> NewKeyOut:
 
 @router.post("/api-keys/{key_id}/revoke", response_model=KeyOut)
 def revoke(key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, who: Admin) -> ApiKey:
-    """Revoke a key; it stops working at once."""
+    """Revoke a key; it stops working at once. The last active admin key cannot be revoked (409)."""
     try:
         return revoke_key(session, key_id, who.actor)
     except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
@@ -39,7 +39,8 @@ from hep2.vocabulary import icap_of_pattern
 
 router = APIRouter(prefix="/v1/specimens", tags=["specimens"])
 URL_TTL_S = 300
-SlideId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+MAX_ID = 2**31 - 1
+SlideId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 latest = (select(SpecimenResult.slide_image_id.label("slide_id"), func.max(SpecimenResult.id).label("result_id"))
           .group_by(SpecimenResult.slide_image_id).subquery("latest"))
@@ -108,12 +109,24 @@ def encode_cursor(row: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MIN_CURSOR_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_CURSOR_TIME = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 def decode_cursor(cursor: str) -> tuple[int, datetime, int]:
+    """The sort keys of a cursor from :func:`encode_cursor`; 422 for anything else (huge or non-integer
+    numbers, floats, out-of-range dates), so a forged cursor never reaches the database."""
     try:
         p, received, slide_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return int(p), datetime.fromisoformat(received), int(slide_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid cursor") from exc
+        when = datetime.fromisoformat(received) if isinstance(received, str) and len(received) <= 40 else None
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    except (ValueError, TypeError, RecursionError, binascii.Error, UnicodeDecodeError):
+        when = p = slide_id = None
+    if (type(p) is not int or p not in (0, 1) or type(slide_id) is not int or not 1 <= slide_id <= MAX_ID
+            or when is None or not MIN_CURSOR_TIME <= when <= MAX_CURSOR_TIME):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid cursor: pass next_cursor unchanged")
+    return p, when, slide_id
 
 
 @router.get("", response_model=SpecimenPage)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from cli.apps import apikey_app
 from db.models import ApiKey, Role
 from db.session import session_scope
-from services import NotFoundError
+from services import ConflictError, NotFoundError
 from services.keys import create_key, revoke_key
 
 
@@ -43,4 +43,7 @@ def revoke(key_id: int = typer.Argument(..., help="Key id from `hep2 apikey list
             revoke_key(session, key_id, actor="cli")
         except NotFoundError as exc:
             raise typer.BadParameter(str(exc)) from exc
+        except ConflictError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(f"key {key_id} revoked")

@@ -9,7 +9,17 @@ import typer
 
 from cli.apps import app
 from cli.demo import print_report, run_demo
+from hep2.settings import InsecureSettingsError, require_secure_settings
 from workers.routing import QUEUES
+
+
+def refuse_insecure_settings() -> None:
+    """Exit (code 2) with the reasons when production settings keep a default or placeholder secret."""
+    try:
+        require_secure_settings()
+    except InsecureSettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -25,6 +35,7 @@ def worker(
     unknown = sorted(set(wanted) - set(QUEUES))
     if unknown:
         raise typer.BadParameter(f"unknown queue(s) {unknown}; known: {', '.join(QUEUES)}")
+    refuse_insecure_settings()
     if concurrency is None and "gpu" in wanted:
         concurrency = 1  # one process owns the GPU; run one worker per GPU to use several
     argv = ["worker", "-Q", ",".join(wanted), "-l", loglevel]
@@ -38,6 +49,7 @@ def worker(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def beat(ctx: typer.Context, loglevel: str = typer.Option("INFO", "-l", "--loglevel")) -> None:
     """Run Celery beat (the inbox sweep and other schedules)."""
+    refuse_insecure_settings()
     from workers.tasks import celery_app  # builds the worker's app and imports torch: only for this command
 
     celery_app.start(["beat", "-l", loglevel, *ctx.args])
@@ -46,7 +58,8 @@ def beat(ctx: typer.Context, loglevel: str = typer.Option("INFO", "-l", "--logle
 @app.command()
 def api(host: str = typer.Option("127.0.0.1", help="Interface; 0.0.0.0 in a container."),
         port: int = typer.Option(8000), workers: int = typer.Option(1, help="uvicorn worker processes.")) -> None:
-    """Serve the HTTP API (uvicorn)."""
+    """Serve the HTTP API (uvicorn); the app itself also refuses insecure settings at start-up."""
+    refuse_insecure_settings()
     import uvicorn  # the server is only needed by this command
 
     uvicorn.run("api.app:app", host=host, port=port, workers=workers, proxy_headers=True)

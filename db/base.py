@@ -6,9 +6,9 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Dialect, Enum, MetaData, TypeDecorator, func
+from sqlalchemy import JSON, DateTime, Dialect, Enum, MetaData, TypeDecorator, func, select
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 # Deterministic constraint names, so that migrations can refer to them on every database.
 NAMING_CONVENTION = {
@@ -27,30 +27,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def as_utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime; a naive one is taken to be UTC already."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp that is aware UTC on both sides, on every database.
-
-    PostgreSQL stores ``timestamptz``; SQLite has no time zones and returns naive values (and would store an
-    aware value's wall-clock time, whatever its zone). So values are converted to UTC before they are
-    stored (naive ones are taken as UTC) and come back with ``tzinfo=UTC``; the API then serialises them
-    with their offset.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else as_utc(value)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else as_utc(value)
-
-
+from sqlalchemy import JSON, DateTime, Dialect, Enum, MetaData, TypeDecorator, func, select
 def enum_column(enum_cls: type[enum.Enum], name: str) -> Enum:
     """A portable enum: VARCHAR + CHECK constraint holding the member *values*."""
     return Enum(enum_cls, name=name, native_enum=False, create_constraint=True, length=32,

@@ -7,12 +7,25 @@ Redis and an S3 endpoint (MinIO, Ceph, AWS).
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_SIGNING_KEY = "embedded-mode-not-secret"
+DEFAULT_PSEUDONYM_PATTERN = r"^(?=[^0-9]*[0-9])[A-Za-z0-9][A-Za-z0-9._:-]{2,63}$"
+MIN_SIGNING_KEY_CHARS = 32
+MIN_TOKEN_CHARS = 16
+WEAK_SECRETS = frozenset({EMBEDDED_SIGNING_KEY, "minioadmin", "minio123", "admin", "password", "secret",
+                          "changeme", "change-me"})
+"""Values that are defaults somewhere (the embedded signing key, MinIO's root account) or obvious placeholders."""
+
+
+class InsecureSettingsError(RuntimeError):
+    """Production settings with a default, placeholder or missing secret: the service refuses to start."""
 
 
 class Settings(BaseSettings):
@@ -30,6 +43,9 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="S3 region name.")
     s3_access_key_id: str | None = Field(None, description="S3 access key; empty = boto3's default chain.")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="S3 endpoint as browsers reach it (e.g. https://s3.lab.example), used in presigned "
+                          "links; empty = HEP2_S3_ENDPOINT_URL.")
     inbox_prefix: str = Field("inbox/", description="Key prefix where scanners upload slide images.")
 
     pipeline_config: Path | None = Field(
@@ -50,10 +66,14 @@ class Settings(BaseSettings):
     promotion_max_specimen_loss: int = Field(
         0, ge=0, description="...and it may call at most this many more specimens wrong (out-of-fold).")
     signing_key: SecretStr = Field(
-        SecretStr("embedded-mode-not-secret"),
+        SecretStr(EMBEDDED_SIGNING_KEY),
         description="HMAC key for local presigned URLs; set a random value in production.",
     )
     webhook_token: SecretStr | None = Field(None, description="Bearer token the S3 webhook must present.")
+    pseudonym_pattern: str = Field(
+        DEFAULT_PSEUDONYM_PATTERN,
+        description="Regular expression every sidecar patient_id and specimen_id must match (pseudonyms, not "
+                    "names); default: 3-64 letters, digits or . _ : -, at least one digit.")
 
     sweep_interval_s: float = Field(300.0, description="How often beat sweeps the inbox for missed uploads.")
     requeue_after_s: float = Field(900.0, description="A slide queued this long without starting is re-sent.")
@@ -62,6 +82,24 @@ class Settings(BaseSettings):
     training_time_limit_s: int = Field(6 * 3600, description="Hard time limit of training tasks (seconds).")
     visibility_timeout_s: int | None = Field(
         None, description="Redis: redeliver an unacknowledged task after this long; empty = training limit + 10 min.")
+    max_worker_deaths: int = Field(
+        3, ge=1, description="A slide whose analysis killed (or outlived) its worker this many times is failed "
+                             "instead of redelivered again.")
+
+    @field_validator("pseudonym_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True in the embedded mode (SQLite, file broker, local bucket on one machine): nothing is served to
+        a network, so the embedded defaults are acceptable; any server URL means production."""
+        return not self.database_url and not self.broker_url and self.storage_backend == "local"
 
     @property
     def resolved_database_url(self) -> str:
@@ -78,6 +116,41 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_root(self) -> Path:
         return (self.storage_root or self.state_dir / "bucket").resolve()
+
+
+def _weak(value: str) -> bool:
+    return value.strip().lower() in WEAK_SECRETS or "change-me" in value.lower() or "changeme" in value.lower()
+
+
+def insecure_settings(settings: Settings) -> list[str]:
+    """Why these settings must not serve production (empty list: fine). Embedded mode is always fine."""
+    if settings.embedded:
+        return []
+    problems = []
+    signing = settings.signing_key.get_secret_value()
+    if _weak(signing) or len(signing) < MIN_SIGNING_KEY_CHARS:
+        problems.append(f"HEP2_SIGNING_KEY is a default or placeholder or shorter than {MIN_SIGNING_KEY_CHARS} "
+                        "characters (it signs download links)")
+    token = settings.webhook_token.get_secret_value() if settings.webhook_token else ""
+    if token and (_weak(token) or len(token) < MIN_TOKEN_CHARS):
+        problems.append(f"HEP2_WEBHOOK_TOKEN is a default or placeholder or shorter than {MIN_TOKEN_CHARS} characters")
+    if settings.storage_backend == "s3":
+        secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else ""
+        if secret and _weak(secret):
+            problems.append("HEP2_S3_SECRET_ACCESS_KEY is a default or placeholder")
+        if settings.s3_access_key_id and _weak(settings.s3_access_key_id):
+            problems.append("HEP2_S3_ACCESS_KEY_ID is a default account (e.g. MinIO's minioadmin)")
+    return problems
+
+
+def require_secure_settings(settings: Settings | None = None) -> None:
+    """Raise :class:`InsecureSettingsError` when production settings keep a default or placeholder secret
+    (the API, workers and beat call this at start-up)."""
+    problems = insecure_settings(settings or get_settings())
+    if problems:
+        raise InsecureSettingsError(
+            "refusing to start outside embedded mode with insecure settings: " + "; ".join(problems)
+            + ". Generate secrets with `openssl rand -hex 32` (docs/deployment.md).")
 
 
 @lru_cache

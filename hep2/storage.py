@@ -6,7 +6,12 @@
   matters to callers: MD5 ETags for single-part objects, prefix listing in key order, presigned URLs
   (HMAC-signed, verified by :func:`verify_local_signature`).
 
-Keys are validated the same way for both: relative, ``/``-separated, no ``..`` or empty segments.
+Keys are validated the same way for both: relative, ``/``-separated, no ``..`` or empty segments, no control
+characters (a newline in a key would forge log lines).
+
+:meth:`ObjectStorage.fetch` returns the bytes together with the ETag and version of exactly those bytes, and
+reads a given version when one is named: the analysis reads the object version that was registered
+(S3 ``VersionId`` on a versioned bucket), never "whatever is under the key now".
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,7 +43,7 @@ class InvalidKeyError(ValueError):
 
 
 class ObjectNotFoundError(KeyError):
-    """No object under that key."""
+    """No object under that key (or no such version of it)."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,25 @@ class ObjectInfo:
     version_id: str | None = None
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """An object's bytes and the metadata of exactly those bytes (from the same read)."""
+
+    data: bytes
+    etag: str  # without quotes
+    version_id: str | None = None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a safe relative object key, else raise :class:`InvalidKeyError`."""
     if not key or len(key.encode()) > MAX_KEY_BYTES:
         raise InvalidKeyError(f"object key must be 1..{MAX_KEY_BYTES} bytes")
-    if key.startswith("/") or "\\" in key or "\x00" in key:
+    if _CONTROL.search(key):
+        raise InvalidKeyError(f"object key {key!r} contains control characters (newline, tab, ...)")
+    if key.startswith("/") or "\\" in key:
         raise InvalidKeyError(f"object key {key!r} must be relative and use '/' separators")
     parts = key.split("/")
     if any(part in ("", ".", "..") for part in parts[:-1]) or parts[-1] in (".", ".."):
@@ -66,6 +86,7 @@ class ObjectStorage(Protocol):
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo: ...
     def get(self, key: str) -> bytes: ...
+    def fetch(self, key: str, version_id: str | None = None) -> StoredObject: ...
     def head(self, key: str) -> ObjectInfo: ...
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
     def presigned_url(self, key: str, expires_s: int = 300) -> str: ...
@@ -75,13 +96,18 @@ class S3Storage:
     """Objects in an S3-compatible bucket."""
 
     def __init__(self, bucket: str, endpoint_url: str | None = None, region: str = "us-east-1",
-                 access_key_id: str | None = None, secret_access_key: str | None = None) -> None:
+                 access_key_id: str | None = None, secret_access_key: str | None = None,
+                 public_endpoint_url: str | None = None) -> None:
         self.bucket = bucket
-        self.client = boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region,
-            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5}),
-        )
+        config = Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5},
+                        signature_version="s3v4")
+        credentials = {"region_name": region, "aws_access_key_id": access_key_id,
+                       "aws_secret_access_key": secret_access_key, "config": config}
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, **credentials)
+        # Presigned links are opened by browsers: they must name the host users reach (the signature
+        # covers the host, so the URL cannot be rewritten afterwards), not the internal one.
+        self._presigner = (boto3.client("s3", endpoint_url=public_endpoint_url, **credentials)
+                           if public_endpoint_url else self.client)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (set-up scripts and tests)."""
@@ -95,12 +121,21 @@ class S3Storage:
         return self.head(key)
 
     def get(self, key: str) -> bytes:
+        return self.fetch(key).data
+
+    def fetch(self, key: str, version_id: str | None = None) -> StoredObject:
+        extra = {"VersionId": version_id} if version_id else {}
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=validate_key(key))["Body"].read()
+            response = self.client.get_object(Bucket=self.bucket, Key=validate_key(key), **extra)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "NoSuchVersion", "404"):
                 raise ObjectNotFoundError(key) from exc
             raise
+        return StoredObject(response["Body"].read(), response["ETag"].strip('"'), response.get("VersionId"))
+
+    def versioned(self) -> bool:
+        """True when the bucket keeps every version (objects can be read by the VersionId registered)."""
+        return self.client.get_bucket_versioning(Bucket=self.bucket).get("Status") == "Enabled"
 
     def head(self, key: str) -> ObjectInfo:
         try:
@@ -120,7 +155,7 @@ class S3Storage:
                                  last_modified=obj["LastModified"])
 
     def presigned_url(self, key: str, expires_s: int = 300) -> str:
-        return self.client.generate_presigned_url(
+        return self._presigner.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": validate_key(key)}, ExpiresIn=expires_s)
 
 
@@ -153,6 +188,13 @@ class LocalStorage:
         if not path.is_file():
             raise ObjectNotFoundError(key)
         return path.read_bytes()
+
+    def fetch(self, key: str, version_id: str | None = None) -> StoredObject:
+        """The bytes and their MD5 ETag (computed from the very bytes read); no versions in a folder."""
+        if version_id is not None:
+            raise ObjectNotFoundError(f"{key} (version {version_id}: the local bucket keeps no versions)")
+        data = self.get(key)
+        return StoredObject(data, hashlib.md5(data, usedforsecurity=False).hexdigest())
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -209,6 +251,7 @@ def storage_from_settings(settings: Settings | None = None) -> ObjectStorage:
     if settings.storage_backend == "s3":
         secret = settings.s3_secret_access_key
         return S3Storage(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_region,
-                         settings.s3_access_key_id, secret.get_secret_value() if secret else None)
+                         settings.s3_access_key_id, secret.get_secret_value() if secret else None,
+                         settings.s3_public_endpoint_url)
     return LocalStorage(settings.resolved_storage_root, settings.s3_bucket,
                         settings.signing_key.get_secret_value().encode())

@@ -139,6 +139,8 @@ def service_env(database_url: str, redis_url: str, s3_endpoint: str,
         "HEP2_S3_ACCESS_KEY_ID": "testing",
         "HEP2_S3_SECRET_ACCESS_KEY": "testing",
         "HEP2_SWEEP_INTERVAL_S": "3600",
+        # production mode (a database URL): the API and workers refuse the embedded signing key
+        "HEP2_SIGNING_KEY": secrets.token_hex(32),
     }
     from hep2.settings import get_settings
     from hep2.storage import S3Storage, storage_from_settings

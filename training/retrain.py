@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from analysis.models.classifier import save_checkpoint
 from db import audit
-from db.base import utcnow
+from db.base import db_now, utcnow
 from db.models import (
     TRAINABLE_TASKS,
     Dataset,
@@ -141,14 +141,35 @@ def _cv_summary(fold_metrics: list[dict[str, Any]], signature: str, specimen: di
             "folds": len(fold_metrics), "summary": mean, "specimen": specimen}
 
 
-def run_training(run_id: int, storage: ObjectStorage) -> dict[str, Any]:
+def claim_run(session: Session, run_id: int, task_id: str | None, dead_after: timedelta) -> TrainingRun | str:
+    """Lock the run and mark it running for this message, or return why this message must not run it.
+
+    A queued run starts. A running run restarts only for the redelivery of its own message (the worker
+    that held it died) or once it has run longer than ``dead_after`` (the hard time limit: its holder is
+    gone); a duplicate message (a re-send by the maintenance sweep) never restarts a run on a live worker."""
+    run = session.scalar(select(TrainingRun).where(TrainingRun.id == run_id).with_for_update())
+    if run is None or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        return f"run is {run.status.value if run else 'missing'}"
+    now = db_now(session)
+    if run.status is RunStatus.RUNNING:
+        own_message = task_id is not None and run.celery_task_id == task_id
+        dead = run.started_at is None or run.started_at < now - dead_after
+        if not (own_message or dead):
+            return f"run {run_id} is running on a live worker (message {run.celery_task_id})"
+    run.status, run.started_at, run.progress_pct, run.error = RunStatus.RUNNING, now, 0.0, None
+    if task_id is not None:
+        run.celery_task_id = task_id
+    return run
+
+
+def run_training(run_id: int, storage: ObjectStorage, task_id: str | None = None) -> dict[str, Any]:
     """Execute a queued run end to end; returns what happened (also stored on the run)."""
+    dead_after = timedelta(seconds=get_settings().training_time_limit_s)
     with session_scope() as session:
-        run = session.get(TrainingRun, run_id)
-        if run is None or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
-            return {"run_id": run_id, "skipped": f"run is {run.status.value if run else 'missing'}"}
+        run = claim_run(session, run_id, task_id, dead_after)
+        if isinstance(run, str):
+            return {"run_id": run_id, "skipped": run}
         params = RunParameters.from_dict(run.parameters)
-        run.status, run.started_at, run.progress_pct, run.error = RunStatus.RUNNING, utcnow(), 0.0, None
         snapshot_key, table = build_snapshot(session, storage, run_id, params.datasets, params.include_reviews)
         run.snapshot_uri, run.snapshot_rows, run.snapshot_sha256 = snapshot_key, len(table), table.data_hash()
         champion = registry.production(session, ModelTask.CELL_PATTERN) if params.compare_with_production else None

@@ -3,7 +3,9 @@
 Celery may deliver a task more than once (late acks, redelivery after a worker dies, a re-queue by the
 maintenance sweep). These functions make that safe: a slide is claimed under a row lock, only by a
 message that finds it ``queued``, by the redelivery of the same message (the previous holder died), or
-once the holder's time limit has passed. Every attempt is a row, so the history stays visible.
+once the holder's time limit has passed. Every attempt is a row, so the history stays visible. A slide
+whose analysis killed (or outlived) its worker ``HEP2_MAX_WORKER_DEATHS`` times is failed, not run again.
+Staleness is measured on the database's clock (:func:`db.base.db_now`), never a worker's.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.base import utcnow
+from db.base import db_now, utcnow
 from db.models import AnalysisAttempt, AttemptOutcome, SlideImage, SlideStatus
 from db.session import session_scope
 
@@ -30,10 +32,19 @@ class Claim:
     key: str
     sidecar: dict | None
     exposure_ms: float | None
+    etag: str = ""
+    version_id: str | None = None
+    sha256: str | None = None
 
 
-def claim(session: Session, slide_id: int, task_id: str, worker: str, stale_after: timedelta) -> Claim | str:
-    """Start an attempt on the slide, or return why this message must not run it."""
+def claim(session: Session, slide_id: int, task_id: str, worker: str, stale_after: timedelta,
+          max_worker_deaths: int = 3) -> Claim | str:
+    """Start an attempt on the slide, or return why this message must not run it.
+
+    The attempt of a holder that died (this very message redelivered) or outlived its time limit is closed
+    as abandoned and counted; after ``max_worker_deaths`` such deaths the slide is failed with the reason
+    instead of being run again (an input that crashes the worker must not loop)."""
+    now = db_now(session)
     slide = session.scalar(select(SlideImage).where(SlideImage.id == slide_id).with_for_update())
     if slide is None:
         return f"slide {slide_id} does not exist"
@@ -44,18 +55,25 @@ def claim(session: Session, slide_id: int, task_id: str, worker: str, stale_afte
     current = _latest_attempt(session, slide_id)
     if slide.status is SlideStatus.RUNNING:
         same_message = current is not None and current.task_id == task_id
-        expired = slide.started_at is not None and slide.started_at < utcnow() - stale_after
+        expired = slide.started_at is not None and slide.started_at < now - stale_after
         if not (same_message or expired):
             return f"slide {slide_id} is running elsewhere ({current.worker if current else '?'})"
         if current is not None and current.outcome is AttemptOutcome.RUNNING:
-            _close(current, AttemptOutcome.FAILED, "abandoned: the worker died or exceeded its time limit")
-        slide.transition(SlideStatus.QUEUED)
-    slide.transition(SlideStatus.RUNNING)
+            _close(current, AttemptOutcome.FAILED, "abandoned: the worker died or exceeded its time limit", now)
+        slide.worker_deaths = (slide.worker_deaths or 0) + 1
+        if slide.worker_deaths >= max_worker_deaths:
+            reason = (f"worker died {slide.worker_deaths} times while analysing this slide (last on "
+                      f"{current.worker if current else '?'}); not retried. Re-run it once the cause is fixed")
+            slide.transition(SlideStatus.FAILED, reason, at=now)
+            return reason
+        slide.transition(SlideStatus.QUEUED, at=now)
+    slide.transition(SlideStatus.RUNNING, at=now)
     attempt = AnalysisAttempt(slide_image_id=slide_id, number=(current.number + 1 if current else 1),
-                              task_id=task_id, worker=worker)
+                              task_id=task_id, worker=worker, started_at=now)
     session.add(attempt)
     session.flush()
-    return Claim(slide_id, attempt.id, attempt.number, slide.key, slide.sidecar, slide.exposure_ms)
+    return Claim(slide_id, attempt.id, attempt.number, slide.key, slide.sidecar, slide.exposure_ms,
+                 slide.etag, slide.version_id, slide.sha256)
 
 
 def owned_attempt(session: Session, claim_: Claim) -> tuple[SlideImage, AnalysisAttempt] | None:
@@ -100,16 +118,29 @@ def requeue(session: Session, slide_id: int) -> SlideImage:
     slide = session.scalar(select(SlideImage).where(SlideImage.id == slide_id).with_for_update())
     if slide is None:
         raise LookupError(f"slide {slide_id} does not exist")
-    slide.transition(SlideStatus.QUEUED)
+    slide.transition(SlideStatus.QUEUED, at=db_now(session))
+    slide.worker_deaths = 0  # an explicit re-run starts counting afresh
     return slide
 
 
-def stale_slides(session: Session, queued_before: datetime, running_before: datetime) -> list[int]:
-    """Slides whose message may have been lost: queued too long, or running past the time limit."""
-    rows = session.scalars(select(SlideImage.id).where(
-        ((SlideImage.status == SlideStatus.QUEUED) & (SlideImage.queued_at < queued_before))
-        | ((SlideImage.status == SlideStatus.RUNNING) & (SlideImage.started_at < running_before))))
-    return list(rows)
+def stale_slides(session: Session, queued_after: timedelta, running_after: timedelta) -> list[int]:
+    """Slides whose message may have been lost, to be sent again: queued for ``queued_after``, or running
+    past ``running_after`` (the time limit), and not already re-sent within ``queued_after``.
+
+    ``queued_at`` is stamped now (database clock) on the slides returned, so each is re-sent at most once
+    per stale period however often the sweep runs and however many sweeps run at once (row locks, skip
+    locked)."""
+    now = db_now(session)
+    resend_before = now - queued_after
+    ids = list(session.scalars(select(SlideImage.id).where(
+        SlideImage.queued_at < resend_before,
+        (SlideImage.status == SlideStatus.QUEUED)
+        | ((SlideImage.status == SlideStatus.RUNNING) & (SlideImage.started_at < now - running_after)))
+        .order_by(SlideImage.id).with_for_update(skip_locked=True)))
+    if ids:
+        session.execute(update(SlideImage).where(SlideImage.id.in_(ids)).values(queued_at=now),
+                        execution_options={"synchronize_session": False})
+    return ids
 
 
 def _latest_attempt(session: Session, slide_id: int) -> AnalysisAttempt | None:
@@ -121,10 +152,11 @@ def _latest_attempt(session: Session, slide_id: int) -> AnalysisAttempt | None:
                                                         AnalysisAttempt.number == number))
 
 
-def _close(attempt: AnalysisAttempt, outcome: AttemptOutcome, error: str | None) -> None:
+def _close(attempt: AnalysisAttempt, outcome: AttemptOutcome, error: str | None,
+           at: datetime | None = None) -> None:
     attempt.outcome = outcome
     attempt.error = error
-    attempt.finished_at = utcnow()
+    attempt.finished_at = at or utcnow()
 
 
 def slide_statuses(session: Session, keys: list[str]) -> dict[str, SlideStatus]:

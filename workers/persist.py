@@ -16,29 +16,35 @@ from analysis.types import InvalidImageError
 from db.models import AttemptOutcome, Cell, ModelStage, ModelTask, ModelVersion, SlideStatus, SpecimenResult
 from db.session import session_scope
 from hep2.settings import get_settings
-from hep2.storage import ObjectStorage
+from hep2.storage import ObjectNotFoundError, ObjectStorage, StoredObject
 from hep2.vocabulary import CELL_PATTERNS
 from workers import jobs
 
 
 def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Models,
                          config: PipelineConfig) -> dict[str, Any]:
-    """Download, analyse, upload the overlay, then commit the results, or reject the slide with the reason.
+    """Download the registered version, analyse, upload the overlay, then commit the results, or reject the
+    slide with the reason (bad image, or not the bytes that were registered).
 
     Transient faults (storage, database) propagate so that the task retries.
     """
     started = perf_counter()
-    data = storage.get(claim.key)
+    try:
+        stored = storage.fetch(claim.key, version_id=claim.version_id)
+        problem = changed_since_registration(claim, stored)
+    except ObjectNotFoundError:
+        stored, problem = None, ("the object registered no longer exists (deleted, or its version removed) "
+                                 f"under {claim.key!r}; upload it again")
     download_ms = round((perf_counter() - started) * 1000.0, 1)
+    if problem is not None or stored is None:
+        return _reject(claim, problem or "unreadable", download_ms)
     sidecar = dict(claim.sidecar or {})
     settings = get_settings()
     try:
-        analysis = analyze_field(data, models, sidecar=sidecar, config=config, accept_16bit=settings.accept_16bit)
+        analysis = analyze_field(stored.data, models, sidecar=sidecar, config=config,
+                                 accept_16bit=settings.accept_16bit)
     except InvalidImageError as exc:
-        with session_scope() as session:
-            jobs.finish_attempt(session, claim, AttemptOutcome.REJECTED, SlideStatus.REJECTED, str(exc),
-                                {"download": download_ms})
-        return {"status": SlideStatus.REJECTED.value, "reason": str(exc)}
+        return _reject(claim, str(exc), download_ms)
 
     overlay_key = f"overlays/{claim.slide_id}/attempt-{claim.attempt_number}.png"
     storage.put(overlay_key, analysis.overlay_png, "image/png")
@@ -46,6 +52,28 @@ def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Mode
     with session_scope() as session:
         status = save_analysis(session, claim, analysis, overlay_key, timings)
     return {"status": status.value if status else "superseded", "cells": len(analysis.cells)}
+
+
+def changed_since_registration(claim: jobs.Claim, stored: StoredObject) -> str | None:
+    """Why ``stored`` is not the object version registered for the slide (None: it is).
+
+    With a version id recorded (versioned bucket) the registered version itself was read; the ETag and
+    SHA-256 are checked either way, so an overwrite of an unversioned key is refused, never analysed
+    under the first upload's patient."""
+    sha256 = hashlib.sha256(stored.data).hexdigest()
+    if stored.etag == claim.etag and (claim.sha256 is None or sha256 == claim.sha256):
+        return None
+    return (f"the object changed after it was registered: {claim.key!r} had ETag {claim.etag} "
+            f"(sha256 {(claim.sha256 or '?')[:16]}…) when registered and has ETag {stored.etag} (sha256 "
+            f"{sha256[:16]}…) now. The newer upload is registered and analysed on its own; use a new key per "
+            "image, or a versioned bucket (docs/deployment.md)")
+
+
+def _reject(claim: jobs.Claim, reason: str, download_ms: float) -> dict[str, Any]:
+    with session_scope() as session:
+        jobs.finish_attempt(session, claim, AttemptOutcome.REJECTED, SlideStatus.REJECTED, reason,
+                            {"download": download_ms})
+    return {"status": SlideStatus.REJECTED.value, "reason": reason}
 
 
 def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, overlay_key: str,

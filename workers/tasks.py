@@ -13,16 +13,15 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
 from analysis.config import load_config
-from db.base import utcnow
 from db.models import ModelTask, SlideStatus
 from db.session import session_scope
 from hep2.settings import get_settings
-from hep2.storage import ObjectNotFoundError, storage_from_settings
+from hep2.storage import InvalidKeyError, ObjectNotFoundError, storage_from_settings
 from training.retrain import due_for_retraining, run_training, start_training
 from workers import jobs
 from workers.celery_app import create_celery_app
 from workers.ingest import is_sidecar, register_upload
-from workers.maintenance import unregistered_keys
+from workers.maintenance import stale_training_runs, sweep_inbox
 from workers.model_cache import ModelCache
 from workers.persist import run_claimed_analysis
 from workers.routing import TaskName
@@ -50,38 +49,47 @@ def register_upload_task(key: str) -> dict[str, object]:
             session.flush()
             result = {"key": key, "slide_id": slide.id, "created": created, "status": slide.status.value}
     except ObjectNotFoundError:
-        log.warning("object %s vanished before it could be registered", key)
+        log.warning("object %r vanished before it could be registered", key)
         return {"key": key, "skipped": "object no longer exists"}
+    except InvalidKeyError as exc:  # the inbox sweep records such objects as rejected slides
+        log.warning("object key %r cannot be registered: %s", key, exc)
+        return {"key": key, "skipped": str(exc)}
     if created and result["status"] == SlideStatus.QUEUED.value:
         # After the commit: a lost send leaves the slide queued, and requeue_stale re-sends it.
         analyze_slide.delay(result["slide_id"])
-    log.info("registered %s as slide %s (new: %s)", key, result["slide_id"], created)
+    log.info("registered %r as slide %s (new: %s)", key, result["slide_id"], created)
     return result
 
 
 @celery_app.task(name=TaskName.SWEEP_INBOX)
 def sweep_inbox_task() -> dict[str, object]:
-    """Register uploads whose events were lost: list the inbox, queue what the database lacks."""
+    """Register uploads whose events were lost: list the inbox, queue what the database lacks; objects that
+    can never be registered (unsafe keys) become rejected slides."""
     settings = get_settings()
     storage = storage_from_settings(settings)
     with session_scope() as session:
-        missing = unregistered_keys(session, storage, settings.inbox_prefix)
-    for key in missing:
+        swept = sweep_inbox(session, storage, settings.inbox_prefix)
+    for key in swept.missing:
         register_upload_task.delay(key)
-    return {"queued": missing}
+    return {"queued": swept.missing, "rejected": swept.rejected}
 
 
 @celery_app.task(name=TaskName.REQUEUE_STALE)
 def requeue_stale_task() -> dict[str, object]:
-    """Re-send analyses whose message was lost (broker restart) or whose worker died without redelivery."""
+    """Re-send analyses and training runs whose message was lost (broker restart) or whose worker died without
+    redelivery, each at most once per ``HEP2_REQUEUE_AFTER_S``; fail training runs long past their limit."""
     settings = get_settings()
-    now = utcnow()
+    resend_after = timedelta(seconds=settings.requeue_after_s)
     with session_scope() as session:
-        stale = jobs.stale_slides(session, queued_before=now - timedelta(seconds=settings.requeue_after_s),
-                                  running_before=now - timedelta(seconds=settings.task_time_limit_s))
+        stale = jobs.stale_slides(session, queued_after=resend_after,
+                                  running_after=timedelta(seconds=settings.task_time_limit_s))
+        runs = stale_training_runs(session, resend_after,
+                                   dead_after=timedelta(seconds=settings.training_time_limit_s + 600))
     for slide_id in stale:
         analyze_slide.delay(slide_id)
-    return {"requeued": stale}
+    for run_id in runs.resend:
+        train_model_task.delay(run_id)
+    return {"requeued": stale, "training_resent": runs.resend, "training_failed": runs.failed}
 
 
 class AnalysisTask(Task):
@@ -110,7 +118,8 @@ def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
     storage = storage_from_settings(settings)
     with session_scope() as session:
         claim = jobs.claim(session, slide_id, self.request.id, self.request.hostname or "?",
-                           stale_after=timedelta(seconds=settings.task_time_limit_s))
+                           stale_after=timedelta(seconds=settings.task_time_limit_s),
+                           max_worker_deaths=settings.max_worker_deaths)
     if isinstance(claim, str):
         log.info("analyze_slide(%s) skipped: %s", slide_id, claim)
         return {"slide_id": slide_id, "skipped": claim}
@@ -124,11 +133,11 @@ def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
 
 
 
-@celery_app.task(name=TaskName.TRAIN_MODEL, soft_time_limit=get_settings().training_time_limit_s - 60,
+@celery_app.task(bind=True, name=TaskName.TRAIN_MODEL, soft_time_limit=get_settings().training_time_limit_s - 60,
                  time_limit=get_settings().training_time_limit_s)
-def train_model_task(run_id: int) -> dict[str, object]:
-    """Run a queued training run (queue ``training``)."""
-    return run_training(run_id, storage_from_settings())
+def train_model_task(self: Task, run_id: int) -> dict[str, object]:
+    """Run a queued training run (queue ``training``); a duplicate never restarts a running run."""
+    return run_training(run_id, storage_from_settings(), task_id=self.request.id)
 
 
 @celery_app.task(name=TaskName.SCHEDULED_RETRAIN)

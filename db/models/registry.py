@@ -73,6 +73,7 @@ class TrainingRun(CreatedAt, Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None] = mapped_column(comment="when hep2.train_model was last sent (database clock)")
 
     fold_metrics: Mapped[list[FoldMetrics]] = relationship(back_populates="run", order_by="FoldMetrics.fold")
 

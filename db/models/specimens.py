@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from db.base import Base, CreatedAt, enum_column, utcnow
@@ -94,30 +94,33 @@ class SlideImage(CreatedAt, Base):
     exposure_ms: Mapped[float | None]
     kit_lot: Mapped[str | None] = mapped_column(String(64))
     scanner: Mapped[str | None] = mapped_column(String(128))
-    sidecar: Mapped[dict[str, Any] | None] = mapped_column(comment="the sidecar as received")
+    sidecar: Mapped[dict[str, Any] | None] = mapped_column(comment="the sidecar's validated fields (never raw)")
     # state machine
     status: Mapped[SlideStatus] = mapped_column(enum_column(SlideStatus, "slide_status"),
                                                 default=SlideStatus.RECEIVED, index=True)
     status_reason: Mapped[str | None] = mapped_column(Text, comment="why rejected/failed, readable")
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    queued_at: Mapped[datetime | None]
+    queued_at: Mapped[datetime | None] = mapped_column(comment="when its analysis was last sent")
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    worker_deaths: Mapped[int] = mapped_column(default=0, server_default=text("0"),
+                                               comment="attempts abandoned since the last explicit re-run")
 
     specimen: Mapped[Specimen | None] = relationship(back_populates="slides")
     attempts: Mapped[list[AnalysisAttempt]] = relationship(back_populates="slide",
                                                            order_by="AnalysisAttempt.number")
     results: Mapped[list[SpecimenResult]] = relationship(back_populates="slide", order_by="SpecimenResult.id")
 
-    def transition(self, to: SlideStatus, reason: str | None = None) -> None:
-        """Move to ``to`` if the state machine allows it; stamp the matching timestamp."""
+    def transition(self, to: SlideStatus, reason: str | None = None, at: datetime | None = None) -> None:
+        """Move to ``to`` if the state machine allows it; stamp the matching timestamp with ``at`` (the
+        database's clock, :func:`db.base.db_now`, where timestamps are compared across workers) or now."""
         current = self.status or SlideStatus.RECEIVED  # a new, unflushed row has no status yet
         if to not in ALLOWED_TRANSITIONS[current]:
             raise InvalidTransitionError(f"slide {self.id}: {current.value} -> {to.value} is not allowed")
         self.status = to
         self.status_reason = reason
-        now = utcnow()
+        now = at or utcnow()
         if to in _STATUS_TIMESTAMP:
             setattr(self, _STATUS_TIMESTAMP[to], now)
         if to is SlideStatus.QUEUED:

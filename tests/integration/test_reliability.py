@@ -17,14 +17,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from api.app import create_app
 from db.models import AnalysisAttempt, SlideImage
 from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.synthetic import synthetic_png
 from hep2.vocabulary import Pattern
+from services.keys import create_key
 from tests.conftest import free_port
 from tests.integration import uploads as up
 from workers.celery_app import create_celery_app
@@ -155,3 +158,46 @@ def test_broker_restart_mid_batch_loses_nothing(private_broker, tmp_path: Path) 
     counts = up.counts(keys)
     assert counts["slides"] == 24 and counts["results"] == 24, counts
     assert len(lost) >= 16  # queued when the broker died, none analysed
+
+
+def test_a_slide_that_kills_its_worker_every_time_is_failed_after_max_deaths(private_broker, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17.6: every attempt's pool process is killed (as an input that crashes the worker would do);
+    after HEP2_MAX_WORKER_DEATHS the slide is failed with "worker died N times", visible in GET /v1/jobs,
+    and the message is not redelivered again."""
+    _, env = private_broker
+    env = {**env, "HEP2_MAX_WORKER_DEATHS": "2"}
+    monkeypatch.setenv("HEP2_MAX_WORKER_DEATHS", "2")
+    get_settings.cache_clear()
+    storage, app = storage_from_settings(), create_celery_app()
+    key = "inbox/kill-always/big-field.png"
+    up.upload(storage, [(key, synthetic_png(Pattern.SPECKLED, seed=11, size=(966, 1296), cells=60))])
+    node = f"killall-{os.getpid()}@{socket.gethostname()}"
+    killed: set[int] = set()
+    with worker_process(app, env, node, tmp_path / "worker.log") as worker:
+        app.send_task("hep2.register_upload", args=[key])
+        deadline = time.monotonic() + 240
+        while up.statuses([key]).get(key) not in up.FINAL:
+            assert time.monotonic() < deadline, up.statuses([key])
+            with session_scope() as session:
+                running = session.scalar(select(AnalysisAttempt.number).join(SlideImage).where(
+                    SlideImage.key == key, AnalysisAttempt.outcome == "running"))
+            if running is not None and running not in killed:
+                for pid in pool_children(worker.pid):
+                    os.kill(pid, signal.SIGKILL)  # the process running this attempt dies, every time
+                killed.add(running)
+            time.sleep(0.05)
+        time.sleep(2)  # a further redelivery, if any, would start attempt 3 now
+
+    with session_scope() as session:
+        slide = session.scalar(select(SlideImage).where(SlideImage.key == key))
+        attempts = session.scalars(select(AnalysisAttempt).where(AnalysisAttempt.slide_image_id == slide.id)).all()
+        slide_id, status, reason = slide.id, slide.status.value, slide.status_reason
+    assert status == "failed" and "worker died 2 times" in reason, (status, reason)
+    assert len(attempts) == 2 and all("abandoned" in (a.error or "") for a in attempts)
+
+    with session_scope() as session:
+        _, viewer = create_key(session, "deaths-viewer", "viewer", actor="test")
+    with TestClient(create_app()) as client:
+        listed = client.get("/v1/jobs", headers={"Authorization": f"Bearer {viewer}"}).json()
+    assert any(j["slide_id"] == slide_id and "worker died 2 times" in j["reason"] for j in listed)

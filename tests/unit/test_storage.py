@@ -49,7 +49,9 @@ def test_missing_object(storage: LocalStorage | S3Storage) -> None:
         storage.head("inbox/none.png")
 
 
-@pytest.mark.parametrize("key", ["", "/etc/passwd", "../up.png", "a/../../b", "a//b", "./a", "a\\b", "a/.."])
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "../up.png", "a/../../b", "a//b", "./a", "a\\b", "a/..",
+                                 "inbox/x.png\n2026-12-01 INFO forged", "inbox/\r.png", "inbox/\x1b[2J.png",
+                                 "inbox/\x00.png", "inbox/\t.png", "inbox/\x7f.png"])
 def test_unsafe_keys_are_rejected(storage: LocalStorage | S3Storage, key: str) -> None:
     with pytest.raises(InvalidKeyError):
         storage.put(key, b"x")
@@ -63,6 +65,38 @@ def test_s3_presigned_url_downloads_over_http(s3_endpoint: str) -> None:
     store.put("overlays/1.png", b"overlay bytes")
     with urllib.request.urlopen(store.presigned_url("overlays/1.png", expires_s=60), timeout=10) as resp:
         assert resp.read() == b"overlay bytes"
+
+
+def test_s3_presigned_url_names_the_public_endpoint(s3_endpoint: str) -> None:
+    """Issue 17.10: links name the host browsers reach (HEP2_S3_PUBLIC_ENDPOINT_URL), not the internal one;
+    here "localhost" stands for the public name of the same server, so the signed link must still work."""
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    store = S3Storage("presign-public", s3_endpoint, access_key_id="testing", secret_access_key="testing",
+                      public_endpoint_url=public)
+    store.ensure_bucket()
+    store.put("overlays/1.png", b"overlay bytes")
+    url = store.presigned_url("overlays/1.png", expires_s=60)
+    assert url.startswith(public + "/presign-public/overlays/1.png?") and "127.0.0.1" not in url
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.read() == b"overlay bytes"
+
+
+def test_fetch_reads_the_version_asked_for(storage: LocalStorage | S3Storage) -> None:
+    """Issue 17.1: fetch returns the ETag of the very bytes read, and a named version on a versioned bucket."""
+    first = storage.put("inbox/v.png", b"version one")
+    fetched = storage.fetch("inbox/v.png")
+    assert (fetched.data, fetched.etag) == (b"version one", first.etag)
+    if isinstance(storage, S3Storage):
+        storage.client.put_bucket_versioning(Bucket=storage.bucket, VersioningConfiguration={"Status": "Enabled"})
+        one = storage.put("inbox/w.png", b"one")
+        storage.put("inbox/w.png", b"two")
+        assert one.version_id and storage.fetch("inbox/w.png", one.version_id).data == b"one"
+        assert storage.fetch("inbox/w.png").data == b"two"
+        with pytest.raises(ObjectNotFoundError):
+            storage.fetch("inbox/w.png", "no-such-version")
+    else:
+        with pytest.raises(ObjectNotFoundError):  # a folder keeps no versions
+            storage.fetch("inbox/v.png", "some-version")
 
 
 def test_local_presigned_url_is_signed_and_expires(tmp_path: Path) -> None:
