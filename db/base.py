@@ -27,7 +27,39 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-from sqlalchemy import JSON, DateTime, Dialect, Enum, MetaData, TypeDecorator, func, select
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock (aware, UTC): what staleness is measured against, so that workers whose clocks
+    disagree still agree on which job is stale. SQLite returns a naive UTC value."""
+    value = session.scalar(select(func.now()))
+    if isinstance(value, str):  # SQLite's CURRENT_TIMESTAMP may come back untyped
+        value = datetime.fromisoformat(value)
+    return as_utc(value)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is aware UTC on both sides, on every database.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones and returns naive values (and would store an
+    aware value's wall-clock time, whatever its zone). So values are converted to UTC before they are
+    stored (naive ones are taken as UTC) and come back with ``tzinfo=UTC``; the API then serialises them
+    with their offset.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
 def enum_column(enum_cls: type[enum.Enum], name: str) -> Enum:
     """A portable enum: VARCHAR + CHECK constraint holding the member *values*."""
     return Enum(enum_cls, name=name, native_enum=False, create_constraint=True, length=32,

@@ -1,7 +1,7 @@
 """review: undoable reviews, the quality gate's report on each result
 
 Revision ID: 0002_review
-Revises: 0001
+Revises: 0002_integrity
 Create Date: 2026-12-01 12:00:00
 
 * ``reviews.undone_at`` / ``undone_by``: a reviewer can undo a review (a cell correction made by mistake);
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0002_review"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_integrity"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
