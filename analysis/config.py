@@ -1,7 +1,7 @@
 """The lab's pipeline configuration: every tunable rule of stages 2-5, defaults in code.
 
 ``load_config(path)`` reads a JSON or TOML file with the sections ``segmentation``, ``cells``,
-``intensity`` and ``specimen`` (any subset of fields; the segmentation section sets the classical
+``intensity``, ``specimen`` and ``report`` (any subset of fields; the segmentation section sets the classical
 segmenter's parameters and is applied where the models are built, :func:`analysis.build.build_models`),
 and without a path the file named by the ``HEP2_PIPELINE_CONFIG`` environment variable, if set (a lab's
 calibrated cut-offs). Importing this module does not import torch.
@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from analysis.cells import CellConfig
 from analysis.intensity import IntensityConfig
+from analysis.report import ReportConfig
 from analysis.segmentation import ClassicalSegmenter
 from analysis.specimen import SpecimenConfig
 
@@ -31,6 +32,7 @@ class PipelineConfig(BaseModel):
     cells: CellConfig = CellConfig()
     intensity: IntensityConfig = IntensityConfig()
     specimen: SpecimenConfig = SpecimenConfig()
+    report: ReportConfig = ReportConfig()  # specimen reports: aggregation and codes (docs/reports.md)
 
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import audit, events, health, keys, metrics, objects, operations, review, specimens
+from api import audit, events, health, keys, metrics, objects, operations, reports, review, specimens
 from hep2 import __version__
 
 log = logging.getLogger("hep2.api")
@@ -31,7 +31,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(events.router)
-    for module in (specimens, review, operations, keys, audit, objects):
+    for module in (specimens, review, operations, keys, audit, objects, reports):
         app.include_router(module.router)
     app.add_exception_handler(Exception, internal_error)
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")

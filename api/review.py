@@ -18,6 +18,7 @@ from api.auth import Reviewer, SessionDep, Viewer, get_or_404
 from api.schemas import CellOut, CellPattern, Comment, IntensityClass, ReviewOut, SpecimenDetail, SpecimenPattern
 from api.specimens import detail, load_row
 from db.models import Cell, Review
+from services.reports import refresh_for_slide
 
 router = APIRouter(prefix="/v1", tags=["review"])
 DbPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -60,6 +61,7 @@ def review_specimen(slide_id: DbPath, body: SpecimenReviewIn, session: SessionDe
     record(session, who.actor, f"review.{body.action}", "specimen_result", result.id, slide_id=slide_id,
            reviews=[r.id for r in rows], values={r.field: r.new_value for r in rows})
     session.commit()
+    refresh_for_slide(session, slide_id)  # the specimen report follows the review (docs/reports.md)
     return detail(session, slide_id)
 
 

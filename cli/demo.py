@@ -27,6 +27,7 @@ from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
 from workers.celery_app import create_celery_app
+from workers.ingest import SIDECAR_SUFFIX
 from workers.jobs import wait_for_final
 from workers.process import worker_process
 from workers.routing import TaskName
@@ -44,6 +45,14 @@ def demo_inputs(input_dir: Path | None) -> list[tuple[str, bytes]]:
     return [(f.name, f.read_bytes()) for f in files]
 
 
+def demo_sidecar(input_dir: Path | None, name: str) -> bytes | None:
+    """``NAME.json`` beside ``NAME.png`` in the input folder: the image's sidecar (specimen id, dilution, ...)."""
+    if input_dir is None:
+        return None
+    sidecar = input_dir / (Path(name).stem + ".json")
+    return sidecar.read_bytes() if sidecar.is_file() else None
+
+
 def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) -> dict[str, Any]:
     """Process the inputs through the embedded service and return the report."""
     shutil.rmtree(state_dir, ignore_errors=True)  # a demo starts from nothing; only its own folder
@@ -59,7 +68,10 @@ def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) 
     keys = [f"{get_settings().inbox_prefix}demo/{name}" for name, _ in inputs]
     started = time.monotonic()
     with worker_process(app, env, f"demo-{os.getpid()}@{socket.gethostname()}", state_dir / "worker.log"):
-        for key, (_, data) in zip(keys, inputs, strict=True):
+        for key, (name, data) in zip(keys, inputs, strict=True):
+            sidecar = demo_sidecar(input_dir, name)
+            if sidecar is not None:  # before the image, as a scanner uploads it
+                storage.put(key + SIDECAR_SUFFIX, sidecar, "application/json")
             storage.put(key, data)  # a scanner's upload; the event it would trigger is the task below
             app.send_task(TaskName.REGISTER_UPLOAD, args=[key])
         wait_for_final(keys, timeout_s)

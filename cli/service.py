@@ -15,7 +15,7 @@ from workers.routing import QUEUES
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(
     ctx: typer.Context,
-    queues: str = typer.Option("gpu,cpu,training", "-Q", "--queues", help="Comma-separated queues."),
+    queues: str = typer.Option("gpu,cpu,training,lis", "-Q", "--queues", help="Comma-separated queues."),
     concurrency: int | None = typer.Option(None, "-c", "--concurrency",
                                            help="Processes; default 1 for a GPU worker, else CPU count."),
     loglevel: str = typer.Option("INFO", "-l", "--loglevel"),
