@@ -180,7 +180,7 @@ async function specimenPage(id) {
       h("dt", {}, "model intensity"), h("dd", {}, r ? `${r.intensity_class}, index ${fmt(r.intensity_index)}` : "–"),
       h("dt", {}, "cells"), h("dd", {}, r ? r.cell_count : "–"),
       h("dt", {}, "status"), h("dd", {}, badge(d.item.status), " ", r?.review_reason || d.item.status_reason || ""),
-      h("dt", {}, "accession / patient"), h("dd", {}, `${d.item.accession || "–"} / ${d.item.patient || "–"}`),
+      h("dt", {}, "accession / patient"), h("dd", {}, d.item.accession ? h("a", { id: "report-link", href: `report.html#${encodeURIComponent(d.item.accession)}` }, `${d.item.accession} (report)`) : "–", ` / ${d.item.patient || "–"}`),
       h("dt", {}, "well / dilution"), h("dd", {}, `${d.item.well || "–"} / ${d.item.dilution || "–"}`),
       h("dt", {}, "models"), h("dd", {}, d.model_versions.map((m) => `${m.task}: ${m.version} (${m.stage})`).join(", ") || "–")));
   return h("div", {}, h("h1", {}, `Specimen ${d.item.accession || ""} · slide ${id}`),
