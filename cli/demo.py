@@ -26,6 +26,8 @@ from hep2.jsonio import write_json
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
+from services import reports as report_service
+from workers import reports
 from workers.celery_app import create_celery_app
 from workers.ingest import SIDECAR_SUFFIX
 from workers.jobs import wait_for_final
@@ -76,13 +78,30 @@ def run_demo(input_dir: Path | None, state_dir: Path, timeout_s: float = 900.0) 
             app.send_task(TaskName.REGISTER_UPLOAD, args=[key])
         wait_for_final(keys, timeout_s)
         rows = _results(keys)
+        specimen_reports = _specimen_reports(keys)
     report = {"inputs": str(input_dir) if input_dir else "SYNTHETIC fields made by hep2.synthetic",
               "synthetic": input_dir is None, "state_dir": str(state_dir),
-              "seconds": round(time.monotonic() - started, 2), "slides": rows}
+              "seconds": round(time.monotonic() - started, 2), "slides": rows, "reports": specimen_reports}
     _copy_overlays(rows, storage, state_dir)
     write_json(state_dir / "report.json", report)
     (state_dir / "report.html").write_text(_html(report))
     return report
+
+
+def _specimen_reports(keys: list[str]) -> list[dict[str, Any]]:
+    """The specimen report of every accession among the uploads (images without one: a report each)."""
+    out = []
+    with session_scope() as session:
+        slides = session.scalars(select(SlideImage).where(SlideImage.key.in_(keys)).order_by(SlideImage.id)).all()
+        seen: set[int] = set()
+        for slide in slides:
+            specimen = slide.specimen or reports.specimen_of_slide(session, slide.id)
+            if specimen is None or specimen.id in seen:
+                continue
+            seen.add(specimen.id)
+            report = report_service.current(session, reports.accession_of(specimen))
+            out.append(report_service.document(report, session))
+    return out
 
 
 def _results(keys: list[str]) -> list[dict[str, Any]]:
@@ -141,5 +160,9 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"{'':<30} review: {r['needs_review'] or r['reason']}")
     if report["synthetic"]:
         print("NOTE: these images are SYNTHETIC (drawn by hep2.synthetic), not real specimens.")
+    for r in report.get("reports", []):
+        patterns = ", ".join(f"{p['pattern']} ({p['icap']})" for p in r["patterns"]) or "-"
+        print(f"report {r['accession']}: {r['result']}, titer {r['titer']['text'] or '-'}, pattern(s) {patterns}, "
+              f"{len(r['images'])} image(s){'; needs review' if r['needs_review'] else ''}")
     print(f"{len(report['slides'])} slide(s) in {report['seconds']} s; "
           f"report: {report['state_dir']}/report.json and report.html")
