@@ -4,7 +4,8 @@
 ``recompute`` is the one function that builds a report; the worker calls it when an image finishes
 (``hep2.update_report``), the service layer when a report is read, reviewed or signed out. It is idempotent:
 a report whose content did not change is returned as it is. A draft is updated in place; once a version is
-signed out it never changes and a change becomes a new draft version (an amendment).
+signed out it never changes, and a change of what it states (:func:`clinical`: result, titer, patterns,
+intensity, the images and their final calls) becomes a new draft version (an amendment).
 """
 
 from __future__ import annotations
@@ -123,8 +124,21 @@ def representative_cells(session: Session, attempt_ids: list[int], pattern: str,
              "confidence": round(c.confidence, 4)} for c in cells]
 
 
+IMAGE_FACTS = ("slide_id", "dilution", "status", "pattern", "second_pattern", "intensity")
+
+
+def clinical(content: dict[str, Any]) -> dict[str, Any]:
+    """What a signed-out report states: a change here is an amendment. Review flags, representative cells,
+    confidences and links are not (a signed-out version keeps them as they were)."""
+    return {"result": content["result"], "intensity": content["intensity"], "titer": content["titer"],
+            "patterns": [{k: p[k] for k in ("pattern", "icap", "compartment", "endpoint")}
+                         for p in content["patterns"]],
+            "images": [{k: i[k] for k in IMAGE_FACTS} for i in content["images"]], "patient": content["patient"]}
+
+
 def content_hash(content: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    """sha256 of the clinical part of a report's content."""
+    return hashlib.sha256(json.dumps(clinical(content), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def latest_report(session: Session, specimen_id: int) -> Report | None:
@@ -141,12 +155,13 @@ def recompute(session: Session, specimen: Specimen, config: ReportConfig) -> Rep
     content = build_content(session, specimen, config)
     digest = content_hash(content)
     latest = latest_report(session, specimen.id)
-    if latest is not None and latest.content_hash == digest:
-        return latest
     if latest is not None and latest.status is ReportStatus.DRAFT:
-        latest.content, latest.content_hash = content, digest
-        session.flush()
+        if latest.content != content:  # a draft follows every change in place
+            latest.content, latest.content_hash = content, digest
+            session.flush()
         return latest
+    if latest is not None and latest.content_hash == digest:
+        return latest  # signed out, and nothing it states has changed
     report = Report(specimen_id=specimen.id, version=(latest.version + 1) if latest else 1,
                     status=ReportStatus.DRAFT, content=content, content_hash=digest)
     session.add(report)

@@ -33,7 +33,8 @@ class Report(CreatedAt, Base):
     status: Mapped[ReportStatus] = mapped_column(enum_column(ReportStatus, "report_status"),
                                                  default=ReportStatus.DRAFT)
     content: Mapped[dict[str, Any]] = mapped_column(comment="the aggregated report (analysis.report)")
-    content_hash: Mapped[str] = mapped_column(String(64), comment="sha256 of content; unchanged = no new version")
+    content_hash: Mapped[str] = mapped_column(String(64),
+                                              comment="sha256 of the clinical content; unchanged = no amendment")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     signed_out_by: Mapped[str | None] = mapped_column(String(128))
     signed_out_at: Mapped[datetime | None]

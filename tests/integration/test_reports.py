@@ -194,6 +194,10 @@ def test_c_amendment_waits_in_the_outbox_while_the_lis_is_down(api: TestClient, 
     lis.stop()
     body = api.get(f"/v1/reports/{ACCESSION}", headers=reviewer).json()
     last = next(i for i in body["images"] if i["dilution"] == "1:320")
+    # a confirmation after sign-out changes nothing the report states: no amendment
+    assert api.post(f"/v1/specimens/{last['slide_id']}/review", json={"action": "confirm"},
+                    headers=reviewer).status_code == 201
+    assert api.get(f"/v1/reports/{ACCESSION}", headers=reviewer).json()["version"] == 1
     corrected = api.post(f"/v1/specimens/{last['slide_id']}/review",
                          json={"action": "correct", "intensity": "negative", "comment": "no staining at 1:320"},
                          headers=reviewer)

@@ -1,7 +1,7 @@
 """reports
 
 Revision ID: 0002_reports
-Revises: 0001
+Revises: 0001 (the integrator chains the parallel 0002 revisions)
 Create Date: 2026-12-01 11:53:34.610996
 """
 
@@ -25,7 +25,7 @@ def upgrade() -> None:
     sa.Column('version', sa.Integer(), nullable=False, comment='1, 2, ... per specimen; > 1 is an amendment'),
     sa.Column('status', sa.Enum('draft', 'final', 'corrected', name='report_status', native_enum=False, create_constraint=True, length=32), nullable=False),
     sa.Column('content', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False, comment='the aggregated report (analysis.report)'),
-    sa.Column('content_hash', sa.String(length=64), nullable=False, comment='sha256 of content; unchanged = no new version'),
+    sa.Column('content_hash', sa.String(length=64), nullable=False, comment='sha256 of the clinical content; unchanged = no amendment'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('signed_out_by', sa.String(length=128), nullable=True),
     sa.Column('signed_out_at', sa.DateTime(timezone=True), nullable=True),
