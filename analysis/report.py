@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from hep2.vocabulary import ICAP_CODES, INTENSITY_CLASSES, NEGATIVE, OTHER, Pattern
 
@@ -79,6 +79,12 @@ class ReportConfig(BaseModel):
                                                                           "(sent as the alternate coding)")
     patient_id_system: str = Field("urn:hep2:pseudo-id", description="FHIR identifier system of patient ids.")
     accession_system: str = Field("urn:hep2:accession", description="FHIR identifier system of accessions.")
+
+    @field_validator("icap_codes", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: dict[str, str]) -> dict[str, str]:
+        """A lab's ``icap_codes`` override single patterns; the others keep their default codes."""
+        return {**{str(k): v for k, v in ICAP_CODES.items()}, **(value or {})}
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
+from analysis.config import load_config
 from analysis.report import ImageReading, ReportConfig, aggregate, end_point
 from analysis.report_messages import build_fhir, build_hl7, parse_hl7
+from tests.conftest import REPO_ROOT
 
 
 def reading(slide_id: int, dilution: str | None, pattern: str = "speckled", intensity: str = "positive",
@@ -104,3 +108,12 @@ def test_fhir_validates() -> None:
     assert by_id["pattern-2"].valueCodeableConcept.coding[0].code == "AC-22"
     assert by_id["screen"].interpretation[0].coding[0].code == "POS"
     assert "titer 1:160" in data["conclusion"]
+
+
+def test_the_documented_lab_config_loads(tmp_path: Path) -> None:
+    toml = re.search(r"```toml\n(.*?)```", (REPO_ROOT / "docs" / "reports.md").read_text(), re.S)
+    assert toml
+    (tmp_path / "lab.toml").write_text(toml.group(1))
+    config = load_config(tmp_path / "lab.toml").report
+    assert config.sending_facility == "CITY-LAB" and config.intensity.code == "ANA-INT"
+    assert config.local_codes["speckled"] == "ANASPE" and config.icap_codes["homogeneous"] == "AC-1"
