@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from sqlalchemy import select
 
 from analysis.report_messages import parse_hl7
 from api.app import create_app
-from db.models import AuditEvent, LisOutbox, Report, Role, Specimen
+from db.base import utcnow
+from db.models import AuditEvent, LisOutbox, Report, ReportStatus, Role, Specimen
 from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
@@ -31,6 +33,7 @@ from hep2.vocabulary import Pattern
 from services.keys import create_key
 from tests.integration import uploads as up
 from tests.integration.mock_lis import MockLis
+from workers import lis as lis_module
 
 pytestmark = pytest.mark.integration
 ACCESSION = "ACC-REPORT-1"
@@ -286,3 +289,34 @@ def test_d_a_worker_killed_mid_send_does_not_make_a_duplicate(api: TestClient, c
     sent_before = lis.count(control_id)
     time.sleep(2.5)
     assert lis.count(control_id) == sent_before  # sent: never again
+
+
+def test_e_outbox_claims_sent_busy_and_overdue(service_env: dict[str, str]) -> None:
+    """The claim rules of workers.lis.deliver without a worker: a sent row is never sent again, a row another
+    sender holds is skipped, and beat's flush finds pending rows whose retry is overdue."""
+    settings = get_settings()
+    with session_scope() as session:
+        sent_row = session.scalar(select(LisOutbox).where(LisOutbox.status == "sent").limit(1))
+        assert sent_row is not None
+        assert lis_module.deliver(session, sent_row.id, settings) == "already sent"
+        specimen = session.scalar(select(Specimen).where(Specimen.accession == ACCESSION))
+        report = Report(specimen_id=specimen.id, version=99, status=ReportStatus.FINAL, content={},
+                        content_hash="0" * 64)
+        session.add(report)
+        session.flush()
+        row = LisOutbox(report_id=report.id, control_id="TEST-OVERDUE", message="MSH|^~\\&|",
+                        next_attempt_at=utcnow() - timedelta(seconds=settings.lis_retry_max_s + 60))
+        session.add(row)
+        session.flush()
+        row_id, report_id = row.id, report.id
+    try:
+        with session_scope() as session:
+            assert row_id in lis_module.overdue(session, settings)
+        with session_scope() as holder, session_scope() as sender:
+            holder.execute(select(LisOutbox).where(LisOutbox.id == row_id).with_for_update())  # another sender
+            assert lis_module.deliver(sender, row_id, settings).startswith("busy")
+            holder.rollback()
+    finally:
+        with session_scope() as session:
+            session.query(LisOutbox).filter(LisOutbox.id == row_id).delete()
+            session.query(Report).filter(Report.id == report_id).delete()
