@@ -84,10 +84,10 @@ def test_report_sign_out_from_api_and_cli(client: TestClient, keys: dict[str, st
     assert response.status_code == 201, response.text
     result = CliRunner().invoke(app, ["sign-out", by_cli.accession, "--as", "dr-cli"])
     assert result.exit_code == 0, result.output
-    api_audit, cli_audit = _audit("report.sign_out", response.json()["report_id"]), None
+    api_audit = _audit("report.sign_out", response.json()["report_id"])
     with session_scope() as session:
-        cli_audit = session.scalar(select(AuditEvent).where(AuditEvent.action == "report.sign_out",
-                                                            AuditEvent.details["accession"].as_string() == by_cli.accession))
+        cli_audit = session.scalar(select(AuditEvent).where(
+            AuditEvent.action == "report.sign_out", AuditEvent.details["accession"].as_string() == by_cli.accession))
     assert [e.actor for e in api_audit] == ["key:" + str(_key_id("test-reviewer")) + ":test-reviewer"]
     assert cli_audit is not None and cli_audit.actor == "cli:dr-cli" and cli_audit.details["status"] == "final"
     assert [name for name, *_ in sent] == ["hep2.send_to_lis", "hep2.send_to_lis"]
