@@ -35,6 +35,14 @@ def _translate(exc: Exception) -> HTTPException:
     return HTTPException(code, str(exc))
 
 
+@router.get("")
+def list_reports(session: SessionDep, _: Viewer, status: Literal["draft", "final", "corrected"] | None = None,
+                 limit: Annotated[int, Query(ge=1, le=200)] = 50) -> list[dict[str, Any]]:
+    """The latest version of each specimen's report (newest change first), optionally of one status:
+    ``draft`` lists the reports awaiting sign-out."""
+    return report_service.latest_versions(session, status, limit)
+
+
 @router.get("/{accession}", responses={200: {"content": {m: {} for m in MEDIA.values()}}})
 def get_report(accession: Accession, session: SessionDep, _: Viewer,
                format: Literal["json", "fhir", "hl7"] = "json",

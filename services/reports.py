@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import workers.celery_app as broker
@@ -53,6 +53,26 @@ def refresh_for_slide(session: Session, slide_id: int) -> Report | None:
     report = reports.recompute_for_slide(session, slide_id, report_config())
     session.commit()
     return report
+
+
+def latest_versions(session: Session, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest version of each specimen's report, newest change first (``status``: draft, final,
+    corrected), with its LIS delivery state: the list of reports to sign out or to check."""
+    newest = (select(Report.specimen_id, func.max(Report.version).label("version"))
+              .group_by(Report.specimen_id).subquery("newest"))
+    query = (select(Report, LisOutbox.status).join(newest, (newest.c.specimen_id == Report.specimen_id)
+                                                   & (newest.c.version == Report.version))
+             .outerjoin(LisOutbox, LisOutbox.report_id == Report.id))
+    if status:
+        query = query.where(Report.status == ReportStatus(status))
+    rows = session.execute(query.order_by(Report.updated_at.desc(), Report.id.desc()).limit(limit)).all()
+    return [{"accession": r.content.get("accession"), "version": r.version, "status": r.status.value,
+             "result": r.content.get("result"), "titer": (r.content.get("titer") or {}).get("text"),
+             "patterns": [p["pattern"] for p in r.content.get("patterns", [])],
+             "needs_review": r.content.get("needs_review"), "images": len(r.content.get("images", [])),
+             "patient": r.content.get("patient"), "updated_at": r.updated_at.isoformat(),
+             "signed_out_at": r.signed_out_at.isoformat() if r.signed_out_at else None,
+             "lis": lis_status.value if lis_status else None} for r, lis_status in rows]
 
 
 def version(session: Session, accession: str, number: int) -> Report:

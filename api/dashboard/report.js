@@ -51,7 +51,7 @@ async function render() {
     main.replaceChildren(h("p", {}, "Please ", h("a", { href: "index.html#/login" }, "log in"), " first."));
     return;
   }
-  if (!acc) { main.replaceChildren(h("p", { class: "muted" }, "Enter an accession above.")); return; }
+  if (!acc) { await listPage(); return; }
   let report;
   try {
     const v = versionWanted();
@@ -66,6 +66,24 @@ async function render() {
     `Accession ${report.accession} · report version ${report.version} (${report.status})` +
     (report.signed_out_at ? ` · signed out by ${report.signed_out_by} at ${when(report.signed_out_at)}` : " · NOT SIGNED OUT") +
     ` · printed ${new Date().toLocaleString()} · hep2`;
+}
+
+async function listPage() {
+  const status = h("select", { id: "report-status-filter", onchange: () => load() },
+    ["", "draft", "final", "corrected"].map((s) => h("option", { value: s }, s || "all")));
+  const body = h("tbody");
+  const load = async () => {
+    const rows = await api(`/v1/reports?limit=200${status.value ? `&status=${status.value}` : ""}`);
+    body.replaceChildren(...rows.map((r) => h("tr", { class: "click", "data-accession": r.accession,
+      onclick: () => (location.hash = `#${encodeURIComponent(r.accession)}`) },
+      h("td", {}, r.accession), h("td", {}, r.patient || "–"), h("td", {}, h("span", { class: `badge status-${r.status}` }, r.status), ` v${r.version}`),
+      h("td", {}, r.result), h("td", {}, r.titer || "–"), h("td", {}, r.patterns.map(label).join(", ") || "–"),
+      h("td", {}, r.images), h("td", {}, r.needs_review ? "yes" : ""), h("td", {}, r.lis || "–"), h("td", {}, when(r.updated_at)))));
+    if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No reports.")));
+  };
+  main.replaceChildren(h("h1", {}, "Specimen reports"), h("div", { class: "filters no-print" }, h("label", {}, "status", status)),
+    h("table", { id: "reports" }, h("thead", {}, h("tr", {}, ["accession", "patient", "report", "result", "titer", "pattern(s)", "images", "review", "LIS", "updated"].map((c) => h("th", {}, c)))), body));
+  await load();
 }
 
 function page(r, details) {

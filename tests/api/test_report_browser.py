@@ -69,6 +69,17 @@ def test_report_page_sign_out_and_print(base_url: str, browser: object, keys: di
         assert "signed out by test-reviewer" in page.inner_text("#print-footer")
         page.screenshot(path=str(ARTIFACTS / "3-report-print.png"), full_page=True)
         page.pdf(path=str(ARTIFACTS / "report.pdf"), format="A4", print_background=True)
+
+        page.emulate_media(media="screen")  # the list of reports (latest version of each), filtered by status
+        page.goto(f"{base_url}/dashboard/report.html#")
+        row = page.locator(f"#reports tr[data-accession='{accession}']")
+        row.wait_for()
+        assert "final" in row.inner_text() and "1:160" in row.inner_text()
+        page.select_option("#report-status-filter", "draft")
+        row.wait_for(state="detached")
+        page.select_option("#report-status-filter", "final")
+        row.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "4-reports-list.png"), full_page=True)
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
         raise
