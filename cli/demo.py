@@ -1,8 +1,9 @@
 """``hep2 demo``: the service's main job on embedded defaults, with nothing installed.
 
 SQLite database, a local folder as the bucket and a file broker under ``var/demo``; a real worker
-subprocess runs the same Celery tasks as production. Images from ``--input`` (or SYNTHETIC fields made by
-:mod:`hep2.synthetic`) are uploaded to the inbox; each upload is registered and analysed (segmentation,
+subprocess runs the same Celery tasks as production. Images from ``--input`` (with ``NAME.json`` beside
+``NAME.png`` uploaded first as its sidecar: specimen id, dilution, ...) or SYNTHETIC fields made by
+:mod:`hep2.synthetic` are uploaded to the inbox; each upload is registered and analysed (segmentation,
 intensity, cell and specimen patterns); the results are printed and written to ``var/demo/report.json``
 and ``report.html`` (with the overlays).
 """
