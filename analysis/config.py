@@ -1,8 +1,9 @@
 """The lab's pipeline configuration: every tunable rule of stages 2-5, defaults in code.
 
 ``load_config(path)`` reads a JSON or TOML file with the sections ``segmentation``, ``cells``,
-``intensity``, ``specimen`` and ``quality`` (any subset of fields; the segmentation section sets the classical
-segmenter's parameters and is applied where the models are built, :func:`analysis.build.build_models`),
+``intensity``, ``specimen``, ``quality`` and ``report`` (any subset of fields; the segmentation section sets
+the classical segmenter's parameters and is applied where the models are built,
+:func:`analysis.build.build_models`),
 and without a path the file named by the ``HEP2_PIPELINE_CONFIG`` environment variable, if set (a lab's
 calibrated cut-offs). Importing this module does not import torch.
 """
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 from analysis.cells import CellConfig
 from analysis.intensity import IntensityConfig
 from analysis.quality import QualityConfig
+from analysis.report import ReportConfig
 from analysis.segmentation import ClassicalSegmenter
 from analysis.specimen import SpecimenConfig
 
@@ -33,6 +35,7 @@ class PipelineConfig(BaseModel):
     intensity: IntensityConfig = IntensityConfig()
     specimen: SpecimenConfig = SpecimenConfig()
     quality: QualityConfig = QualityConfig()  # the image-quality gate (analysis/quality.py)
+    report: ReportConfig = ReportConfig()  # specimen reports: aggregation and codes (docs/reports.md)
 
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from api import audit, events, health, keys, metrics, objects, operations, review, specimens
+from api import audit, events, health, keys, metrics, objects, operations, reports, review, specimens
 from api.middleware import RequestGuard, SecurityHeaders
 from hep2 import __version__
 from hep2.settings import require_secure_settings
@@ -44,7 +44,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(events.router)
-    for module in (specimens, review, operations, keys, audit, objects):
+    for module in (specimens, review, operations, keys, audit, objects, reports):
         app.include_router(module.router)
     app.add_exception_handler(Exception, internal_error)
     app.add_middleware(RequestGuard, fastapi_app=app)  # authenticate, then read at most the body limit

@@ -41,6 +41,7 @@ from hep2.vocabulary import (
     icap_of_pattern,
     pattern_of_icap,
 )
+from services.reports import refresh_for_slide
 
 router = APIRouter(prefix="/v1", tags=["review"])
 DbPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -101,6 +102,7 @@ def review_specimen(slide_id: DbPath, body: SpecimenReviewIn, session: SessionDe
     record(session, who.actor, f"review.{body.action}", "specimen_result", result.id, slide_id=slide_id,
            reviews=[r.id for r in rows], values={r.field: r.new_value for r in rows})
     session.commit()
+    refresh_for_slide(session, slide_id)  # the specimen report follows the review (docs/reports.md)
     return detail(session, slide_id)
 
 

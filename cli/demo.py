@@ -4,7 +4,8 @@ SQLite database, a local folder as the bucket and a file broker in the state fol
 (default ``var``), the same folder ``hep2 api`` serves by default, so the dashboard opens on the demo's
 results (the demo prints the command and a reviewer key). A real worker subprocess runs the same Celery
 tasks as production. Images from ``--input`` (or SYNTHETIC fields made by :mod:`hep2.synthetic`) are
-uploaded to the inbox; each upload is registered and analysed; the results are printed and written to
+uploaded to the inbox (with ``NAME.json`` beside ``NAME.png`` uploaded first as its sidecar: specimen id,
+dilution, ...); each upload is registered and analysed; the results are printed and written to
 ``<state>/report.json`` and ``report.html`` (with the overlays).
 
 The demo starts from nothing, but it never deletes a folder it did not create: it wipes the state folder
@@ -32,8 +33,11 @@ from hep2.jsonio import write_json
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
+from services import reports as report_service
 from services.keys import create_key
+from workers import reports
 from workers.celery_app import create_celery_app
+from workers.ingest import SIDECAR_SUFFIX
 from workers.jobs import wait_for_final
 from workers.process import worker_process
 from workers.routing import TaskName
@@ -49,6 +53,14 @@ def demo_inputs(input_dir: Path | None) -> list[tuple[str, bytes]]:
     if not files:
         raise SystemExit(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {input_dir}")
     return [(f.name, f.read_bytes()) for f in files]
+
+
+def demo_sidecar(input_dir: Path | None, name: str) -> bytes | None:
+    """``NAME.json`` beside ``NAME.png`` in the input folder: the image's sidecar (specimen id, dilution, ...)."""
+    if input_dir is None:
+        return None
+    sidecar = input_dir / (Path(name).stem + ".json")
+    return sidecar.read_bytes() if sidecar.is_file() else None
 
 
 MARKER = ".hep2-demo"
@@ -83,27 +95,46 @@ def run_demo(input_dir: Path | None, state_dir: Path | None = None, timeout_s: f
            "HEP2_DATABASE_URL": "", "HEP2_BROKER_URL": "", "HEP2_RESULT_BACKEND": ""}
     os.environ.update(env)
     get_settings.cache_clear()
-
-
     upgrade()
     storage, app = storage_from_settings(), create_celery_app()
     inputs = demo_inputs(input_dir)
     keys = [f"{get_settings().inbox_prefix}demo/{name}" for name, _ in inputs]
     started = time.monotonic()
     with worker_process(app, env, f"demo-{os.getpid()}@{socket.gethostname()}", state_dir / "worker.log"):
-        for key, (_, data) in zip(keys, inputs, strict=True):
+        for key, (name, data) in zip(keys, inputs, strict=True):
+            sidecar = demo_sidecar(input_dir, name)
+            if sidecar is not None:  # before the image, as a scanner uploads it
+                storage.put(key + SIDECAR_SUFFIX, sidecar, "application/json")
             storage.put(key, data)  # a scanner's upload; the event it would trigger is the task below
             app.send_task(TaskName.REGISTER_UPLOAD, args=[key])
         wait_for_final(keys, timeout_s)
         rows = _results(keys)
+        specimen_reports = _specimen_reports(keys)
     report = {"inputs": str(input_dir) if input_dir else "SYNTHETIC fields made by hep2.synthetic",
               "synthetic": input_dir is None, "state_dir": str(state_dir.resolve()),
               "dashboard_command": f"HEP2_STATE_DIR={shlex.quote(str(state_dir.resolve()))} hep2 api",
-              "seconds": round(time.monotonic() - started, 2), "slides": rows}
+              "seconds": round(time.monotonic() - started, 2), "slides": rows,
+              "reports": specimen_reports}
     _copy_overlays(rows, storage, state_dir)
     write_json(state_dir / "report.json", report)
     (state_dir / "report.html").write_text(_html(report))
     return {**report, "key": demo_key()}  # the key is printed, never written to the report
+
+
+def _specimen_reports(keys: list[str]) -> list[dict[str, Any]]:
+    """The specimen report of every accession among the uploads (images without one: a report each)."""
+    out = []
+    with session_scope() as session:
+        slides = session.scalars(select(SlideImage).where(SlideImage.key.in_(keys)).order_by(SlideImage.id)).all()
+        seen: set[int] = set()
+        for slide in slides:
+            specimen = slide.specimen or reports.specimen_of_slide(session, slide.id)
+            if specimen is None or specimen.id in seen:
+                continue
+            seen.add(specimen.id)
+            report = report_service.current(session, reports.accession_of(specimen))
+            out.append(report_service.document(report, session))
+    return out
 
 
 def _results(keys: list[str]) -> list[dict[str, Any]]:
@@ -161,6 +192,10 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"{'':<30} review: {r['needs_review'] or r['reason']}")
     if report["synthetic"]:
         print("NOTE: these images are SYNTHETIC (drawn by hep2.synthetic), not real specimens.")
+    for r in report.get("reports", []):
+        patterns = ", ".join(f"{p['pattern']} ({p['icap']})" for p in r["patterns"]) or "-"
+        print(f"report {r['accession']}: {r['result']}, titer {r['titer']['text'] or '-'}, pattern(s) {patterns}, "
+              f"{len(r['images'])} image(s){'; needs review' if r['needs_review'] else ''}")
     print(f"{len(report['slides'])} slide(s) in {report['seconds']} s; "
           f"report: {report['state_dir']}/report.json and report.html")
     print(f"Dashboard on these results: {report['dashboard_command']}   then open http://127.0.0.1:8000/")

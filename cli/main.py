@@ -3,7 +3,7 @@ groups. The entry point of the ``hep2`` script and of ``python -m cli.main``."""
 
 from __future__ import annotations
 
-from cli import analysis, db, keys, ops, segmentation, service, training  # noqa: F401 (they register commands)
+from cli import analysis, db, keys, ops, reports, segmentation, service, training  # noqa: F401 (they register commands)
 from cli.apps import GROUPS, app
 
 for name, group in GROUPS.items():

@@ -25,7 +25,7 @@ def refuse_insecure_settings() -> None:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(
     ctx: typer.Context,
-    queues: str = typer.Option("gpu,cpu,training", "-Q", "--queues", help="Comma-separated queues."),
+    queues: str = typer.Option("gpu,cpu,training,lis", "-Q", "--queues", help="Comma-separated queues."),
     concurrency: int | None = typer.Option(None, "-c", "--concurrency",
                                            help="Processes; default 1 for a GPU worker, else CPU count."),
     loglevel: str = typer.Option("INFO", "-l", "--loglevel"),

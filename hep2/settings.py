@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         """True in the embedded mode (SQLite, file broker, local bucket on one machine): nothing is served to
         a network, so the embedded defaults are acceptable; any server URL means production."""
         return not self.database_url and not self.broker_url and self.storage_backend == "local"
+    # LIS delivery of signed-out reports (HL7 v2 over MLLP; docs/reports.md)
+    lis_host: str | None = Field(None, description="LIS MLLP host; empty = reports wait in the outbox.")
+    lis_port: int = Field(2575, description="LIS MLLP port.")
+    lis_timeout_s: float = Field(30.0, description="Connect and ACK timeout of one MLLP send (seconds).")
+    lis_retry_base_s: float = Field(5.0, description="First retry delay after a failed send; doubles each time.")
+    lis_retry_max_s: float = Field(300.0, description="Longest retry delay; beat re-sends messages overdue by this.")
 
     @property
     def resolved_database_url(self) -> str:

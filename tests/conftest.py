@@ -141,6 +141,12 @@ def service_env(database_url: str, redis_url: str, s3_endpoint: str,
         "HEP2_SWEEP_INTERVAL_S": "3600",
         # production mode (a database URL): the API and workers refuse the embedded signing key
         "HEP2_SIGNING_KEY": secrets.token_hex(32),
+        # the LIS: an MLLP listener that tests/integration/test_reports.py starts on this port when it needs it
+        "HEP2_LIS_HOST": "127.0.0.1",
+        "HEP2_LIS_PORT": str(free_port()),
+        "HEP2_LIS_TIMEOUT_S": "20",
+        "HEP2_LIS_RETRY_BASE_S": "0.5",
+        "HEP2_LIS_RETRY_MAX_S": "2",
     }
     from hep2.settings import get_settings
     from hep2.storage import S3Storage, storage_from_settings

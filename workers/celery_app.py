@@ -52,6 +52,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
                                   "args": ["schedule"]},
             "retrain-new-labels": {"task": TaskName.SCHEDULED_RETRAIN, "schedule": settings.sweep_interval_s,
                                    "args": ["labels"]},
+            "lis-outbox": {"task": TaskName.FLUSH_LIS_OUTBOX, "schedule": settings.lis_retry_max_s},
         },
         timezone="UTC",
     )

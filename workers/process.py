@@ -20,7 +20,7 @@ class WorkerStartError(RuntimeError):
 
 @contextmanager
 def worker_process(app: Celery, env: Mapping[str, str], node: str, log_path: Path,
-                   queues: str = "gpu,cpu,training", start_timeout_s: float = 90.0,
+                   queues: str = "gpu,cpu,training,lis", start_timeout_s: float = 90.0,
                    ) -> Iterator[subprocess.Popen]:
     """Run ``hep2 worker`` in its own process group until the block exits; wait until it answers pings."""
     cmd = [sys.executable, "-m", "cli.main", "worker", "-Q", queues, "-c", "1", "-n", node]

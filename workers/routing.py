@@ -15,9 +15,12 @@ class TaskName(StrEnum):
     REQUEUE_STALE = "hep2.requeue_stale"
     TRAIN_MODEL = "hep2.train_model"
     SCHEDULED_RETRAIN = "hep2.scheduled_retrain"
+    UPDATE_REPORT = "hep2.update_report"
+    SEND_TO_LIS = "hep2.send_to_lis"
+    FLUSH_LIS_OUTBOX = "hep2.flush_lis_outbox"
 
 
-QUEUES = ("gpu", "cpu", "training")
+QUEUES = ("gpu", "cpu", "training", "lis")
 TASK_ROUTES: dict[str, dict[str, str]] = {
     TaskName.ANALYZE_SLIDE: {"queue": "gpu"},
     TaskName.REGISTER_UPLOAD: {"queue": "cpu"},
@@ -25,4 +28,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     TaskName.REQUEUE_STALE: {"queue": "cpu"},
     TaskName.TRAIN_MODEL: {"queue": "training"},
     TaskName.SCHEDULED_RETRAIN: {"queue": "cpu"},
+    TaskName.UPDATE_REPORT: {"queue": "cpu"},
+    TaskName.SEND_TO_LIS: {"queue": "lis"},
+    TaskName.FLUSH_LIS_OUTBOX: {"queue": "cpu"},
 }

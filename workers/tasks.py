@@ -18,7 +18,7 @@ from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import InvalidKeyError, ObjectNotFoundError, storage_from_settings
 from training.retrain import due_for_retraining, run_training, start_training
-from workers import jobs
+from workers import jobs, lis, reports
 from workers.celery_app import create_celery_app
 from workers.ingest import is_sidecar, register_upload
 from workers.maintenance import stale_training_runs, sweep_inbox
@@ -129,6 +129,8 @@ def analyze_slide(self: Task, slide_id: int) -> dict[str, object]:
     started = perf_counter()
     outcome = run_claimed_analysis(claim, storage, models, config)
     log.info("slide %s: %s in %.0f ms", slide_id, outcome, (perf_counter() - started) * 1000)
+    if outcome.get("status") != "superseded":
+        update_report.delay(slide_id)  # after the results' commit: the specimen report includes this image
     return {"slide_id": slide_id, **outcome}
 
 
@@ -155,3 +157,43 @@ def scheduled_retrain_task(trigger: str = "schedule", parameters: dict | None = 
         run_id = run.id
     train_model_task.delay(run_id)
     return {"started": run_id, "reason": reason}
+
+
+@celery_app.task(name=TaskName.UPDATE_REPORT, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True,
+                 retry_backoff_max=120, max_retries=8)
+def update_report(slide_id: int) -> dict[str, object]:
+    """Recompute the report of the slide's specimen (idempotent; a signed-out version becomes an amendment
+    draft when its content changes)."""
+    config = load_config(get_settings().pipeline_config).report
+    with session_scope() as session:
+        report = reports.recompute_for_slide(session, slide_id, config)
+        if report is None:
+            return {"slide_id": slide_id, "skipped": "no such slide"}
+        return {"slide_id": slide_id, "report_id": report.id, "version": report.version,
+                "status": report.status.value}
+
+
+@celery_app.task(bind=True, name=TaskName.SEND_TO_LIS, max_retries=None)
+def send_to_lis(self: Task, outbox_id: int) -> dict[str, object]:
+    """Send one outbox message to the LIS over MLLP; retried with exponential backoff until it is ACKed."""
+    settings = get_settings()
+    try:
+        with session_scope() as session:
+            outcome = lis.deliver(session, outbox_id, settings)
+    except lis.LisError as exc:
+        delay = lis.backoff_s(self.request.retries, settings)
+        log.warning("LIS delivery of outbox %s failed (%s); retry in %.0f s", outbox_id, exc, delay)
+        raise self.retry(exc=exc, countdown=delay) from exc
+    log.info("LIS delivery of outbox %s: %s", outbox_id, outcome)
+    return {"outbox_id": outbox_id, "outcome": outcome}
+
+
+@celery_app.task(name=TaskName.FLUSH_LIS_OUTBOX)
+def flush_lis_outbox_task() -> dict[str, object]:
+    """Beat: re-send outbox messages whose retry is overdue (a lost retry chain); nothing waits forever."""
+    settings = get_settings()
+    with session_scope() as session:
+        ids = lis.overdue(session, settings)
+    for outbox_id in ids:
+        send_to_lis.delay(outbox_id)
+    return {"queued": ids}

@@ -288,7 +288,7 @@ async function specimenPage(id) {
       h("dt", {}, "nuclei seen"), h("dd", { id: "nuclei-seen" }, r?.quality?.nuclei ?? "–"),
       h("dt", {}, "status"), h("dd", {}, badge(d.item.status), " ", r?.review_reason || d.item.status_reason || ""),
       h("dt", {}, "file"), h("dd", {}, d.item.file_name),
-      h("dt", {}, "accession / patient"), h("dd", {}, `${d.item.accession || "–"} / ${d.item.patient || "–"}`),
+      h("dt", {}, "accession / patient"), h("dd", {}, d.item.accession ? h("a", { id: "report-link", href: `report.html#${encodeURIComponent(d.item.accession)}` }, `${d.item.accession} (report)`) : "–", ` / ${d.item.patient || "–"}`),
       h("dt", {}, "well / dilution"), h("dd", {}, `${d.item.well || "–"} / ${d.item.dilution || "–"}`),
       h("dt", {}, "models"), h("dd", {}, d.model_versions.map((m) => `${m.task}: ${m.version} (${m.stage})`).join(", ") || "–")));
   setView("fixed");

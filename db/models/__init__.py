@@ -13,6 +13,7 @@ from db.models.registry import (
     RunStatus,
     TrainingRun,
 )
+from db.models.reports import LisOutbox, OutboxStatus, Report, ReportStatus
 from db.models.specimens import (
     ALLOWED_TRANSITIONS,
     InvalidTransitionError,
@@ -23,28 +24,8 @@ from db.models.specimens import (
 )
 
 __all__ = [
-    "ALLOWED_TRANSITIONS",
-    "TRAINABLE_TASKS",
-    "AnalysisAttempt",
-    "ApiKey",
-    "AttemptOutcome",
-    "AuditEvent",
-    "Base",
-    "Cell",
-    "Dataset",
-    "FoldMetrics",
-    "InvalidTransitionError",
-    "ModelStage",
-    "ModelTask",
-    "ModelVersion",
-    "Patient",
-    "Review",
-    "Role",
-    "RunStatus",
-    "SlideImage",
-    "SlideStatus",
-    "Specimen",
-    "SpecimenResult",
-    "TrainingRun",
-    "attempt_model_versions",
+    "ALLOWED_TRANSITIONS", "TRAINABLE_TASKS", "AnalysisAttempt", "ApiKey", "AttemptOutcome", "AuditEvent", "Base",
+    "Cell", "Dataset", "FoldMetrics", "InvalidTransitionError", "LisOutbox", "ModelStage", "ModelTask",
+    "ModelVersion", "OutboxStatus", "Patient", "Report", "ReportStatus", "Review", "Role", "RunStatus",
+    "SlideImage", "SlideStatus", "Specimen", "SpecimenResult", "TrainingRun", "attempt_model_versions",
 ]

@@ -104,6 +104,7 @@ class Seeded:
     result_id: int | None
     cell_ids: list[int] = field(default_factory=list)
     key: str = ""
+    accession: str = ""
 
 
 def seed_specimen(pattern: str = "speckled", intensity: str = "positive", needs_review: bool = False,
@@ -129,7 +130,7 @@ def seed_specimen(pattern: str = "speckled", intensity: str = "positive", needs_
         session.add(slide)
         session.flush()
         if not with_result:
-            return Seeded(slide.id, None, key=key)
+            return Seeded(slide.id, None, key=key, accession=specimen.accession)
         version = session.query(ModelVersion).filter_by(task=ModelTask.CELL_PATTERN, version="test-v1").one_or_none()
         if version is None:
             version = ModelVersion(task=ModelTask.CELL_PATTERN, version="test-v1", stage=ModelStage.PRODUCTION,
@@ -157,7 +158,7 @@ def seed_specimen(pattern: str = "speckled", intensity: str = "positive", needs_
                              mitotic=i == 4))
         session.add_all(rows)
         session.flush()
-        return Seeded(slide.id, result.id, [c.id for c in rows], key)
+        return Seeded(slide.id, result.id, [c.id for c in rows], key, specimen.accession)
 
 
 @pytest.fixture(scope="session")

@@ -187,7 +187,7 @@ def test_rerun_refuses_rejected_input(client: TestClient, keys: dict[str, str], 
     assert response.status_code == 409 and sent == []
     jobs = client.get("/v1/jobs", headers=auth(keys["viewer"])).json()
     assert seeded.slide_id in {j["slide_id"] for j in jobs}
-    assert set(client.get("/v1/queues", headers=auth(keys["viewer"])).json()) == {"gpu", "cpu", "training"}
+    assert set(client.get("/v1/queues", headers=auth(keys["viewer"])).json()) == {"gpu", "cpu", "training", "lis"}
 
 
 def test_presigned_overlay_url_over_s3(client: TestClient, keys: dict[str, str], specimen: Seeded) -> None:
@@ -231,7 +231,7 @@ def test_metrics_format(client: TestClient, specimen: Seeded) -> None:
     assert latency.type == "histogram"
     counts = {s.labels["stage"]: s.value for s in latency.samples if s.name.endswith("_count")}
     assert counts["segment"] >= 1
-    assert {s.labels["queue"] for s in families["hep2_queue_depth"].samples} == {"gpu", "cpu", "training"}
+    assert {s.labels["queue"] for s in families["hep2_queue_depth"].samples} == {"gpu", "cpu", "training", "lis"}
 
 
 def test_errors_are_generic(api_env: dict[str, str], keys: dict[str, str]) -> None:

@@ -96,6 +96,8 @@ VALID: dict[tuple[str, str], Request] = {
         "/v1/models/rollback", {"task": "intensity"} if _versions(
             ModelTask.INTENSITY, ModelStage.ARCHIVED, ModelStage.PRODUCTION) else None, "model.rollback"),
     ("POST", "/v1/training-runs"): lambda: ("/v1/training-runs", {"task": "cell_pattern"}, "training.start"),
+    ("POST", "/v1/reports/{accession}/sign-out"): lambda: (
+        f"/v1/reports/{seed_specimen().accession}/sign-out", {}, "report.sign_out"),
 }
 NEEDS_REGISTRY = {"/v1/models/{version_id}/promote", "/v1/models/rollback", "/v1/training-runs"}
 NOT_AUDITED = {"/v1/events/s3"}  # ingestion is recorded by the slide rows themselves

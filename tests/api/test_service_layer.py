@@ -76,3 +76,24 @@ def _key_id(name: str) -> int:
 
     with session_scope() as session:
         return session.scalar(select(ApiKey.id).where(ApiKey.name == name))
+
+
+def test_report_sign_out_from_api_and_cli(client: TestClient, keys: dict[str, str], sent: SentTasks) -> None:
+    by_api, by_cli = seed_specimen(), seed_specimen()
+    response = client.post(f"/v1/reports/{by_api.accession}/sign-out", json={}, headers=auth(keys["reviewer"]))
+    assert response.status_code == 201, response.text
+    result = CliRunner().invoke(app, ["sign-out", by_cli.accession, "--as", "dr-cli"])
+    assert result.exit_code == 0, result.output
+    api_audit = _audit("report.sign_out", response.json()["report_id"])
+    with session_scope() as session:
+        cli_audit = session.scalar(select(AuditEvent).where(
+            AuditEvent.action == "report.sign_out", AuditEvent.details["accession"].as_string() == by_cli.accession))
+    assert [e.actor for e in api_audit] == ["key:" + str(_key_id("test-reviewer")) + ":test-reviewer"]
+    assert cli_audit is not None and cli_audit.actor == "cli:dr-cli" and cli_audit.details["status"] == "final"
+    assert [name for name, *_ in sent] == ["hep2.send_to_lis", "hep2.send_to_lis"]
+    # a second sign-out is refused by both, and nothing more is queued
+    assert client.post(f"/v1/reports/{by_api.accession}/sign-out", json={},
+                       headers=auth(keys["reviewer"])).status_code == 409
+    again = CliRunner().invoke(app, ["sign-out", by_cli.accession, "--as", "dr-cli"])
+    assert again.exit_code == 1 and "already signed out" in again.output
+    assert len(sent) == 2

@@ -221,12 +221,12 @@ def test_commands_and_queues(config: dict[str, Any]) -> None:
     assert services["api"]["command"][:2] == ["hep2", "api"]
     assert services["worker-gpu"]["command"] == ["hep2", "worker", "-Q", "gpu", "-c", "1"]
     assert services["worker-training"]["command"][:4] == ["hep2", "worker", "-Q", "training"]
-    assert services["worker-cpu"]["command"][:4] == ["hep2", "worker", "-Q", "cpu"]
+    assert services["worker-cpu"]["command"][:4] == ["hep2", "worker", "-Q", "cpu,lis"]
     assert services["beat"]["command"] == ["hep2", "beat"]
     consumed = {
         q for name in ("worker-gpu", "worker-training", "worker-cpu") for q in services[name]["command"][3].split(",")
     }
-    assert consumed == {"gpu", "cpu", "training"}
+    assert consumed == {"gpu", "cpu", "training", "lis"}
 
 
 def test_start_order(config: dict[str, Any]) -> None:

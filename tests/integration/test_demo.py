@@ -73,3 +73,31 @@ def test_demo_never_deletes_a_folder_it_did_not_create(tmp_path: Path) -> None:
     empty.mkdir()
     prepare_state_dir(empty)
     assert (empty / MARKER).is_file()
+def test_demo_input_folder_with_sidecars_gives_a_specimen_report(tmp_path: Path) -> None:
+    """``NAME.json`` beside ``NAME.png`` is uploaded as its sidecar: a dilution series of one accession becomes
+    one report; ``hep2 report`` prints it from the same embedded state."""
+    from hep2.synthetic import synthetic_png
+    from hep2.vocabulary import Pattern
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, (dilution, brightness) in enumerate([("1:80", 170.0), ("1:160", 120.0), ("1:320", 0.0)]):
+        name = f"SYNTHETIC-demo-acc-{i}"
+        (folder / f"{name}.png").write_bytes(synthetic_png(Pattern.HOMOGENEOUS, seed=i, size=(320, 400), cells=10,
+                                                           brightness=brightness))
+        (folder / f"{name}.json").write_text(json.dumps({"specimen_id": "DEMO-ACC-1", "patient_id": "PSEUDO-demo",
+                                                          "dilution": dilution, "well": f"A{i + 1}"}))
+    report = run_demo(tmp_path, "--input", str(folder))
+    assert len(report["slides"]) == 3 and len(report["reports"]) == 1
+    specimen = report["reports"][0]
+    assert specimen["accession"] == "DEMO-ACC-1" and len(specimen["images"]) == 3
+    assert specimen["result"] == "positive" and specimen["titer"]["text"] == "1:160", specimen["titer"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP2_")}
+    env["HEP2_STATE_DIR"] = str(tmp_path / "demo")
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "report", "DEMO-ACC-1", "--format", "hl7"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ORU^R01" in proc.stdout and "^1^:^160" in proc.stdout and "DEMO-ACC-1" in proc.stdout
+    missing = subprocess.run([sys.executable, "-m", "cli.main", "report", "NOPE"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no specimen" in missing.stderr
