@@ -85,7 +85,7 @@ def test_demo_input_folder_with_sidecars_gives_a_specimen_report(tmp_path: Path)
         name = f"SYNTHETIC-demo-acc-{i}"
         (folder / f"{name}.png").write_bytes(synthetic_png(Pattern.HOMOGENEOUS, seed=i, size=(320, 400), cells=10,
                                                            brightness=brightness))
-        (folder / f"{name}.json").write_text(json.dumps({"specimen_id": "DEMO-ACC-1", "patient_id": "PSEUDO-demo",
+        (folder / f"{name}.json").write_text(json.dumps({"specimen_id": "DEMO-ACC-1", "patient_id": "PSEUDO-demo-1",
                                                           "dilution": dilution, "well": f"A{i + 1}"}))
     report = run_demo(tmp_path, "--input", str(folder))
     assert len(report["slides"]) == 3 and len(report["reports"]) == 1
