@@ -20,13 +20,17 @@ Reproduce the cross-validation (grouped 5-fold by ``specimen_group``, the folds 
     from training.texture import cross_validate_texture, train_final
 
     table = load_manifest(i3a_root())
-    spec = DescriptorSpec(golgi=True)                   # see RESULTS.md for the configurations compared
+    spec = DescriptorSpec(golgi=True)                   # the configuration of texture-default
     summary = cross_validate_texture(table, spec, None, Path.home() / "runs/texture/best")
     model = train_final(table, spec, None, Path.home() / "runs/texture/best/texture-default")
 
 ``cross_validate_texture`` writes ``cv.json`` (per-fold metrics with per-class recall, mean/std, pooled
 out-of-fold metrics, specimen-level metrics) and ``oof.csv`` (the format of :mod:`training.experiment`:
 ``cell_id, group, fold, true, pred`` and one probability column per class in ``CLASS_NAMES`` order).
+Measured on I3A (2026-12-01, this protocol, ``DescriptorSpec(golgi=True)``): pooled cell MCA 0.702 (fold mean
+0.760 ± 0.069; five non-Golgi classes 0.837; Golgi recall 0.03: only 3 Golgi specimen groups), 55/62 specimens;
+the other descriptor sets tried (CoALBP approximation, Gabor energies, ...) were within ±0.003.
+
 Descriptors are cached under ``$HEP2_TEXTURE_CACHE`` (default ``~/runs/texture/features``), keyed by the
 data hash and the descriptor spec.
 """
