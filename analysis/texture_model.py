@@ -13,6 +13,7 @@ Probabilities come in ``CELL_PATTERNS`` order whatever order the booster was tra
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from collections.abc import Sequence
@@ -103,6 +104,8 @@ class TextureModel:
         data = txt.read_bytes()
         if hashlib.sha256(data).hexdigest() != doc.get("booster_sha256"):
             raise ModelFileError(f"{txt}: sha256 differs from the one recorded in {js.name} (modified or corrupt)")
+        if txt.suffix == ".gz":  # shipped models keep the booster's text gzip-compressed (a third of the size)
+            data = gzip.decompress(data)
         if doc.get("standardisation") is not None:
             raise ModelFileError(f"{js}: standardisation is not supported by format {FORMAT}")
         spec = DescriptorSpec.from_dict(doc["descriptor"])

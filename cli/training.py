@@ -3,6 +3,7 @@ experiments. Training modules import torch: they are imported when a command run
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -187,8 +188,8 @@ def train_texture(
     ctx: typer.Context,
     data: Annotated[Path, typer.Option(help="Folder with labels.csv (I3A layout) or a manifest CSV.")],
     out: Annotated[Path, typer.Option(help="Run folder: cv.json, oof.csv, the final model.")],
-    golgi: Annotated[bool, typer.Option(help="Add the Golgi cues (bright perinuclear blob) to the descriptors.")
-                     ] = True,
+    descriptor: Annotated[str | None, typer.Option(help="DescriptorSpec fields as JSON; default: the shipped set "
+                                                        "(training.texture.SHIPPED_DESCRIPTOR).")] = None,
     folds: Annotated[int, typer.Option(min=2)] = RECIPE.folds,
     split_seed: Annotated[int, typer.Option(help="Seed of the folds (the CNN runs' one).")] = RECIPE.split_seed,
     seed: int = RECIPE.seed,
@@ -198,10 +199,14 @@ def train_texture(
     """The texture-feature cell model (descriptors + LightGBM): grouped CV on the CNN's folds, final fit."""
     from analysis.descriptors import DescriptorSpec  # heavy (torch) with the command's other imports
     from training.datasets import load_manifest  # heavy (torch) with the command's other imports
-    from training.texture import cross_validate_texture, train_final  # heavy (lightgbm): when the command runs
+    from training.texture import (  # heavy (lightgbm): when the command runs
+        SHIPPED_DESCRIPTOR,
+        cross_validate_texture,
+        train_final,
+    )
 
     table = load_manifest(data.as_posix())
-    spec = DescriptorSpec(golgi=golgi)
+    spec = DescriptorSpec.from_dict(json.loads(descriptor) if descriptor else SHIPPED_DESCRIPTOR)
     if cv:
         summary = cross_validate_texture(table, spec, None, out, seed=seed, n_splits=folds, split_seed=split_seed)
         mean = summary["cv_mean"]

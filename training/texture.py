@@ -63,6 +63,11 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
+SHIPPED_DESCRIPTOR: dict[str, Any] = {"lbp": [[r, 8] for r in range(1, 7)], "lbp_sigmas": [0, 1, 2]}
+"""The descriptor set of the shipped texture member ("scale" in docs/benchmarks.md: LBP radii 1-6 after
+Gaussian pre-smoothing σ 0/1/2); every other field is :class:`DescriptorSpec`'s default."""
+
+
 def balanced_weights(y: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
     """Per-cell weights ``n / (K · n_class)`` over the classes present."""
     y = np.asarray(y)

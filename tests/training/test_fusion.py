@@ -105,7 +105,7 @@ def test_fused_model_file_loads_through_the_one_loader_and_refuses_tampering(mem
     probs = fused.predict(cells[:5])
     members = fused.member_predictions(cells[:5])
     assert probs.shape == (5, C) and np.allclose(probs, fuse(members, weights), atol=1e-5)
-    booster = out.with_name("cells-fused-texture.txt")
-    booster.write_text(booster.read_text() + "\n")
+    booster = out.with_name("cells-fused-texture.txt.gz")
+    booster.write_bytes(booster.read_bytes() + b"\0")
     with pytest.raises(ValueError, match="sha256"):
         load_cell_classifier(out, device="cpu")
