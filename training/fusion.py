@@ -17,14 +17,17 @@ import gzip
 import hashlib
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from analysis.device import hardware
 from analysis.models.fused import FORMAT, fuse
 from analysis.specimen import calibrate_oov
 from hep2.jsonio import write_json
+from training.card import git_commit
 from training.experiment import oof_groups, read_oof
 from training.metrics import CLASS_NAMES, classification_metrics, mean_class_accuracy, summarize_folds
 from training.specimen_metrics import specimen_metrics
@@ -97,16 +100,19 @@ def fuse_runs(cnn_run: Path, texture_run: Path) -> dict[str, Any]:
 
 def write_fused_model(result: dict[str, Any], cnn_weights: Path, texture_model: Path, out: Path,
                       card: dict[str, Any]) -> Path:
-    """Copy the members beside ``out`` (a ``.json``) and write the fused model file with its card.
+    """Copy the members beside ``out`` (a ``.json``; a CNN already in that folder is referenced, not copied)
+    and write the fused model file with its card.
 
     ``texture_model``: the texture model's ``.json`` (its ``.txt`` booster is copied with it)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.stem
-    cnn_dst = out.with_name(f"{stem}-cnn.safetensors")
-    shutil.copyfile(cnn_weights, cnn_dst)
-    cnn_card = Path(cnn_weights).with_suffix(".json")
-    if cnn_card.is_file():
-        shutil.copyfile(cnn_card, cnn_dst.with_suffix(".json"))
+    cnn_dst = Path(cnn_weights)
+    if cnn_dst.parent.resolve() != out.parent.resolve():  # a member already shipped beside it is referenced
+        cnn_dst = out.with_name(f"{stem}-cnn.safetensors")
+        shutil.copyfile(cnn_weights, cnn_dst)
+        cnn_card = Path(cnn_weights).with_suffix(".json")
+        if cnn_card.is_file():
+            shutil.copyfile(cnn_card, cnn_dst.with_suffix(".json"))
     tex_src = Path(texture_model).with_suffix(".json")
     tex_dst = out.with_name(f"{stem}-texture.json")
     doc = json.loads(tex_src.read_text())
@@ -127,7 +133,11 @@ def write_fused_model(result: dict[str, Any], cnn_weights: Path, texture_model: 
     thresholds = {**calibrate_oov(nested["fused_oof"], result["groups"]),
                   "calibrated_on": f"nested out-of-fold fused predictions, {result['n_groups']} held-out specimen "
                                    "groups (specimen.calibrate_oov)"}
-    doc = {"format": FORMAT, "classes": list(CLASS_NAMES), "members": members,
+    provenance = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "code": git_commit(), "hardware": hardware(),
+                  "data_hash": json.loads(tex_src.read_text()).get("meta", {}).get("data_hash")}
+    doc = {"format": FORMAT, "classes": list(CLASS_NAMES), "members": members, **provenance,
            "cv": {k: nested[k] for k in ("protocol", "cnn_weights_per_fold", "cv_mean", "pooled", "specimen")},
-           "member_cv": result["members"], "specimen_thresholds": thresholds, **card}
+           "member_cv": result["members"], "specimen_thresholds": thresholds, "promoted": False,
+           "promotion_note": "not the pipeline default until whole fields are checked (hep2 evaluate fields) and "
+                             "this is set to true", **card}
     return write_json(out, doc)

@@ -8,7 +8,8 @@ renormalised to 1: each family counts where it is reliable (e.g. Golgi from the 
 model misses). The weights are chosen on out-of-fold predictions only (``training.fusion``).
 
 :func:`load_cell_classifier` is the one loader: a ``.safetensors`` file is a CNN alone (still selectable,
-e.g. ``HEP2_CELL_MODEL_PATH``), a ``.json`` of this format the fused model.
+e.g. ``HEP2_CELL_MODEL_PATH``), a ``.json`` of this format the fused model. The shipped fused model is the
+default only when its card says ``"promoted": true`` (:func:`fused_promoted`).
 """
 
 from __future__ import annotations
@@ -102,9 +103,18 @@ class FusedCellClassifier:
         return fuse(self.member_predictions(crops), self.weights)
 
 
+def fused_promoted(path: Path = DEFAULT_FUSED_MODEL) -> bool:
+    """Whether the shipped fused model is the default: it exists and its card says ``"promoted": true`` (set
+    only after whole fields are checked with ``hep2 evaluate fields``, not by the I3A cross-validation alone)."""
+    try:
+        return path.is_file() and bool(json.loads(path.read_text()).get("promoted", False))
+    except (OSError, ValueError):
+        return False
+
+
 def default_cell_model() -> Path:
-    """The fused model when it is shipped, else the CNN."""
-    return DEFAULT_FUSED_MODEL if DEFAULT_FUSED_MODEL.is_file() else DEFAULT_CELL_MODEL
+    """The fused model when it is shipped and promoted, else the CNN."""
+    return DEFAULT_FUSED_MODEL if fused_promoted() else DEFAULT_CELL_MODEL
 
 
 def load_cell_classifier(path: str | Path | None = None, device: str = "auto") -> CellClassifier | FusedCellClassifier:
