@@ -22,7 +22,7 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     config = ModelConfig(arch="resnet10_w32", img_size=32)
     path = save_checkpoint(create_model(config), config, tmp_path_factory.mktemp("w") / "tiny.safetensors")
-    return CellClassifier(path, device="cpu", tta=1)
+    return CellClassifier(path, device="cpu", tta=1, precision="fp32")
 
 
 def test_batch_sweep_reports_a_positive_rate_per_batch_size(tiny_classifier: Any) -> None:
