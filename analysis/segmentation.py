@@ -52,9 +52,11 @@ def drop_annotated(labels: np.ndarray, mask: np.ndarray, margin: int = 2) -> np.
 
 def relabel(labels: np.ndarray) -> np.ndarray:
     """Consecutive labels 1..N (0 stays background), int32."""
-    ids = np.unique(labels)
+    if not labels.size:
+        return labels.astype(np.int32)
+    ids = np.flatnonzero(np.bincount(labels.ravel()))  # the labels present, ascending (no sort)
     ids = ids[ids > 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
     return lut[labels]
 
@@ -147,16 +149,21 @@ class _Grid:
         self.shape = components.shape
         self.width = components.shape[1] + 2
         self.comp = self.pad(components)
-        self.offsets = np.array([dy * self.width + dx for dy, dx in _OFFSETS_3X3], np.int64)
-        self._stamp = np.empty(self.comp.size, np.int64)
+        self.offsets = np.array([dy * self.width + dx for dy, dx in _OFFSETS_3X3], np.int32)  # int32: less
+        self._stamp = np.empty(self.comp.size, np.int32)  # memory traffic in the gathers below
         # 4-connected components can still touch diagonally: at those pixels neighbours must be checked
         self.contact = self.pad(_diagonal_contacts(components))
-        self.contacts = np.flatnonzero(self.contact)
+        self.contacts = self.where(self.contact)
 
     def pad(self, values: np.ndarray, fill: float = 0) -> np.ndarray:
         out = np.full((self.shape[0] + 2, self.width), fill, values.dtype)
         out[1:-1, 1:-1] = values
         return out.ravel()
+
+    @staticmethod
+    def where(flat: np.ndarray) -> np.ndarray:
+        """Flat int32 indices of the true pixels."""
+        return np.flatnonzero(flat).astype(np.int32)
 
     def unpad(self, flat: np.ndarray) -> np.ndarray:
         return flat.reshape(self.shape[0] + 2, self.width)[1:-1, 1:-1]
@@ -165,7 +172,7 @@ class _Grid:
         """The 8-neighbours of the flat ``index`` pixels that lie in a component (each once, any order)."""
         near = (index[:, None] + self.offsets[None, :]).ravel()
         near = near[self.comp[near] > 0]
-        order = np.arange(near.size)
+        order = np.arange(near.size, dtype=np.int32)
         self._stamp[near] = order  # duplicates: the last write wins, so each pixel is kept once
         return near[self._stamp[near] == order]
 
@@ -176,7 +183,7 @@ class _Grid:
         for offset in self.offsets:  # a neighbour is in the pixel's component or in none (value ≤ floor)...
             np.maximum(best, values[index + offset], out=best)
         if self.contacts.size:  # ...except at diagonal contacts, where the neighbours are checked
-            at = np.flatnonzero(self.contact[index])
+            at = np.flatnonzero(self.contact[index])  # positions in index
             if at.size:
                 best[at] = self.checked_max(values, index[at], floor)
         return best
@@ -199,11 +206,12 @@ def _flood(grid: _Grid, height: np.ndarray, labels: np.ndarray, levels: int, max
     until none is added. A pixel can only be reached in a step if a neighbour was labelled in the step
     before, so each step looks at the previous step's new pixels' neighbours only.
     """
-    inside = np.flatnonzero(grid.comp > 0)
+    inside = grid.where(grid.comp > 0)
     thresholds = np.linspace(1.0, 0.0, levels + 1)[1:]
     # the first level at which each pixel is allowed (``levels``: never); pixels grouped by it
-    first = np.count_nonzero(height[inside][:, None] < thresholds[None, :], axis=1)
-    order = np.argsort(first, kind="stable")
+    first = np.searchsorted(-thresholds, -height[inside], side="left")  # = #(h < threshold)
+    first = first.astype(np.uint8 if levels < 255 else np.int64)
+    order = np.argsort(first, kind="stable")  # radix sort on uint8
     bounds = np.searchsorted(first[order], np.arange(levels + 1))
     allowed = np.zeros(labels.shape, bool)
     steps_left_over = False
@@ -242,7 +250,7 @@ def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | No
     outside = components == 0  # outside the components nothing changes: -inf there (restored at the end)
     cur = grid.pad(np.where(outside, -np.inf, current).astype(np.float64), -np.inf)
     top = grid.pad(np.where(outside, -np.inf, image).astype(np.float64), -np.inf)
-    candidates = np.flatnonzero(grid.comp > 0)
+    candidates = grid.where(grid.comp > 0)
     # the first steps raise most pixels: whole-image steps (OpenCV's dilation; the diagonal contacts
     # recomputed with checked neighbours) until few pixels rise, then steps on the frontier only
     cur2, top2, square = cur.reshape(-1, grid.width), top.reshape(-1, grid.width), np.ones((3, 3), np.uint8)
@@ -257,7 +265,7 @@ def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | No
         np.copyto(cur, grown)
         if count * 16 < candidates.size:
             break
-    near = grid.inside(np.flatnonzero(rose))
+    near = grid.inside(grid.where(rose))
     candidates = near[cur[near] < top[near]]
     while candidates.size:
         value = np.minimum(grid.neighbour_max(cur, candidates, -np.inf), top[candidates])
@@ -296,6 +304,28 @@ def grey_opening(image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     image = np.ascontiguousarray(image)
     eroded = cv2.erode(image, kernel, borderType=cv2.BORDER_REFLECT)
     return cv2.dilate(eroded, kernel, borderType=cv2.BORDER_REFLECT)
+
+
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+
+
+def binary_opening_cross(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_opening(mask, iterations=1)`` (cross; outside the image counts as background)
+    with OpenCV."""
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    eroded = cv2.erode(m, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.dilate(eroded, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)``: background that is not 4-connected to the image border is
+    filled (one labelling instead of scipy's iterated dilations)."""
+    background, _ = ndimage.label(~mask)
+    border = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    open_to_border = np.zeros(int(background.max()) + 1, bool)
+    open_to_border[border] = True
+    open_to_border[0] = False
+    return ~open_to_border[background]
 
 
 def dilate_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
@@ -384,8 +414,7 @@ class ClassicalSegmenter:
             opened = grey_opening(signal, disk(self.dot_radius))
             smooth = ndimage.gaussian_filter(opened, self.sigma)
             threshold = otsu_threshold(smooth[::2, ::2].ravel())
-        foreground = ndimage.binary_opening(smooth > threshold, iterations=1)
-        foreground = ndimage.binary_fill_holes(foreground)
+        foreground = fill_holes(binary_opening_cross(smooth > threshold))
         dist = ndimage.gaussian_filter(distance_transform(foreground), 1.0) * foreground
         markers, _ = ndimage.label(h_maxima(dist, self.h, foreground))
         labels = watershed_split(foreground, dist / max(float(dist.max()), 1e-6), markers)
@@ -428,7 +457,7 @@ def estimate_scale(signal: np.ndarray, nucleus_px: float = 28.0, lo: float = 0.1
 def labels_from_maps(prob: np.ndarray, dist: np.ndarray, annotation: np.ndarray | None = None,
                      fg_threshold: float = 0.5, marker_threshold: float = 0.5, min_area: int = 40) -> np.ndarray:
     """Instances from foreground probability + normalised distance maps (markers: ``dist > threshold``)."""
-    foreground = ndimage.binary_fill_holes(prob > fg_threshold)
+    foreground = fill_holes(prob > fg_threshold)
     markers, _ = ndimage.label(foreground & (dist > marker_threshold))
     labels = watershed_split(foreground, dist, markers)
     labels = size_filter(labels, min_area)

@@ -11,9 +11,11 @@ from scipy import ndimage
 
 from analysis.preprocess import dihedral
 from analysis.segmentation import (
+    binary_opening_cross,
     dilate_cross,
     disk,
     distance_transform,
+    fill_holes,
     grey_opening,
     h_maxima,
     reconstruct,
@@ -75,6 +77,14 @@ def ref_watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.
         target[seeds > 0] = seeds[seeds > 0] + next_id - 1
         next_id += int(seeds.max())
     return relabel(out)
+
+
+def ref_relabel(labels: np.ndarray) -> np.ndarray:
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[labels]
 
 
 # ------------------------------------------------------------------ synthetic inputs
@@ -155,6 +165,12 @@ def test_opencv_equivalents_give_scipys_values() -> None:
             np.testing.assert_array_equal(dilate_cross(mask, r), ndimage.binary_dilation(mask, iterations=r))
         fg = ndimage.binary_dilation(mask, iterations=2) & ~(rng.random(shape) < 0.02)
         np.testing.assert_array_equal(distance_transform(fg), ndimage.distance_transform_edt(fg))
+        np.testing.assert_array_equal(binary_opening_cross(fg), ndimage.binary_opening(fg, iterations=1))
+        rings = fg & ~ndimage.binary_erosion(fg, iterations=2)
+        np.testing.assert_array_equal(fill_holes(rings), ndimage.binary_fill_holes(rings))
+        labels, _ = ndimage.label(fg)
+        labels[labels % 3 == 0] = 0
+        np.testing.assert_array_equal(relabel(labels), ref_relabel(labels))
     assert np.array_equal(distance_transform(np.ones((9, 9), bool)), ndimage.distance_transform_edt(np.ones((9, 9))))
 
 
