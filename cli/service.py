@@ -27,6 +27,7 @@ def worker(
     unknown = sorted(set(wanted) - set(QUEUES))
     if unknown:
         raise typer.BadParameter(f"unknown queue(s) {unknown}; known: {', '.join(QUEUES)}")
+    import cv2  # only for this command (threads per process)
     import torch  # only for this command (the GPU check; torch threads per process)
 
     from workers.process import THREADS_ENV, default_processes, threads_per_process
@@ -38,6 +39,7 @@ def worker(
     threads = threads_per_process(concurrency)
     os.environ[THREADS_ENV] = str(threads)  # the pool processes set it at start (workers.tasks)
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     argv = ["worker", "-Q", ",".join(wanted), "-l", loglevel, "-c", str(concurrency)]
     celery_app.worker_main(argv + list(ctx.args))
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -86,6 +87,7 @@ _POOL: dict[str, Any] = {}
 def _pool_start(threads: int, warm_up: bytes, ready: Any) -> None:
     """A models-alone pool process: ``threads`` torch threads, the worker's models, one warm-up field."""
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     _POOL["models"] = worker_models()
     analyze_field(warm_up, _POOL["models"], accept_16bit=get_settings().accept_16bit)
     ready.wait()

@@ -8,6 +8,7 @@ from datetime import timedelta
 from time import perf_counter
 from typing import Any
 
+import cv2
 import torch
 from botocore.exceptions import BotoCoreError
 from celery import Task
@@ -41,6 +42,7 @@ def _set_torch_threads(**_: Any) -> None:
     threads = os.environ.get(THREADS_ENV)
     if threads:
         torch.set_num_threads(int(threads))
+        cv2.setNumThreads(int(threads))  # the segmentation's OpenCV calls
 
 
 TRANSIENT_ERRORS = (BotoCoreError, OperationalError, ConnectionError, TimeoutError)
