@@ -50,3 +50,23 @@ def test_sweep_without_i3a_cuts_crops_from_the_bench_fields(tiny_classifier: Any
     assert "cut from 1 bench fields" in sweep["crops"] and sweep["per_slide_batch_from"].startswith("default")
     assert [b["batch_size"] for b in sweep["batches"]] == [4, 8]
     assert all(b["cells_per_s"] > 0 for b in sweep["batches"])
+
+
+def test_stage_stats_reports_median_p95_and_mean_per_stage_and_total() -> None:
+    timings = [{"decode": 10.0, "segment": 100.0}, {"decode": 20.0, "segment": 300.0}, {"decode": 30.0}]
+    stats = bench.stage_stats(timings)
+    assert list(stats) == ["decode", "segment", "total"]
+    assert stats["decode"] == {"median": 20.0, "p95": 29.0, "mean": 20.0}
+    assert stats["segment"]["median"] == 100.0  # a stage missing from a field counts 0 there
+    assert stats["total"]["median"] == 110.0 and stats["total"]["mean"] == round((110 + 320 + 30) / 3, 1)
+
+
+def test_cpu_hosts_run_one_single_threaded_process_per_core() -> None:
+    import os
+
+    from workers.process import default_processes, threads_per_process
+
+    cores = os.cpu_count() or 1
+    assert default_processes(cuda=True) == 1
+    assert default_processes(cuda=False) == cores and threads_per_process(cores) == 1
+    assert threads_per_process(1) == cores
