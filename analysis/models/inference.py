@@ -34,9 +34,12 @@ def predict_proba(model: nn.Module, x: np.ndarray | torch.Tensor, tta: int = 1, 
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    channels_last = device.type == "cpu" and x.ndim == 4
+    # channels-last for inference models only (a model being trained keeps its layout); the parameters are
+    # converted outside inference mode, so they stay ordinary tensors
+    channels_last = device.type == "cpu" and x.ndim == 4 and not was_training
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.channels_last)
     xt = torch.as_tensor(x)
     out = []
     for start in range(0, len(xt), batch_size):
