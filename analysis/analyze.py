@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,13 @@ from hep2.vocabulary import NEGATIVE
 
 
 def _sha256(path: Path) -> str:
+    stat = path.stat()  # hashed once per file version (not once per field)
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _sha256_of(name: str, size: int, mtime_ns: int) -> str:
+    path = Path(name)
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -187,8 +195,10 @@ def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, conf
     facts = {"height": image.shape[0], "width": image.shape[1], "bit_depth": image.bit_depth,
              "format": image.source_format, "channel_rule": image.channel_rule,
              "annotation_pixels": int(image.annotation_mask.sum())}
+    versions = models.versions()
+    lap("versions")  # every step of the work is inside one of the timings
     return SlideAnalysis(intensity=intensity, specimen=specimen, cells=cells, overlay_png=overlay,
-                         timings_ms=timings, model_versions=models.versions(), image=facts, quality=quality)
+                         timings_ms=timings, model_versions=versions, image=facts, quality=quality)
 
 
 __all__ = ["InvalidImageError", "Models", "SlideAnalysis", "analyze_field"]

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import ndimage
 
-from analysis.segmentation import typical_area
+from analysis.segmentation import dilate_cross, typical_area
 from analysis.types import FieldImage
 from hep2.vocabulary import CELL_PATTERNS
 
@@ -86,7 +86,7 @@ class Cell:
 
 def background_level(field: FieldImage, labels: np.ndarray, ring_px: int = 6) -> tuple[float, float]:
     """Median and robust sigma (1.4826 × MAD) of the signal away from cells and annotations."""
-    near = ndimage.binary_dilation(labels > 0, iterations=ring_px) | field.annotation_mask
+    near = dilate_cross(labels > 0, ring_px) | field.annotation_mask  # = ndimage.binary_dilation(iterations=)
     values = field.signal[~near]
     if values.size < 100:
         values = field.signal[~field.annotation_mask] if (~field.annotation_mask).any() else field.signal.ravel()

@@ -216,7 +216,7 @@ def find_annotations(signal: np.ndarray, min_length: int | None = None, step: fl
     length = (min_length or max(40, round(0.04 * max(h, w)))) | 1  # odd: a symmetric 1-D opening
     mask = np.zeros((h, w), bool)
     for transpose in (False, True):
-        g = signal.T if transpose else signal
+        g = np.ascontiguousarray(signal.T) if transpose else signal  # row-wise work on contiguous rows
         flat = np.zeros(g.shape, bool)
         flat[:, :-1] = np.abs(np.diff(g, axis=1)) <= tolerance
         flat[:, 1:] |= flat[:, :-1]

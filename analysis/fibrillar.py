@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from analysis.cells import Cell
+from analysis.segmentation import distance_transform
 
 
 def fibrillar_index(image: np.ndarray, mask: np.ndarray, sigma: float = 1.5, core: float = 0.4) -> float | None:
@@ -35,7 +36,7 @@ def fibrillar_index(image: np.ndarray, mask: np.ndarray, sigma: float = 1.5, cor
     half_trace = (hxx + hyy) / 2
     spread = np.sqrt(np.maximum(half_trace ** 2 - (hxx * hyy - hxy ** 2), 0))
     l1, l2 = half_trace - spread, half_trace + spread  # l1 <= l2
-    distance = ndimage.distance_transform_edt(own)
+    distance = distance_transform(own)  # = ndimage.distance_transform_edt, faster
     bright = own & (distance >= core * distance.max()) & (l1 < 0)
     if bright.sum() < 20:
         return None

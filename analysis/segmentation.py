@@ -7,7 +7,8 @@ background level before segmenting, and any instance that touches the (dilated) 
 
 * :class:`ClassicalSegmenter`: bright-dot suppression (grey opening), Gaussian smoothing, Otsu threshold,
   distance-transform watershed to split touching nuclei (markers = h-maxima of the smoothed distance map),
-  then size filters. scipy.ndimage only.
+  then size filters. scipy.ndimage and OpenCV (the same values as scipy where OpenCV is faster); no Python
+  loop over objects.
 * U-Net: foreground and distance maps predicted by a network, instances by :func:`labels_from_maps`.
 
 :func:`analysis.build.default_segmenter` chooses between them.
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -50,9 +52,11 @@ def drop_annotated(labels: np.ndarray, mask: np.ndarray, margin: int = 2) -> np.
 
 def relabel(labels: np.ndarray) -> np.ndarray:
     """Consecutive labels 1..N (0 stays background), int32."""
-    ids = np.unique(labels)
+    if not labels.size:
+        return labels.astype(np.int32)
+    ids = np.flatnonzero(np.bincount(labels.ravel()))  # the labels present, ascending (no sort)
     ids = ids[ids > 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
     return lut[labels]
 
@@ -70,63 +74,280 @@ def size_filter(labels: np.ndarray, min_area: int, max_area: int | None = None) 
 def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray, levels: int = 16) -> np.ndarray:
     """Marker-controlled watershed of ``height`` (higher = more central, [0, 1]) inside ``foreground``.
 
-    Per foreground component: with at most one marker it is one instance; otherwise it is flooded by levels:
-    from the top level down, every marker's region grows (3×3 geodesic dilation, repeated to stability) into
-    the component's pixels at or above the level; pixels no marker reaches form instances of their own.
+    Per foreground component (4-connected): with at most one marker it is one instance; otherwise it is
+    flooded by levels: from the top level down, every marker's region grows (3×3 geodesic dilation, repeated
+    to stability, the larger marker label winning a tie) into the component's pixels at or above the level;
+    pixels no marker reaches form instances of their own. Instances are numbered by component (raster order
+    of their first pixel), within one component markers first (raster order), then the unreached pieces.
     (scipy's ``watershed_ift`` was not used: it lets one marker flood another's basin on plateaus.)
+
+    All components are flooded at once (:class:`_Grid`: each growth step touches only the pixels next to
+    the previous step's new pixels, and a pixel only takes labels of its own component), so the result is
+    the per-component flood's, without a Python loop over objects.
     """
-    components, _ = ndimage.label(foreground)
-    out = np.zeros(foreground.shape, np.int32)
-    next_id = 1
-    for index, box in enumerate(ndimage.find_objects(components), start=1):
-        if box is None:
-            continue
-        comp = components[box] == index
-        seeds, n = ndimage.label(comp & (markers[box] > 0))
-        seeds = _flood(comp, height[box], seeds, levels) if n > 1 else comp.astype(np.int32)
-        target = out[box]
-        target[seeds > 0] = seeds[seeds > 0] + next_id - 1
-        next_id += int(seeds.max())
-    return relabel(out)
+    components, n = ndimage.label(foreground)
+    if n == 0:
+        return np.zeros(foreground.shape, np.int32)
+    seeds, n_seeds = ndimage.label((markers > 0) & (components > 0))
+    seed_comp = np.zeros(n_seeds + 1, np.int64)
+    seed_comp[seeds.ravel()] = components.ravel()
+    seed_comp[0] = 0
+    per_comp = np.bincount(seed_comp[1:], minlength=n + 1)
+    flooded = per_comp >= 2
+    flooded[0] = False
+    region = flooded[components]
+    grid = _Grid(np.where(region, components, 0))
+    labels = grid.pad(np.where(flooded[seed_comp[seeds]] & (seeds > 0), seeds, 0).astype(np.int32))
+    if region.any():
+        _flood(grid, grid.pad(np.where(region, height, -np.inf).astype(np.float64, copy=False), -np.inf),
+               labels, levels)
+    labels = grid.unpad(labels)
+    rest, n_rest = ndimage.label(region & (labels == 0))
+    rest_comp = np.zeros(n_rest + 1, np.int64)
+    rest_comp[rest.ravel()] = components.ravel()
+    # order of the instances: (component, kind: whole / marker 0, unreached 1, label within its kind)
+    whole = np.flatnonzero(~flooded[1:]) + 1
+    marker_ids = np.flatnonzero(flooded[seed_comp[1:]]) + 1
+    rest_ids = np.arange(1, n_rest + 1)
+    comp_key = np.concatenate([whole, seed_comp[marker_ids], rest_comp[rest_ids]])
+    kind_key = np.concatenate([np.zeros(len(whole) + len(marker_ids), np.int64), np.ones(n_rest, np.int64)])
+    id_key = np.concatenate([np.zeros(len(whole), np.int64), marker_ids, rest_ids])
+    final = np.empty(len(comp_key), np.int32)
+    final[np.lexsort((id_key, kind_key, comp_key))] = np.arange(1, len(comp_key) + 1, dtype=np.int32)
+    whole_lut = np.zeros(n + 1, np.int32)
+    whole_lut[whole] = final[:len(whole)]
+    marker_lut = np.zeros(n_seeds + 1, np.int32)
+    marker_lut[marker_ids] = final[len(whole):len(whole) + len(marker_ids)]
+    rest_lut = np.zeros(n_rest + 1, np.int32)
+    rest_lut[rest_ids] = final[len(whole) + len(marker_ids):]
+    return whole_lut[components] + marker_lut[labels] + rest_lut[rest]
 
 
-def _flood(region: np.ndarray, height: np.ndarray, seeds: np.ndarray, levels: int) -> np.ndarray:
-    labels = seeds.astype(np.int32)
-    for level in np.linspace(1.0, 0.0, levels + 1)[1:]:
-        allowed = region & (height >= level)
-        for _ in range(500):
-            grown = ndimage.grey_dilation(labels, size=3)
-            new = (labels == 0) & allowed & (grown > 0)
-            if not new.any():
+def _diagonal_contacts(components: np.ndarray) -> np.ndarray:
+    """Bool mask of the labelled pixels that have an 8-neighbour with another non-zero label (diagonal:
+    4-neighbours would be one component)."""
+    out = np.zeros(components.shape, bool)
+    head, tail = np.s_[:-1], np.s_[1:]
+    for ya, xa, yb, xb in ((head, head, tail, tail), (head, tail, tail, head)):
+        a, b = components[ya, xa], components[yb, xb]
+        touch = (a != b) & (a > 0) & (b > 0)
+        out[ya, xa] |= touch
+        out[yb, xb] |= touch
+    return out
+
+
+_OFFSETS_3X3 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+class _Grid:
+    """An image padded by one pixel and flattened, with the flat offsets of the 8 neighbours and the
+    component of every pixel (0: not in any). The geodesic operations below work on a frontier (the pixels
+    that can still change) and let a pixel see only neighbours of its own component, so that all components
+    are processed at once exactly as if each were processed alone."""
+
+    def __init__(self, components: np.ndarray) -> None:
+        self.shape = components.shape
+        self.width = components.shape[1] + 2
+        self.comp = self.pad(components)
+        self.offsets = np.array([dy * self.width + dx for dy, dx in _OFFSETS_3X3], np.int32)  # int32: less
+        self._stamp = np.empty(self.comp.size, np.int32)  # memory traffic in the gathers below
+        # 4-connected components can still touch diagonally: at those pixels neighbours must be checked
+        self.contact = self.pad(_diagonal_contacts(components))
+        self.contacts = self.where(self.contact)
+
+    def pad(self, values: np.ndarray, fill: float = 0) -> np.ndarray:
+        out = np.full((self.shape[0] + 2, self.width), fill, values.dtype)
+        out[1:-1, 1:-1] = values
+        return out.ravel()
+
+    @staticmethod
+    def where(flat: np.ndarray) -> np.ndarray:
+        """Flat int32 indices of the true pixels."""
+        return np.flatnonzero(flat).astype(np.int32)
+
+    def unpad(self, flat: np.ndarray) -> np.ndarray:
+        return flat.reshape(self.shape[0] + 2, self.width)[1:-1, 1:-1]
+
+    def inside(self, index: np.ndarray) -> np.ndarray:
+        """The 8-neighbours of the flat ``index`` pixels that lie in a component (each once, any order)."""
+        near = (index[:, None] + self.offsets[None, :]).ravel()
+        near = near[self.comp[near] > 0]
+        order = np.arange(near.size, dtype=np.int32)
+        self._stamp[near] = order  # duplicates: the last write wins, so each pixel is kept once
+        return near[self._stamp[near] == order]
+
+    def neighbour_max(self, values: np.ndarray, index: np.ndarray, floor: float) -> np.ndarray:
+        """Per pixel of ``index``: the max of ``values`` over its 8 neighbours in its own component
+        (``floor`` where there are none)."""
+        best = np.full(index.shape, floor, values.dtype)
+        for offset in self.offsets:  # a neighbour is in the pixel's component or in none (value ≤ floor)...
+            np.maximum(best, values[index + offset], out=best)
+        if self.contacts.size:  # ...except at diagonal contacts, where the neighbours are checked
+            at = np.flatnonzero(self.contact[index])  # positions in index
+            if at.size:
+                best[at] = self.checked_max(values, index[at], floor)
+        return best
+
+    def checked_max(self, values: np.ndarray, index: np.ndarray, floor: float) -> np.ndarray:
+        """:meth:`neighbour_max` with every neighbour's component compared to the pixel's."""
+        comp = self.comp[index]
+        best = np.full(index.shape, floor, values.dtype)
+        for offset in self.offsets:
+            near = index + offset
+            np.maximum(best, np.where(self.comp[near] == comp, values[near], floor), out=best)
+        return best
+
+
+def _flood(grid: _Grid, height: np.ndarray, labels: np.ndarray, levels: int, max_steps: int = 500) -> None:
+    """Level-wise geodesic growth of ``labels`` (flat, padded; in place) within ``grid``'s components.
+
+    Equivalent to, per level from the top: ``allowed = component & (height >= level)``; repeat (at most
+    ``max_steps`` times) ``grown = 3×3 max of labels``, label the unlabelled allowed pixels with ``grown > 0``
+    until none is added. A pixel can only be reached in a step if a neighbour was labelled in the step
+    before, so each step looks at the previous step's new pixels' neighbours only.
+    """
+    inside = grid.where(grid.comp > 0)
+    thresholds = np.linspace(1.0, 0.0, levels + 1)[1:]
+    # the first level at which each pixel is allowed (``levels``: never); pixels grouped by it
+    first = np.searchsorted(-thresholds, -height[inside], side="left")  # = #(h < threshold)
+    first = first.astype(np.uint8 if levels < 255 else np.int64)
+    order = np.argsort(first, kind="stable")  # radix sort on uint8
+    bounds = np.searchsorted(first[order], np.arange(levels + 1))
+    allowed = np.zeros(labels.shape, bool)
+    steps_left_over = False
+    for level in range(levels):
+        newly = inside[order[bounds[level]:bounds[level + 1]]]
+        allowed[newly] = True
+        # at a level's start only newly allowed pixels can have a labelled neighbour (the last level ran to
+        # stability), unless the last level stopped at max_steps: then every unlabelled allowed pixel
+        candidates = inside[allowed[inside] & (labels[inside] == 0)] if steps_left_over else newly[
+            labels[newly] == 0]
+        steps = 0
+        while candidates.size and steps < max_steps:
+            grown = grid.neighbour_max(labels, candidates, 0)
+            new = candidates[grown > 0]
+            if not new.size:
                 break
-            labels[new] = grown[new]
-    rest, _ = ndimage.label(region & (labels == 0))
-    return np.where(rest > 0, rest + labels.max(), labels)
+            labels[new] = grown[grown > 0]
+            steps += 1
+            near = grid.inside(new)
+            candidates = near[allowed[near] & (labels[near] == 0)]
+        steps_left_over = steps >= max_steps
 
 
-def reconstruct(seed: np.ndarray, image: np.ndarray, max_iter: int = 500) -> np.ndarray:
-    """Grey-level reconstruction by dilation of ``seed`` under ``image`` (iterated 3×3 dilations)."""
+def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | None = None) -> np.ndarray:
+    """Grey-level reconstruction by dilation of ``seed`` under ``image`` (8-neighbourhood), to stability.
+
+    With ``components`` (a label image), within each component separately: a pixel is reached only along
+    paths inside its own component; pixels outside every component keep ``min(seed, image)``. Without it,
+    the whole image is one component. Equivalent to iterating ``min(3×3 grey dilation, image)`` to
+    stability, but each step visits only the neighbours of the pixels that rose in the step before.
+    """
     current = np.minimum(seed, image)
-    for _ in range(max_iter):
-        grown = np.minimum(ndimage.grey_dilation(current, size=3), image)
-        if np.array_equal(grown, current):
+    if components is None:
+        components = np.ones(image.shape, np.int32)
+    grid = _Grid(components)
+    outside = components == 0  # outside the components nothing changes: -inf there (restored at the end)
+    cur = grid.pad(np.where(outside, -np.inf, current).astype(np.float64), -np.inf)
+    top = grid.pad(np.where(outside, -np.inf, image).astype(np.float64), -np.inf)
+    candidates = grid.where(grid.comp > 0)
+    # the first steps raise most pixels: whole-image steps (OpenCV's dilation; the diagonal contacts
+    # recomputed with checked neighbours) until few pixels rise, then steps on the frontier only
+    cur2, top2, square = cur.reshape(-1, grid.width), top.reshape(-1, grid.width), np.ones((3, 3), np.uint8)
+    contacts = grid.contacts
+    while True:
+        grown = np.minimum(cv2.dilate(cur2, square, borderType=cv2.BORDER_REPLICATE), top2).ravel()
+        if contacts.size:
+            grown[contacts] = np.minimum(np.maximum(cur[contacts], grid.checked_max(cur, contacts, -np.inf)),
+                                         top[contacts])
+        rose = grown > cur
+        count = int(np.count_nonzero(rose))
+        np.copyto(cur, grown)
+        if count * 16 < candidates.size:
             break
-        current = grown
-    return current
+    near = grid.inside(grid.where(rose))
+    candidates = near[cur[near] < top[near]]
+    while candidates.size:
+        value = np.minimum(grid.neighbour_max(cur, candidates, -np.inf), top[candidates])
+        rose = value > cur[candidates]
+        if not rose.any():
+            break
+        changed = candidates[rose]
+        cur[changed] = value[rose]
+        near = grid.inside(changed)
+        candidates = near[cur[near] < top[near]]
+    return np.where(outside, current, grid.unpad(cur)).astype(current.dtype, copy=False)
 
 
 def h_maxima(image: np.ndarray, h: float, foreground: np.ndarray) -> np.ndarray:
-    """Bool mask of the regional maxima of dynamic ≥ ``h`` (one plateau per dome), per foreground component."""
-    out = np.zeros(image.shape, bool)
+    """Bool mask of the regional maxima of dynamic ≥ ``h`` (one plateau per dome), per foreground component.
+
+    Per 4-connected component (the image set to 0 outside it): ``dome = image − reconstruct(image − h,
+    image)``; kept where ``dome ≥ h − 1e-3`` and ``image > h``. All components at once (see
+    :func:`reconstruct`); the result is the per-component one (there, the reconstruction is only used at
+    pixels above ``h``, where paths leaving the component, which pass through 0, cannot matter).
+    """
     components, _ = ndimage.label(foreground)
-    for index, box in enumerate(ndimage.find_objects(components), start=1):
-        if box is None:
-            continue
-        region = components[box] == index
-        img = np.where(region, image[box], 0.0)
-        dome = img - reconstruct(img - h, img)
-        out[box] |= region & (dome >= h - 1e-3) & (img > h)
-    return out
+    img = np.where(components > 0, image, 0.0)
+    dome = img - reconstruct(img - h, img, components)
+    return (components > 0) & (dome >= h - 1e-3) & (img > h)
+
+
+def grey_opening(image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.grey_opening(image, footprint=footprint)`` computed with OpenCV (same values, ~10×
+    faster). scipy reflects at the border; for a footprint symmetric about its centre every reflected pixel
+    lies inside the footprint anyway, so OpenCV's reflected border gives the same minima and maxima."""
+    kernel = np.ascontiguousarray(footprint, dtype=np.uint8)
+    if image.dtype not in (np.uint8, np.float32, np.float64) or kernel.shape[0] % 2 == 0 or \
+            kernel.shape[1] % 2 == 0 or not np.array_equal(kernel, kernel[::-1, ::-1]):
+        return ndimage.grey_opening(image, footprint=footprint)
+    image = np.ascontiguousarray(image)
+    eroded = cv2.erode(image, kernel, borderType=cv2.BORDER_REFLECT)
+    return cv2.dilate(eroded, kernel, borderType=cv2.BORDER_REFLECT)
+
+
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+
+
+def binary_opening_cross(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_opening(mask, iterations=1)`` (cross; outside the image counts as background)
+    with OpenCV."""
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    eroded = cv2.erode(m, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.dilate(eroded, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)``: background that is not 4-connected to the image border is
+    filled (one labelling instead of scipy's iterated dilations)."""
+    background, _ = ndimage.label(~mask)
+    border = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    open_to_border = np.zeros(int(background.max()) + 1, bool)
+    open_to_border[border] = True
+    open_to_border[0] = False
+    return ~open_to_border[background]
+
+
+def dilate_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``scipy.ndimage.binary_dilation(mask, iterations=iterations)`` (cross, border False) in one OpenCV
+    dilation by the diamond ``|dy| + |dx| <= iterations`` (what the iterated cross grows to)."""
+    if iterations < 1:
+        return ndimage.binary_dilation(mask, iterations=iterations)
+    y, x = np.ogrid[-iterations:iterations + 1, -iterations:iterations + 1]
+    diamond = (np.abs(y) + np.abs(x) <= iterations).astype(np.uint8)
+    grown = cv2.dilate(np.ascontiguousarray(mask, dtype=np.uint8), diamond, borderType=cv2.BORDER_CONSTANT,
+                       borderValue=0)
+    return grown.astype(bool)
+
+
+def distance_transform(foreground: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.distance_transform_edt(foreground)`` (float64) via OpenCV's exact Euclidean transform
+    (~5× faster): OpenCV returns float32 distances; squared and rounded they are the exact integer squared
+    distances, whose float64 square roots are scipy's values."""
+    if foreground.all() or not foreground.any():
+        return ndimage.distance_transform_edt(foreground)
+    d = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.sqrt(np.rint(np.square(d, dtype=np.float64)))
 
 
 def disk(radius: int) -> np.ndarray:
@@ -190,12 +411,11 @@ class ClassicalSegmenter:
         if threshold - float(np.median(smooth)) < self.min_contrast:
             return np.zeros(signal.shape, np.int32)
         if self.dot_radius > 0:
-            opened = ndimage.grey_opening(signal, footprint=disk(self.dot_radius))
+            opened = grey_opening(signal, disk(self.dot_radius))
             smooth = ndimage.gaussian_filter(opened, self.sigma)
             threshold = otsu_threshold(smooth[::2, ::2].ravel())
-        foreground = ndimage.binary_opening(smooth > threshold, iterations=1)
-        foreground = ndimage.binary_fill_holes(foreground)
-        dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(foreground), 1.0) * foreground
+        foreground = fill_holes(binary_opening_cross(smooth > threshold))
+        dist = ndimage.gaussian_filter(distance_transform(foreground), 1.0) * foreground
         markers, _ = ndimage.label(h_maxima(dist, self.h, foreground))
         labels = watershed_split(foreground, dist / max(float(dist.max()), 1e-6), markers)
         labels = size_filter(labels, self.min_area, int(self.max_area_fraction * signal.size))
@@ -237,7 +457,7 @@ def estimate_scale(signal: np.ndarray, nucleus_px: float = 28.0, lo: float = 0.1
 def labels_from_maps(prob: np.ndarray, dist: np.ndarray, annotation: np.ndarray | None = None,
                      fg_threshold: float = 0.5, marker_threshold: float = 0.5, min_area: int = 40) -> np.ndarray:
     """Instances from foreground probability + normalised distance maps (markers: ``dist > threshold``)."""
-    foreground = ndimage.binary_fill_holes(prob > fg_threshold)
+    foreground = fill_holes(prob > fg_threshold)
     markers, _ = ndimage.label(foreground & (dist > marker_threshold))
     labels = watershed_split(foreground, dist, markers)
     labels = size_filter(labels, min_area)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def worker(
     ctx: typer.Context,
     queues: str = typer.Option("gpu,cpu,training,lis", "-Q", "--queues", help="Comma-separated queues."),
     concurrency: int | None = typer.Option(None, "-c", "--concurrency",
-                                           help="Processes; default 1 for a GPU worker, else CPU count."),
+                                           help="Processes; default 1 with a CUDA GPU, else one single-threaded "
+                                                "process per core."),
     loglevel: str = typer.Option("INFO", "-l", "--loglevel"),
 ) -> None:
     """Run a Celery worker (extra options go to ``celery worker``)."""
@@ -36,13 +38,20 @@ def worker(
     if unknown:
         raise typer.BadParameter(f"unknown queue(s) {unknown}; known: {', '.join(QUEUES)}")
     refuse_insecure_settings()
-    if concurrency is None and "gpu" in wanted:
-        concurrency = 1  # one process owns the GPU; run one worker per GPU to use several
-    argv = ["worker", "-Q", ",".join(wanted), "-l", loglevel]
-    if concurrency is not None:
-        argv += ["-c", str(concurrency)]
+    import cv2  # only for this command (threads per process)
+    import torch  # only for this command (the GPU check; torch threads per process)
+
+    from workers.process import THREADS_ENV, default_processes, threads_per_process
     from workers.tasks import celery_app  # builds the worker's app and imports torch: only for this command
 
+    if concurrency is None:
+        # one process owns the GPU (run one worker per GPU to use several); on a CPU one process per core
+        concurrency = default_processes(cuda="gpu" in wanted and torch.cuda.is_available())
+    threads = threads_per_process(concurrency)
+    os.environ[THREADS_ENV] = str(threads)  # the pool processes set it at start (workers.tasks)
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    argv = ["worker", "-Q", ",".join(wanted), "-l", loglevel, "-c", str(concurrency)]
     celery_app.worker_main(argv + list(ctx.args))
 
 
@@ -92,18 +101,26 @@ def bench(
                                                      "batch size) or train-precision (training cells/s by "
                                                      "precision and memory format, I3A cells)."),
     train_img_size: int = typer.Option(48, help="Crop size for train-precision."),
+    processes: int | None = typer.Option(None, help="Analysing processes on this host (models alone and the "
+                                                    "worker); default: as `hep2 worker` (1 with a GPU, else "
+                                                    "one single-threaded process per core)."),
 ) -> None:
     """Fields/s for the models alone and through queue, storage and database, classifier batch sweep; JSON."""
     from workers.bench import run_bench  # imports torch and the models: only for this command
 
-    report = run_bench(count, (height, width), data, json_out, only.value if only else None, train_img_size)
+    report = run_bench(count, (height, width), data, json_out, only.value if only else None, processes,
+                       train_img_size)
     if "training_throughput" in report:
         speed = report["training_throughput"]
         typer.echo(f"training cells/s: {speed['cells_per_s']}; vs fp32 {speed['speedup_vs_fp32']}; wrote {json_out}")
         return
     if "models_alone" in report:
-        typer.echo(f"models alone: {report['models_alone']['fields_per_s']} fields/s; end to end: "
+        typer.echo(f"{report['processes']} process(es) on this host: models alone "
+                   f"{report['models_alone']['fields_per_s']} fields/s; end to end: "
                    f"{report['end_to_end']['fields_per_s']} fields/s; ratio {report['ratio']}")
+        stages = report["models_alone"]["stage_ms"]
+        typer.echo("per field, ms (median / p95): " + ", ".join(
+            f"{k} {v['median']:g} / {v['p95']:g}" for k, v in stages.items()))
     sweep = report["classifier_batch_sweep"]
     rates = ", ".join(f"{b['batch_size']}: {b['cells_per_s']}" for b in sweep["batches"])
     typer.echo(f"classifier cells/s by batch size on {sweep['device']} (TTA {sweep['tta']}): {rates}; largest vs "

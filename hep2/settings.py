@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     segmenter: Literal["auto", "unet", "classical"] = Field(
         "auto", description="Nucleus segmenter when the registry has none: auto = the bundled card's choice.")
     cell_model_path: Path | None = Field(None, description="Pin the cell classifier weights; empty = bundled model.")
+    cell_precision: Literal["default", "auto", "fp32", "bf16"] = Field(
+        "default", description="Cell classifier inference: default = bf16 on a CPU with native bf16, else auto "
+                               "(bf16/fp16 autocast on CUDA, fp32 on the CPU); fp32 | bf16 force one.")
     accept_16bit: bool = Field(
         False, description="Analyse 16-bit images; off = reject them (classifier and cut-offs are calibrated on "
                            "8-bit). Turn on after recalibrating the intensity cut-offs for 16-bit scans.")

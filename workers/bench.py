@@ -15,6 +15,7 @@ Both run on the same hardware with the same fields; the ratio is end-to-end / mo
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import shutil
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -46,7 +48,7 @@ from training.throughput import training_throughput
 from workers.celery_app import create_celery_app
 from workers.jobs import wait_for_final
 from workers.model_cache import ModelCache
-from workers.process import worker_process
+from workers.process import default_processes, threads_per_process, worker_process
 from workers.routing import TaskName
 
 
@@ -72,20 +74,63 @@ def worker_models() -> Any:
         return ModelCache().get(session, storage_from_settings(), settings, load_config(settings.pipeline_config))
 
 
-def models_alone(fields: list[tuple[str, bytes]], models: Any) -> dict[str, Any]:
+def stage_stats(timings: list[dict[str, float]]) -> dict[str, Any]:
+    """Per-stage median, p95 and mean (ms per field) over the fields' ``timings_ms``, and the same for the
+    per-field sum of the stages (``total``)."""
+    stages = list(dict.fromkeys(k for t in timings for k in t))
+    table = {k: [t.get(k, 0.0) for t in timings] for k in stages}
+    table["total"] = [sum(t.values()) for t in timings]
+    return {k: {"median": round(float(np.median(v)), 1), "p95": round(float(np.percentile(v, 95)), 1),
+                "mean": round(float(np.mean(v)), 1)} for k, v in table.items()}
+
+
+_POOL: dict[str, Any] = {}
+
+
+def _pool_start(threads: int, warm_up: bytes, ready: Any) -> None:
+    """A models-alone pool process: ``threads`` torch threads, the worker's models, one warm-up field."""
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    _POOL["models"] = worker_models()
+    analyze_field(warm_up, _POOL["models"], accept_16bit=get_settings().accept_16bit)
+    ready.wait()
+
+
+def _pool_field(data: bytes) -> tuple[dict[str, float], int]:
+    result = analyze_field(data, _POOL["models"], accept_16bit=get_settings().accept_16bit)
+    return result.timings_ms, sum(c.probabilities is not None for c in result.cells)
+
+
+def models_alone(fields: list[tuple[str, bytes]], models: Any, processes: int = 1) -> dict[str, Any]:
+    """``analyze_field`` on ``fields`` held in memory: in this process (``processes=1``, torch's threads as
+    set), else in ``processes`` processes at once (each with cores / processes torch threads), timed from
+    when all have loaded their models and analysed one warm-up field."""
     sixteen = get_settings().accept_16bit
-    analyze_field(fields[0][1], models, accept_16bit=sixteen)  # warm-up: load the models
-    started = time.perf_counter()
-    stages: dict[str, float] = {}
-    classified = []
-    for _, data in fields:
-        result = analyze_field(data, models, accept_16bit=sixteen)
-        classified.append(sum(c.probabilities is not None for c in result.cells))
-        for stage, ms in result.timings_ms.items():
-            stages[stage] = stages.get(stage, 0.0) + ms
-    seconds = time.perf_counter() - started
-    return {"fields": len(fields), "seconds": round(seconds, 3), "fields_per_s": round(len(fields) / seconds, 3),
-            "mean_stage_ms": {k: round(v / len(fields), 1) for k, v in stages.items()},
+    if processes <= 1:
+        analyze_field(fields[0][1], models, accept_16bit=sixteen)  # warm-up: load the models
+        started = time.perf_counter()
+        timings, classified = [], []
+        for _, data in fields:
+            result = analyze_field(data, models, accept_16bit=sixteen)
+            timings.append(result.timings_ms)
+            classified.append(sum(c.probabilities is not None for c in result.cells))
+        seconds = time.perf_counter() - started
+        threads = torch.get_num_threads()
+    else:
+        threads = threads_per_process(processes)
+        context = multiprocessing.get_context("spawn")  # no fork of a process that has run torch
+        ready = context.Barrier(processes + 1)
+        with context.Pool(processes, _pool_start, (threads, fields[0][1], ready)) as pool:
+            ready.wait()
+            started = time.perf_counter()
+            done = pool.map(_pool_field, [data for _, data in fields], chunksize=1)
+            seconds = time.perf_counter() - started
+        timings, classified = [t for t, _ in done], [n for _, n in done]
+    stats = stage_stats(timings)
+    return {"fields": len(fields), "processes": processes, "torch_threads_per_process": threads,
+            "seconds": round(seconds, 3), "fields_per_s": round(len(fields) / seconds, 3),
+            "mean_stage_ms": {k: v["mean"] for k, v in stats.items() if k != "total"},
+            "stage_ms": stats, "per_field_timings_ms": timings,
             "median_classified_cells": int(statistics.median(classified)), "model_versions": models.versions()}
 
 
@@ -150,7 +195,7 @@ def batch_sweep(classifier: Any, crops: np.ndarray, sizes: Sequence[int], repeat
     finally:
         classifier.batch_size = saved
     rows = [_sweep_row(size, calls[size], times[size]) for size in sizes]
-    dtype = autocast_dtype(classifier.device)  # what predict_proba runs in
+    dtype = autocast_dtype(classifier.device, getattr(classifier, "precision", "auto"))  # what it runs in
     return {"device": str(classifier.device), "autocast": str(dtype).removeprefix("torch.") if dtype else None,
             "tta": classifier.tta, "weights": [Path(p).name for p in classifier.paths], "unique_crops": len(crops),
             "crop_shape": list(crops.shape[1:]), "repeats": repeats, "torch_threads": torch.get_num_threads(),
@@ -172,17 +217,20 @@ def run_batch_sweep(models: Any, fields: Callable[[], list[tuple[str, bytes]]],
             if slide_cells else f"default {DEFAULT_SLIDE_CELLS} (no models-alone run)", **result}
 
 
-def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
+def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float = 3600.0,
+               processes: int = 1) -> dict[str, Any]:
+    """The same fields through storage, broker, a real worker (``processes`` pool processes) and the database."""
     storage, app = storage_from_settings(), create_celery_app()
     run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     prefix = f"{get_settings().inbox_prefix}bench-{run}/"
     node = f"bench-{os.getpid()}@{socket.gethostname()}"
     env = {k: v for k, v in os.environ.items() if k.startswith("HEP2_")}
-    with worker_process(app, env, node, log_dir / "bench-worker.log"):
-        warm = prefix + "warm-up.png"
-        storage.put(warm, fields[0][1])
-        app.send_task(TaskName.REGISTER_UPLOAD, args=[warm])
-        wait_for_final([warm], timeout_s)
+    with worker_process(app, env, node, log_dir / "bench-worker.log", concurrency=processes):
+        warm = [f"{prefix}warm-up-{i}.png" for i in range(processes)]  # every pool process loads its models
+        for key in warm:
+            storage.put(key, fields[0][1])
+            app.send_task(TaskName.REGISTER_UPLOAD, args=[key])
+        wait_for_final(warm, timeout_s)
         started = time.perf_counter()
         keys = []
         for name, data in fields:
@@ -195,7 +243,8 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
     for status in statuses.values():
         outcome[status.value] = outcome.get(status.value, 0) + 1
     return {"fields": len(fields), "seconds": round(seconds, 3), "fields_per_s": round(len(fields) / seconds, 3),
-            "worker_processes": 1, "statuses": outcome}
+            "worker_processes": processes, "torch_threads_per_process": threads_per_process(processes),
+            "statuses": outcome}
 
 
 def environment() -> dict[str, Any]:
@@ -219,11 +268,17 @@ def _prepare_state() -> None:
 
 
 def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Path,
-              only: str | None = None, train_img_size: int = RECIPE.img_size) -> dict[str, Any]:
+              only: str | None = None, processes: int | None = None,
+              train_img_size: int = RECIPE.img_size) -> dict[str, Any]:
     """Measure both paths and the batch sweep on the same fields (``only="batch-sweep"``: the sweep alone;
-    ``only="train-precision"``: classifier training cells/s by precision on the I3A cells)."""
+    ``only="train-precision"``: classifier training cells/s by precision on the I3A cells).
+
+    ``processes``: analysing processes on this host, in the models-alone run and in the worker (default: what
+    ``hep2 worker`` picks, :func:`workers.process.default_processes`); fields/s are per host.
+    """
     _prepare_state()
-    report: dict[str, Any] = {"environment": environment()}
+    processes = processes or default_processes(cuda=torch.cuda.is_available())
+    report: dict[str, Any] = {"environment": environment(), "processes": processes}
     if only == "train-precision":
         table = load_manifest(i3a_root())
         recipe = RECIPE.with_(img_size=train_img_size)
@@ -238,8 +293,8 @@ def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Pat
     else:
         report["inputs"] = str(data_dir) if data_dir else f"SYNTHETIC fields {size[0]}x{size[1]}"
         fields = bench_fields(count, size, data_dir)
-        report["models_alone"] = models_alone(fields, models)
-        report["end_to_end"] = end_to_end(fields, out.parent)
+        report["models_alone"] = models_alone(fields, models, processes)
+        report["end_to_end"] = end_to_end(fields, out.parent, processes=processes)
         report["ratio"] = round(report["end_to_end"]["fields_per_s"] / report["models_alone"]["fields_per_s"], 3)
         report["classifier_batch_sweep"] = run_batch_sweep(
             models, lambda: fields, report["models_alone"]["median_classified_cells"])

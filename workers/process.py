@@ -13,6 +13,21 @@ from pathlib import Path
 
 from celery import Celery
 
+THREADS_ENV = "HEP2_WORKER_THREADS"
+"""Torch threads per worker process, set by ``hep2 worker`` for its pool processes."""
+
+
+def default_processes(cuda: bool) -> int:
+    """Worker processes per host: 1 with a CUDA GPU (one process owns it), else one per core, each
+    single-threaded (on a 2-core CPU two 1-thread processes give more fields/s than one 2-thread process:
+    most stages are single-threaded numpy/scipy; docs/performance.md)."""
+    return 1 if cuda else max(1, os.cpu_count() or 1)
+
+
+def threads_per_process(processes: int) -> int:
+    """Torch threads per process so that ``processes`` processes use every core once."""
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
 
 class WorkerStartError(RuntimeError):
     """The worker process exited or did not answer a ping in time."""
@@ -20,10 +35,11 @@ class WorkerStartError(RuntimeError):
 
 @contextmanager
 def worker_process(app: Celery, env: Mapping[str, str], node: str, log_path: Path,
-                   queues: str = "gpu,cpu,training,lis", start_timeout_s: float = 90.0,
+                   queues: str = "gpu,cpu,training,lis", start_timeout_s: float = 90.0, concurrency: int = 1,
                    ) -> Iterator[subprocess.Popen]:
-    """Run ``hep2 worker`` in its own process group until the block exits; wait until it answers pings."""
-    cmd = [sys.executable, "-m", "cli.main", "worker", "-Q", queues, "-c", "1", "-n", node]
+    """Run ``hep2 worker`` (``concurrency`` processes) in its own process group until the block exits; wait
+    until it answers pings."""
+    cmd = [sys.executable, "-m", "cli.main", "worker", "-Q", queues, "-c", str(concurrency), "-n", node]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

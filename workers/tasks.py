@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 from time import perf_counter
 from typing import Any
 
+import cv2
+import torch
 from botocore.exceptions import BotoCoreError
 from celery import Task
+from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
@@ -24,11 +28,21 @@ from workers.ingest import is_sidecar, register_upload
 from workers.maintenance import stale_training_runs, sweep_inbox
 from workers.model_cache import ModelCache
 from workers.persist import run_claimed_analysis
+from workers.process import THREADS_ENV
 from workers.routing import TaskName
 
 celery_app = create_celery_app()
 """The worker's app (``hep2 worker`` runs it); senders use :func:`workers.celery_app.celery_client`."""
 log: logging.Logger = get_task_logger(__name__)
+
+@worker_process_init.connect
+def _set_torch_threads(**_: Any) -> None:
+    """Each pool process uses the torch threads ``hep2 worker`` chose (one per core in all)."""
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        torch.set_num_threads(int(threads))
+        cv2.setNumThreads(int(threads))  # the segmentation's OpenCV calls
+
 
 TRANSIENT_ERRORS = (BotoCoreError, OperationalError, ConnectionError, TimeoutError)
 """Faults of the storage, database or network that a retry with backoff may cure."""

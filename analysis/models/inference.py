@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.device import autocast, resolve_device
+from analysis.device import autocast, default_precision, resolve_device
 from analysis.models import DEFAULT_CELL_MODEL
 from analysis.models.checkpoint import model_card
 from analysis.models.classifier import load_checkpoint
@@ -19,25 +19,40 @@ from hep2.vocabulary import CELL_PATTERNS, Pattern
 
 @torch.inference_mode()
 def predict_proba(model: nn.Module, x: np.ndarray | torch.Tensor, tta: int = 1, batch_size: int = 512,
-                  device: str | torch.device | None = None) -> np.ndarray:
+                  device: str | torch.device | None = None, precision: str = "auto") -> np.ndarray:
     """Class probabilities ``(N, num_classes)`` of a ``uint8 (N, C, S, S)`` batch; ``tta`` = 1 or 8 views.
 
-    TTA averages the softmax over the eight dihedral views (D4: cells have no preferred orientation).
+    TTA averages the softmax over the eight dihedral views (D4: cells have no preferred orientation). All
+    views of a chunk of ``batch_size`` cells go through the model in one forward pass (``tta × chunk``
+    images; one slide's cells are one chunk), channels-last on the CPU. ``precision``: the autocast of
+    :func:`analysis.device.autocast` (``auto``: bf16/fp16 on CUDA, fp32 elsewhere; ``bf16``: bf16 on any
+    device). In fp32 the probabilities equal those of one forward pass per view (the views' softmaxes are
+    summed in the same order).
     """
     if tta not in (1, 8):
         raise ValueError("tta must be 1 (none) or 8 (dihedral views)")
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
+    # channels-last for inference models only (a model being trained keeps its layout); the parameters are
+    # converted outside inference mode, so they stay ordinary tensors
+    channels_last = device.type == "cpu" and x.ndim == 4 and not was_training
+    if channels_last:
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.channels_last)
     xt = torch.as_tensor(x)
     out = []
     for start in range(0, len(xt), batch_size):
         batch = to_float(xt[start:start + batch_size].to(device, non_blocking=True))
+        views = torch.cat([dihedral(batch, k) for k in range(tta)]) if tta > 1 else batch
+        if channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits = model(views)
+        per_view = torch.softmax(logits.float(), dim=1).reshape(tta, len(batch), -1)
         probs = 0
         for k in range(tta):
-            with autocast(device):
-                logits = model(dihedral(batch, k))
-            probs = probs + torch.softmax(logits.float(), dim=1)
+            probs = probs + per_view[k]
         out.append((probs / tta).cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
@@ -59,7 +74,7 @@ class CellClassifier:
 
     def __init__(self, weights: str | Path | Sequence[str | Path] | None = None,
                  device: str | torch.device | None = "auto", tta: int | None = None,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, precision: str | None = None) -> None:
         paths = [DEFAULT_CELL_MODEL] if not weights else [weights] if isinstance(weights, str | Path) else weights
         self.paths = [Path(p) for p in paths]
         self.weights = self.paths[0]
@@ -77,6 +92,7 @@ class CellClassifier:
         self.card = model_card(self.weights)
         self.tta = tta if tta is not None else int(self.card.get("tta", 1))
         self.batch_size = batch_size
+        self.precision = precision or default_precision(self.device)
         if tuple(self.config.classes) != tuple(p.value for p in CELL_PATTERNS):
             raise ValueError(f"{self.weights}: class order {self.config.classes} is not CELL_PATTERNS")
 
@@ -99,8 +115,8 @@ class CellClassifier:
 
     def predict_array(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for already pre-processed crops ``uint8 (N, C, S, S)``."""
-        return average([predict_proba(m, x, tta=self.tta, batch_size=self.batch_size, device=self.device)
-                        for m in self.models])
+        return average([predict_proba(m, x, tta=self.tta, batch_size=self.batch_size, device=self.device,
+                                      precision=self.precision) for m in self.models])
 
     def predict_patterns(self, crops: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[Pattern]:
         """The most probable pattern of each crop."""

@@ -51,7 +51,7 @@ def test_synthetic_field_end_to_end_with_a_fake_classifier() -> None:
     assert result.specimen.pattern == "nucleolar" and result.specimen.icap == "AC-8,9,10"
     assert result.specimen.cells_used >= 10 and not result.specimen.needs_review
     assert set(result.timings_ms) == {"decode", "quality", "segment", "cells", "intensity", "classify", "specimen",
-                                      "overlay"}
+                                      "overlay", "versions"}  # every step of the work is inside one of them
     overlay = Image.open(io.BytesIO(result.overlay_png))
     assert overlay.size == (512, 384) and overlay.mode == "RGB"
     blob = json.dumps(result.to_dict())

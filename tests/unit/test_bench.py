@@ -22,7 +22,7 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     config = ModelConfig(arch="resnet10_w32", img_size=32)
     path = save_checkpoint(create_model(config), config, tmp_path_factory.mktemp("w") / "tiny.safetensors")
-    return CellClassifier(path, device="cpu", tta=1)
+    return CellClassifier(path, device="cpu", tta=1, precision="fp32")
 
 
 def test_batch_sweep_reports_a_positive_rate_per_batch_size(tiny_classifier: Any) -> None:
@@ -50,3 +50,23 @@ def test_sweep_without_i3a_cuts_crops_from_the_bench_fields(tiny_classifier: Any
     assert "cut from 1 bench fields" in sweep["crops"] and sweep["per_slide_batch_from"].startswith("default")
     assert [b["batch_size"] for b in sweep["batches"]] == [4, 8]
     assert all(b["cells_per_s"] > 0 for b in sweep["batches"])
+
+
+def test_stage_stats_reports_median_p95_and_mean_per_stage_and_total() -> None:
+    timings = [{"decode": 10.0, "segment": 100.0}, {"decode": 20.0, "segment": 300.0}, {"decode": 30.0}]
+    stats = bench.stage_stats(timings)
+    assert list(stats) == ["decode", "segment", "total"]
+    assert stats["decode"] == {"median": 20.0, "p95": 29.0, "mean": 20.0}
+    assert stats["segment"]["median"] == 100.0  # a stage missing from a field counts 0 there
+    assert stats["total"]["median"] == 110.0 and stats["total"]["mean"] == round((110 + 320 + 30) / 3, 1)
+
+
+def test_cpu_hosts_run_one_single_threaded_process_per_core() -> None:
+    import os
+
+    from workers.process import default_processes, threads_per_process
+
+    cores = os.cpu_count() or 1
+    assert default_processes(cuda=True) == 1
+    assert default_processes(cuda=False) == cores and threads_per_process(cores) == 1
+    assert threads_per_process(1) == cores
