@@ -4,39 +4,18 @@ const PATTERNS = ["homogeneous", "speckled", "nucleolar", "centromere", "nuclear
 const SPECIMEN_PATTERNS = [...PATTERNS, "negative", "other"];
 const INTENSITIES = ["negative", "intermediate", "positive"];
 const STATUSES = ["received", "queued", "running", "done", "needs_review", "rejected", "failed"];
-const RANK = { viewer: 1, reviewer: 2, ops: 3, admin: 4 };
 const main = document.getElementById("main");
 let timer = null;
 
-// ---------------------------------------------------------------- helpers
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "class") el.className = v;
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
-  return el;
-}
+// ---------------------------------------------------------------- helpers (the shared ones: common.js)
 function svg(tag, attrs = {}, ...children) {
   const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
   for (const c of children.flat(Infinity)) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return el;
 }
-const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(x * 100)}%`);
 const fmt = (x, d = 2) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
-const when = (s) => (s ? new Date(s).toLocaleString() : "–");
-const role = () => sessionStorage.getItem("hep2role") || "";
-const can = (r) => (RANK[role()] || 0) >= RANK[r];
 const badge = (text, cls) => h("span", { class: `badge ${cls || text}` }, text.replace("_", " "));
-function toast(text) {
-  const t = document.getElementById("toast");
-  t.textContent = text; t.hidden = false;
-  clearTimeout(toast.t); toast.t = setTimeout(() => (t.hidden = true), 3500);
-}
 
 async function api(path, options = {}) {
   const headers = { Authorization: `Bearer ${sessionStorage.getItem("hep2key") || ""}` };
@@ -135,7 +114,6 @@ async function worklistPage() {
 // ---------------------------------------------------------------- specimen
 let VOCAB = null;
 const vocabulary = async () => (VOCAB ||= await api("/v1/vocabulary"));
-const label = (p) => (p || "–").replaceAll("_", " ");
 const ZOOMS = [1, 1.5, 2, 3, 4];
 
 function icapSelect(id, vocab, selected, none) {
