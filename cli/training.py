@@ -70,10 +70,10 @@ def train_cells(
     seed: Annotated[int, typer.Option(help="Training seed (initialisation, sampling, augmentation).")] = RECIPE.seed,
     split_seed: Annotated[int, typer.Option(help="Seed of the folds and validation splits.")] = RECIPE.split_seed,
     device: str = "auto",
-    precision: Annotated[str, typer.Option(help="auto (AMP on CUDA, fp32 on CPU), fp32 or bf16 (autocast on "
-                                                "CPU too).")] = RECIPE.precision,
+    precision: Annotated[str, typer.Option(help="auto (AMP on CUDA, bf16 on CPUs with native bf16, else fp32), "
+                                                "fp32 or bf16.")] = RECIPE.precision,
     channels_last: Annotated[bool | None, typer.Option("--channels-last/--channels-first",
-                                                       help="NHWC memory format; default: on CUDA only.")
+                                                       help="NHWC memory format; default: on CUDA and with bf16.")
                              ] = RECIPE.channels_last,
     resume: Annotated[bool, typer.Option(help="Continue a stopped run in --out from its per-epoch training "
                                               "states (the same command); --no-resume starts over.")] = True,

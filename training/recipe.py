@@ -29,8 +29,8 @@ class CellRecipe:
     balance: Literal["sampler", "loss", "none"] = "sampler"
     field_aug: float = 0.5
     tta: int = 8
-    precision: str = "auto"  # analysis.device.PRECISIONS: auto = AMP on CUDA, fp32 on CPU; bf16 = autocast on CPU too
-    channels_last: bool | None = None  # None: NHWC on CUDA only
+    precision: str = "auto"  # auto: AMP on CUDA, bf16 + channels-last on CPUs with native bf16, else fp32
+    channels_last: bool | None = None  # None: NHWC on CUDA and with bf16 on the CPU
     folds: int = 5
     val_fraction: float = 0.125  # inner validation share of each training fold, drawn by group
     seed: int = 0  # initialisation, sampling, augmentation
