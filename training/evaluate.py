@@ -26,19 +26,17 @@ def evaluate_cells(data: str | Path, weights: str | Path | list[Path] | None = N
     several = isinstance(weights, list) and len(weights) > 1
     clf = (CellClassifier(weights, device=device, tta=tta, batch_size=batch_size) if several else
            load_cell_classifier(weights[0] if isinstance(weights, list) else weights, device=device))
-    for cnn in [clf] if isinstance(clf, CellClassifier) else [m for m in clf.members if isinstance(m, CellClassifier)]:
+    cnn_alone = isinstance(clf, CellClassifier)  # else a fused model, which pre-processes for its members
+    for cnn in [clf] if cnn_alone else [m for m in clf.members if isinstance(m, CellClassifier)]:
         cnn.batch_size, cnn.tta = batch_size, tta if tta is not None else cnn.tta
     table = load_manifest(data, storage)
     if limit and limit < len(table):
         table = table.subset(range(limit))
     t0 = time.perf_counter()
-    if isinstance(clf, CellClassifier):
-        x = table.load(clf.config.img_size, clf.config.use_mask)
-    else:  # a fused model pre-processes for each of its members: give it the crops
-        x = [table.read_crop(i) for i in range(len(table))]
+    x = table.load(clf.config.img_size, clf.config.use_mask) if cnn_alone else table.read_crops()
     t_pre = time.perf_counter() - t0
     t0 = time.perf_counter()
-    probs = clf.predict_array(x) if isinstance(clf, CellClassifier) else clf.predict(x)
+    probs = clf.predict_array(x) if cnn_alone else clf.predict(x)
     t_model = time.perf_counter() - t0
     result: dict[str, Any] = {
         "data": str(data), "weights": [str(p) for p in clf.paths], "tta": clf.tta, "n_cells": len(table),

@@ -100,10 +100,6 @@ def spec_hash(spec: DescriptorSpec) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_crops(table: CellTable) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    return [table.read_crop(i) for i in range(len(table))]
-
-
 def cached_features(table: CellTable, spec: DescriptorSpec, data_hash: str | None = None,
                     crops: list | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Descriptors of every cell of ``table`` (``float32 (N, F)``), from the cache when present.
@@ -120,7 +116,7 @@ def cached_features(table: CellTable, spec: DescriptorSpec, data_hash: str | Non
         if meta.get("feature_names") == names and x.shape == (len(table), len(names)):
             return x, {**meta, "cached": True}
     t0 = time.perf_counter()
-    crops = crops if crops is not None else read_crops(table)
+    crops = crops if crops is not None else table.read_crops()
     t1 = time.perf_counter()
     x = extract(crops, spec)
     t2 = time.perf_counter()

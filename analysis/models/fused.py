@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from analysis.device import resolve_device
 from analysis.models import DEFAULT_CELL_MODEL, WEIGHTS_DIR
 from analysis.models.inference import CellClassifier
 from analysis.texture_model import TextureModel
@@ -29,7 +30,7 @@ from hep2.vocabulary import CELL_PATTERNS, Pattern
 
 FORMAT = "hep2-cell-ensemble/1"
 DEFAULT_FUSED_MODEL = WEIGHTS_DIR / "cells-fused.json"
-"""The shipped fused classifier (used by default when present)."""
+"""The shipped fused classifier (the default only when its card says ``"promoted": true``)."""
 Crop = tuple[np.ndarray, np.ndarray | None]
 
 
@@ -42,7 +43,6 @@ class TextureMember:
 
     def __init__(self, path: Path) -> None:
         self.model = TextureModel.load(path)
-        self.path = path
 
     def predict(self, crops: Sequence[Crop]) -> np.ndarray:
         return self.model.predict_proba(crops)
@@ -88,6 +88,7 @@ class FusedCellClassifier:
             raise ValueError(f"{self.path}: class_weights must be non-negative, one per class and member")
         cnn = [m for m in self.members if isinstance(m, CellClassifier)]
         self.tta = cnn[0].tta if cnn else None
+        self.device = cnn[0].device if cnn else resolve_device("cpu")  # the texture member runs on the CPU
 
     @property
     def classes(self) -> tuple[Pattern, ...]:

@@ -14,6 +14,8 @@ from analysis.models.fused import FusedCellClassifier, fuse, load_cell_classifie
 from analysis.models.inference import CellClassifier
 from analysis.texture_model import TextureModel
 from tests.training.test_texture import FAST, crops
+from training.datasets import load_manifest
+from training.evaluate import evaluate_cells
 from training.fusion import choose_weights, nested_fusion_cv, write_fused_model
 from training.texture import fit_texture
 
@@ -109,3 +111,16 @@ def test_fused_model_file_loads_through_the_one_loader_and_refuses_tampering(mem
     booster.write_bytes(booster.read_bytes() + b"\0")
     with pytest.raises(ValueError, match="sha256"):
         load_cell_classifier(out, device="cpu")
+
+
+def test_evaluate_cells_scores_a_fused_model_at_cell_and_specimen_level(member_files, tmp_path: Path,
+                                                                       tiny_i3a: Path) -> None:
+    cnn, texture, _ = member_files
+    result = {"final_weights": np.stack([np.full(C, 0.5), np.full(C, 0.5)]), "groups": np.array(["a", "b"] * 12),
+              "nested": {"fused_oof": np.full((24, C), 1 / C), "protocol": "test", "cnn_weights_per_fold": {},
+                         "cv_mean": {}, "pooled": {}, "specimen": {}},
+              "n_groups": 2, "members": {}}
+    out = write_fused_model(result, cnn, texture, tmp_path / "ship" / "cells-fused.json", {"name": "test"})
+    scored = evaluate_cells(tiny_i3a, [out], device="cpu")
+    assert scored["n_cells"] > 0 and 0 <= scored["mca"] <= 1 and scored["throughput"]["device"] == "cpu"
+    assert scored["specimen"]["n"] == len(set(load_manifest(tiny_i3a).groups.tolist()))
