@@ -153,6 +153,13 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(q * np.log(q)).sum(axis=1) / np.log(p.shape[1])
 
 
+def rank_patterns(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The specimen's pattern probabilities (the mean of its cells' probability vectors) and the pattern
+    indices from most to least probable; also what ``training.specimen_metrics`` scores."""
+    mean = np.asarray(probs, dtype=np.float64).mean(axis=0)
+    return mean, np.argsort(mean)[::-1]
+
+
 def aggregate(cells: list[Cell], intensity_class: str, cyto_ratio: float | None = None,
               config: SpecimenConfig | None = None, fibrillar: float | None = None) -> SpecimenResult:
     """The specimen call (see module docstring)."""
@@ -167,9 +174,8 @@ def aggregate(cells: list[Cell], intensity_class: str, cyto_ratio: float | None 
     if not used:
         return SpecimenResult(pattern=OTHER, icap=None, confidence=0.0, needs_review=True,
                               reasons=["no interphase cells could be classified"], cytoplasm_ratio=cyto_ratio)
-    mean = probs.mean(axis=0)
+    mean, order = rank_patterns(probs)
     votes = np.bincount(probs.argmax(axis=1), minlength=len(names)) / len(used)
-    order = np.argsort(mean)[::-1]
     top, second = int(order[0]), int(order[1])
     res = SpecimenResult(
         pattern=names[top], icap=ICAP_CODES[names[top]], confidence=round(float(mean[top]), 4),

@@ -1,5 +1,5 @@
 """Specimen-level accuracy of a cell classifier, the way the pipeline calls a specimen
-(``workers.pipeline.specimen``): the mean of its cells' probability vectors, top pattern = argmax.
+(:func:`analysis.specimen.rank_patterns`): the mean of its cells' probability vectors, top pattern = argmax.
 
 A group's true pattern is the majority label of its cells (I3A specimen groups are pure).
 """
@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from hep2.vocabulary import CELL_PATTERNS
-
-CLASS_NAMES: tuple[str, ...] = tuple(p.value for p in CELL_PATTERNS)
+from analysis.specimen import rank_patterns
+from training.metrics import CLASS_NAMES
 
 
 def specimen_metrics(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str]) -> dict[str, Any]:
@@ -28,8 +27,7 @@ def specimen_metrics(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[
     for group in sorted(set(g.tolist())):
         sel = g == group
         true = int(np.bincount(y[sel], minlength=p.shape[1]).argmax())
-        mean = p[sel].mean(axis=0)
-        order = np.argsort(-mean, kind="stable")
+        mean, order = rank_patterns(p[sel])
         truths.append(true)
         correct.append(int(order[0]) == true)
         if int(order[0]) != true:
