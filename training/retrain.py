@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from training.metrics import CLASS_NAMES, summarize_folds
 from training.recipe import CellRecipe
 from training.snapshot import build_snapshot
 from training.specimen_metrics import specimen_metrics
-from training.trainer import JsonlLogger, fit
+from training.trainer import JsonlLogger, TrainConfig, fit
 
 
 class RunCancelled(Exception):
@@ -67,10 +67,14 @@ class RunParameters(CellRecipe):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunParameters:
-        unknown = set(data) - {f.name for f in fields(cls)}
+        unknown = set(data) - cls.field_names()
         if unknown:
             raise ValueError(f"unknown training parameter(s): {sorted(unknown)}")
         return cls(**data)
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The recipe's trainer settings with this run's step cap, without a progress bar (a worker logs)."""
+        return super().train_config(**{"max_steps": self.max_steps, "progress": False, **overrides})
 
 
 def start_training(session: Session, task: ModelTask | str, actor: str, parameters: dict[str, Any] | None = None,
@@ -187,7 +191,7 @@ def run_training(run_id: int, storage: ObjectStorage, task_id: str | None = None
 def _champion_parameters(champion: ModelVersion | None) -> RunParameters | None:
     if champion is None:
         return None
-    known = {k: v for k, v in (champion.parameters or {}).items() if k in {f.name for f in fields(RunParameters)}}
+    known = {k: v for k, v in (champion.parameters or {}).items() if k in RunParameters.field_names()}
     return RunParameters.from_dict(known) if known else None
 
 
@@ -202,7 +206,7 @@ def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: An
     cache: dict[tuple[int, bool], np.ndarray] = {}
     oof = {name: np.zeros((len(y), len(CLASS_NAMES)), np.float32) for name, _ in contenders}
     for c, (name, p) in enumerate(contenders):
-        train_cfg = p.train_config(max_steps=p.max_steps, progress=False)
+        train_cfg = p.train_config()
         outcomes = cross_validate(
             _images(table, p, cache), y, groups, [(tr, None, te) for tr, te in folds], p.model_config(), train_cfg,
             p.tta, p.val_fraction, params.split_seed,
@@ -223,7 +227,7 @@ def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: An
     x = _images(table, params, cache)
     inner_train, val = inner_split(np.arange(len(y)), y, groups, params.val_fraction, params.split_seed)
     final = fit(x[inner_train], y[inner_train], params.model_config(),
-                params.train_config(max_steps=params.max_steps, progress=False), x[val], y[val],
+                params.train_config(), x[val], y[val],
                 ProgressLog(run_id, total_fits - 1, total_fits, params.epochs, "final"))
     return _register(run_id, storage, params, table, final.model, metrics, thresholds)
 
