@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from analysis.config import PipelineConfig, load_config
+from analysis.models import ModelWeights
 from cli.apps import app, evaluate_app
 from hep2.jsonio import write_json
 from hep2.settings import get_settings
@@ -21,11 +22,9 @@ def cli_models(classifier: Path | None, segmenter: str, device: str, cfg: Pipeli
     """Models for the CLI: ``segmenter`` default | unet | classical (default = ``HEP2_SEGMENTER``), the
     classical one with the lab's ``cfg.segmentation``; ``classifier`` overrides the bundled/pinned weights."""
     from analysis.build import build_models  # heavy (torch): imported when a command runs
-    from analysis.models import ModelWeights  # heavy (torch) with the command's other imports
 
-    settings = get_settings()
-    weights = ModelWeights(cell_pattern=classifier or settings.cell_model_path)
-    return build_models(settings, cfg, weights, segmenter=None if segmenter == "default" else segmenter,
+    weights = ModelWeights(cell_pattern=classifier) if classifier else None  # None: pinned or bundled
+    return build_models(get_settings(), cfg, weights, segmenter=None if segmenter == "default" else segmenter,
                         device=device)
 
 
