@@ -195,6 +195,8 @@ def train_texture(
     seed: int = RECIPE.seed,
     cv: Annotated[bool, typer.Option(help="Run the grouped cross-validation.")] = True,
     final_fit: Annotated[bool, typer.Option(help="Fit on all cells: <out>/texture.{txt,json}.")] = True,
+    field_copies: Annotated[int, typer.Option(min=0, help="Also train on this many field-like copies of each "
+                                                          "cell (training.texture.perturb_crops).")] = 0,
 ) -> None:
     """The texture-feature cell model (descriptors + LightGBM): grouped CV on the CNN's folds, final fit."""
     from analysis.descriptors import DescriptorSpec  # heavy (torch) with the command's other imports
@@ -208,14 +210,16 @@ def train_texture(
     table = load_manifest(data.as_posix())
     spec = DescriptorSpec.from_dict(json.loads(descriptor) if descriptor else SHIPPED_DESCRIPTOR)
     if cv:
-        summary = cross_validate_texture(table, spec, None, out, seed=seed, n_splits=folds, split_seed=split_seed)
+        summary = cross_validate_texture(table, spec, None, out, seed=seed, n_splits=folds, split_seed=split_seed,
+                                         field_copies=field_copies)
         mean = summary["cv_mean"]
         typer.echo(f"grouped: MCA {mean['mca']['mean']:.4f} ± {mean['mca']['std']:.4f}, pooled MCA "
                    f"{summary['pooled']['mca']:.4f}, golgi recall (pooled) "
                    f"{summary['pooled']['per_class']['golgi']['recall']}")
         _echo_specimens(summary["specimen"])
     if final_fit:
-        train_final(table, spec, None, out / "texture", seed=seed, meta={"command": _command_line(ctx)})
+        train_final(table, spec, None, out / "texture", seed=seed, meta={"command": _command_line(ctx)},
+                    field_copies=field_copies)
         typer.echo(f"final model: {out / 'texture.json'}")
 
 

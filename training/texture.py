@@ -45,10 +45,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import lightgbm as lgb
 import numpy as np
 
-from analysis.descriptors import DescriptorSpec, extract, feature_names
+from analysis.descriptors import Crop, DescriptorSpec, extract, feature_names
 from analysis.texture_model import TextureModel
 from training.cv import grouped_kfold
 from training.datasets import CellTable
@@ -129,7 +130,64 @@ def cached_features(table: CellTable, spec: DescriptorSpec, data_hash: str | Non
     return x, {**meta, "cached": False}
 
 
+def perturb_crops(crops: list[Crop], seed: int) -> list[Crop]:
+    """One field-like copy of each crop: what differs when our segmenter cuts cells out of whole-field
+    photographs (the perturbations of the CNN's ``field_aug``, :func:`training.transforms.augment`): a zoom
+    ×U(0.8, 1.2) (magnification), a Gaussian blur σ ~ U(0, 1) px (optics), the mask grown, kept or shrunk by
+    one pixel (segmentation) and Gaussian noise of σ ~ U(0, 0.06) of the cell's 99th percentile (camera),
+    rounded back to ``uint8``. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    square = np.ones((3, 3), np.uint8)
+    out: list[Crop] = []
+    for image, mask in crops:
+        img = np.asarray(image, np.float32)
+        m = np.ones(img.shape[:2], np.uint8) if mask is None else (np.asarray(mask) > 0).astype(np.uint8)
+        zoom, sigma, step, noise = rng.uniform(0.8, 1.2), rng.uniform(0, 1), rng.integers(-1, 2), rng.uniform(0, 0.06)
+        h, w = img.shape[:2]
+        size = (max(8, round(w * zoom)), max(8, round(h * zoom)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+        m = cv2.resize(m, size, interpolation=cv2.INTER_NEAREST)
+        if sigma > 0.05:
+            img = cv2.GaussianBlur(img, (0, 0), sigma)
+        if step:
+            changed = (cv2.dilate if step > 0 else cv2.erode)(m, square)
+            m = changed if changed.any() else m
+        top = float(np.percentile(img[m > 0], 99)) if m.any() else float(img.max())
+        img = img + rng.normal(0.0, noise * max(top, 1.0), img.shape).astype(np.float32)
+        out.append((np.clip(np.round(img), 0, 255).astype(np.uint8), m > 0))
+    return out
+
+
+def augmented_features(table: CellTable, spec: DescriptorSpec, copies: int, seed: int = 0,
+                       data_hash: str | None = None, crops: list[Crop] | None = None) -> list[np.ndarray]:
+    """Descriptors of ``copies`` field-like copies of every cell (:func:`perturb_crops`, copy k with seed
+    ``seed + k``), each ``float32 (N, F)``, cached like :func:`cached_features`."""
+    data_hash = data_hash or table.data_hash()
+    names = feature_names(spec)
+    result = []
+    for k in range(copies):
+        base = cache_dir() / f"{data_hash[:16]}-{spec_hash(spec)}-field{seed + k}"
+        npy = base.with_suffix(".npy")
+        if npy.is_file():
+            x = np.load(npy, allow_pickle=False)
+            if x.shape == (len(table), len(names)):
+                result.append(x)
+                continue
+        crops = crops if crops is not None else table.read_crops()
+        x = extract(perturb_crops(crops, seed + k), spec)
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        np.save(npy, x, allow_pickle=False)
+        result.append(x)
+    return result
+
+
 # ------------------------------------------------------------------------------------------ cross-validation
+
+
+def with_copies(x: np.ndarray, copies: list[np.ndarray], y: np.ndarray, rows: np.ndarray,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows ``rows`` of ``x`` and of each field-like copy, with their labels."""
+    return np.concatenate([x[rows], *(c[rows] for c in copies)]), np.tile(y[rows], 1 + len(copies))
 
 
 def write_oof(path: Path, table: CellTable, y: np.ndarray, fold_of: np.ndarray, oof: np.ndarray) -> None:
@@ -143,9 +201,13 @@ def write_oof(path: Path, table: CellTable, y: np.ndarray, fold_of: np.ndarray, 
 
 def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[str, Any] | None,
                            out_dir: str | Path, seed: int = 0, n_splits: int = 5, split_seed: int = 0,
-                           x: np.ndarray | None = None, data_hash: str | None = None) -> dict[str, Any]:
+                           x: np.ndarray | None = None, data_hash: str | None = None,
+                           field_copies: int = 0) -> dict[str, Any]:
     """Grouped K-fold CV (``grouped_kfold(y, groups, n_splits, split_seed)``) of the texture model; writes
-    ``cv.json`` and ``oof.csv`` to ``out_dir`` and returns the summary."""
+    ``cv.json`` and ``oof.csv`` to ``out_dir`` and returns the summary.
+
+    ``field_copies``: also train on that many field-like copies of each training cell
+    (:func:`augmented_features`); test folds are always scored on the original crops."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y, groups = table.labels, table.groups
@@ -153,6 +215,7 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
     feat_meta: dict[str, Any] = {}
     if x is None:
         x, feat_meta = cached_features(table, spec, data_hash)
+    copies = augmented_features(table, spec, field_copies, seed, data_hash) if field_copies else []
     folds = grouped_kfold(y, groups, n_splits, split_seed)
     oof = np.full((len(y), len(CLASS_NAMES)), np.nan, np.float32)
     fold_of = np.full(len(y), -1)
@@ -161,7 +224,7 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
     gain = np.zeros(len(names))
     for k, (train, test) in enumerate(folds):
         t0 = time.perf_counter()
-        booster = fit_texture(x[train], y[train], params, seed)
+        booster = fit_texture(*with_copies(x, copies, y, train), params, seed)
         secs = time.perf_counter() - t0
         model = TextureModel(booster, spec, CLASS_NAMES, names)
         probs = model.predict_features(x[test])
@@ -180,7 +243,7 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
     summary = {
         "model": "texture (handcrafted descriptors + LightGBM)", "data_hash": data_hash, "n_cells": len(y),
         "n_groups": len(set(groups.tolist())), "protocol": "grouped", "folds": n_splits, "split_seed": split_seed,
-        "seed": seed, "descriptor": spec.to_dict(), "n_features": len(names),
+        "seed": seed, "descriptor": spec.to_dict(), "field_copies": field_copies, "n_features": len(names),
         "params": {**DEFAULT_PARAMS, **(params or {})}, "features": {k: v for k, v in feat_meta.items()
                                                                      if k not in ("feature_names", "spec")},
         "fold_info": fold_info, "cv_mean": summarize_folds(fold_metrics), "pooled": pooled,
@@ -195,15 +258,19 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
 
 
 def train_final(table: CellTable, spec: DescriptorSpec, params: dict[str, Any] | None, path_stem: str | Path,
-                seed: int = 0, x: np.ndarray | None = None, meta: dict[str, Any] | None = None) -> TextureModel:
-    """Fit on every cell of ``table`` and save with :meth:`TextureModel.save` to ``<path_stem>.{txt,json}``."""
+                seed: int = 0, x: np.ndarray | None = None, meta: dict[str, Any] | None = None,
+                field_copies: int = 0) -> TextureModel:
+    """Fit on every cell of ``table`` (and ``field_copies`` field-like copies of each) and save with
+    :meth:`TextureModel.save` to ``<path_stem>.{txt,json}``."""
     data_hash = table.data_hash()
     if x is None:
         x, _ = cached_features(table, spec, data_hash)
+    copies = augmented_features(table, spec, field_copies, seed, data_hash) if field_copies else []
     t0 = time.perf_counter()
-    booster = fit_texture(x, table.labels, params, seed)
+    booster = fit_texture(*with_copies(x, copies, table.labels, np.arange(len(x))), params, seed)
     model = TextureModel(booster, spec, CLASS_NAMES, feature_names(spec),
                          {"data_hash": data_hash, "n_cells": len(table), "params": {**DEFAULT_PARAMS, **(params or {})},
-                          "seed": seed, "fit_seconds": round(time.perf_counter() - t0, 1), **(meta or {})})
+                          "seed": seed, "field_copies": field_copies,
+                          "fit_seconds": round(time.perf_counter() - t0, 1), **(meta or {})})
     model.save(path_stem)
     return model

@@ -188,3 +188,44 @@ def test_grouped_cv_writes_experiment_files(make_i3a_folder, tmp_path: Path, mon
         assert {x["fold"] for x in rows if x["group"] == r["group"]} == {r["fold"]}
     cv = json.loads((tmp_path / "out" / "cv.json").read_text())
     assert cv["specimen"]["n"] == 4 and "recall_golgi" in cv["cv_mean"] and cv["n_features"] == s["n_features"]
+    with_copies = cross_validate_texture(table, spec, FAST, tmp_path / "aug", n_splits=2, field_copies=1)
+    assert len(list((tmp_path / "cache").glob("*-field0.npy"))) == 1  # one cached field-like copy
+    assert with_copies["field_copies"] == 1 and [f["n_train"] for f in with_copies["fold_info"]] == [
+        f["n_train"] for f in s["fold_info"]]  # cells trained on (their copies are extra rows), tested on originals
+
+
+def test_cell_size_normalises_magnification() -> None:
+    """The same cell photographed at twice the magnification gives (nearly) the same descriptors once
+    sizes are normalised, and clearly different ones at native scale."""
+    import cv2
+
+    from analysis.descriptors import normalise_size
+
+    rng = np.random.default_rng(3)
+    img, mask = dotted(rng, 64, 64)
+    big = (cv2.resize(img, (128, 128), interpolation=cv2.INTER_LINEAR),
+           cv2.resize(mask, (128, 128), interpolation=cv2.INTER_NEAREST))
+    resized = normalise_size([(img, mask), big], 40.0)
+    for image, m in resized:
+        assert abs(np.sqrt(m.sum()) - 40.0) < 1.5 and image.shape == m.shape
+    native = extract([(img, mask), big], DescriptorSpec())
+    scaled = extract([(img, mask), big], DescriptorSpec(cell_size=40.0))
+
+    def gap(x: np.ndarray) -> float:
+        return float(np.abs(x[0] - x[1]).sum() / (np.abs(x).sum() / 2))
+
+    assert gap(scaled) < 0.5 * gap(native)
+
+
+def test_field_copies_are_perturbed_deterministically() -> None:
+    from training.texture import perturb_crops
+
+    rng = np.random.default_rng(4)
+    originals = [dotted(rng), ring(rng)]
+    first, again, other = perturb_crops(originals, 7), perturb_crops(originals, 7), perturb_crops(originals, 8)
+    for (a, am), (b, bm) in zip(first, again, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(am, bm)
+    assert any(a.shape != b.shape or not np.array_equal(a, b) for (a, _), (b, _) in zip(first, other, strict=True))
+    for (image, m), (orig, _) in zip(first, originals, strict=True):
+        assert image.dtype == np.uint8 and m.dtype == bool and m.shape == image.shape and m.any()
+        assert 0.75 * orig.shape[0] <= image.shape[0] <= 1.25 * orig.shape[0]
