@@ -114,13 +114,13 @@ def train_cancel(run_id: int, actor: str = typer.Option("cli", help="Who asked (
 # ---------------------------------------------------------------- models
 @models_app.command("list")
 def list_models(task: str = typer.Option("cell_pattern")) -> None:
-    """Versions of a task with stage and grouped-CV MCA."""
+    """Versions of a task with stage, family (cnn | fused) and grouped-CV MCA."""
     with session_scope() as session:
         for v in session.scalars(select(ModelVersion).where(ModelVersion.task == ModelTask(task))
                                  .order_by(ModelVersion.id)):
             mca = (v.metrics.get("cv") or {}).get("mca")
-            typer.echo(f"{v.id:>5} {v.version:<32} {v.stage.value:<11} MCA {mca if mca is None else round(mca, 4)}"
-                       f"  {v.stage_reason or ''}")
+            typer.echo(f"{v.id:>5} {v.version:<32} {v.stage.value:<11} {v.family or '':<6} "
+                       f"MCA {mca if mca is None else round(mca, 4)}  {v.stage_reason or ''}")
 
 
 @models_app.command("promote")
