@@ -125,7 +125,9 @@ class ModelVersion(CreatedAt, Base):
 
     @property
     def family(self) -> str | None:
-        """A cell classifier's family: ``fused`` (a ``hep2-cell-ensemble/1`` JSON) or ``cnn``."""
+        """A cell classifier's family: ``fused`` (its entry file is a ``hep2-cell-ensemble/1`` JSON; a bundled
+        one is registered as ``bundled:<json>+<members>``) or ``cnn``."""
         if self.task is not ModelTask.CELL_PATTERN:
             return None
-        return "fused" if (self.entry_file or "").endswith(".json") else "cnn"
+        entry = (self.entry_file or self.artifact_uri.removeprefix("bundled:")).split("+")[0]
+        return "fused" if entry.endswith(".json") else "cnn"

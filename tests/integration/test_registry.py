@@ -186,7 +186,7 @@ def test_a_fused_version_holds_its_member_files_each_checked_on_fetch(clean_regi
     original = storage.get(row.artifact_uri + "model-cnn.safetensors")
     storage.put(row.artifact_uri + "model-cnn.safetensors", original[:-1] + b"\1")  # tampered in the bucket
     try:
-        with pytest.raises(ValueError, match="model-cnn.safetensors .*SHA-256"):
+        with pytest.raises(ValueError, match=r"model-cnn\.safetensors .*SHA-256"):
             registry.fetch(storage, row, tmp_path / "fresh-cache")
     finally:
         storage.put(row.artifact_uri + "model-cnn.safetensors", original)
@@ -204,7 +204,7 @@ def test_fused_and_cnn_versions_promote_and_roll_back_alike(clean_registry, fuse
     fused_id = publish(fused, {"cv": cv(0.8)})
     assert promote(fused_id)[0] and resolved().name == "model.json"
     cnn_id = publish(weights, {"cv": cv(0.7)})
-    ok, reason = promote(cnn_id, force=True)  # a CNN-only version stays selectable
+    ok, _ = promote(cnn_id, force=True)  # a CNN-only version stays selectable
     assert ok and stage(fused_id) is ModelStage.ARCHIVED and resolved().name == registry.WEIGHTS_NAME
     with session_scope() as session:
         assert session.get(ModelVersion, cnn_id).family == "cnn"
