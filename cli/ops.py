@@ -87,8 +87,9 @@ def train_status(run_id: int) -> None:
         run = session.get(TrainingRun, run_id)
         if run is None:
             raise typer.BadParameter(f"no training run {run_id}")
-        typer.echo(f"run {run.id}: {run.status.value} {run.progress_pct:.0f}% fold {run.current_fold} "
-                   f"epoch {run.current_epoch}; snapshot {run.snapshot_rows} rows sha256 {run.snapshot_sha256}")
+        typer.echo(f"run {run.id} ({run.parameters.get('family', 'cnn')}): {run.status.value} "
+                   f"{run.progress_pct:.0f}% fold {run.current_fold} epoch {run.current_epoch}; "
+                   f"snapshot {run.snapshot_rows} rows sha256 {run.snapshot_sha256}")
         for fold in run.fold_metrics:
             typer.echo(f"  fold {fold.fold}: MCA {fold.mean_class_accuracy:.4f} accuracy {fold.accuracy:.4f}")
         if run.mean_metrics:
@@ -99,7 +100,7 @@ def train_status(run_id: int) -> None:
 
 @train_app.command("cancel")
 def train_cancel(run_id: int, actor: str = typer.Option("cli", help="Who asked (audited).")) -> None:
-    """Ask a queued or running run to stop at its next epoch; exit 1 if it has already ended."""
+    """Ask a queued or running run to stop at its next epoch or texture fold; exit 1 if it has already ended."""
     with session_scope() as session:
         try:
             run_service.cancel_run(session, run_id, actor)
