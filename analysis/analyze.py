@@ -23,6 +23,7 @@ from analysis.decode import ImageLimits, decode_image
 from analysis.fibrillar import field_fibrillar_index
 from analysis.intensity import IntensityResult, measure_intensity
 from analysis.models import DEFAULT_SEGMENTER
+from analysis.models.files import combined_sha256
 from analysis.models.fused import load_cell_classifier
 from analysis.overlay import render_overlay
 from analysis.quality import QualityReport, assess_field, count_nuclei, negative_needs_cells
@@ -101,8 +102,7 @@ def _files_info(paths: list[Any]) -> dict[str, Any]:
         card = Path(files[0]).with_suffix(".json")
         extra = {"card": card.name} if card.is_file() else {}
         return {"weights": files[0].name, "sha256": hashes[0], **extra}
-    combined = hashlib.sha256("\n".join(hashes).encode()).hexdigest()
-    return {"weights": "+".join(f.name for f in files), "sha256": combined,
+    return {"weights": "+".join(f.name for f in files), "sha256": combined_sha256(hashes),
             "members": [{"weights": f.name, "sha256": h} for f, h in zip(files, hashes, strict=True)]}
 
 

@@ -66,6 +66,7 @@ class ModelVersionOut(ORM):
     version: str
     stage: str
     stage_reason: str | None
+    family: str | None = Field(None, description="cell classifier: cnn, or fused (CNN + texture, one version)")
     metrics: dict[str, Any]
     data_hash: str | None
     code_version: str | None

@@ -87,8 +87,9 @@ def train_status(run_id: int) -> None:
         run = session.get(TrainingRun, run_id)
         if run is None:
             raise typer.BadParameter(f"no training run {run_id}")
-        typer.echo(f"run {run.id}: {run.status.value} {run.progress_pct:.0f}% fold {run.current_fold} "
-                   f"epoch {run.current_epoch}; snapshot {run.snapshot_rows} rows sha256 {run.snapshot_sha256}")
+        typer.echo(f"run {run.id} ({run.parameters.get('family', 'cnn')}): {run.status.value} "
+                   f"{run.progress_pct:.0f}% fold {run.current_fold} epoch {run.current_epoch}; "
+                   f"snapshot {run.snapshot_rows} rows sha256 {run.snapshot_sha256}")
         for fold in run.fold_metrics:
             typer.echo(f"  fold {fold.fold}: MCA {fold.mean_class_accuracy:.4f} accuracy {fold.accuracy:.4f}")
         if run.mean_metrics:
@@ -99,7 +100,7 @@ def train_status(run_id: int) -> None:
 
 @train_app.command("cancel")
 def train_cancel(run_id: int, actor: str = typer.Option("cli", help="Who asked (audited).")) -> None:
-    """Ask a queued or running run to stop at its next epoch; exit 1 if it has already ended."""
+    """Ask a queued or running run to stop at its next epoch or texture fold; exit 1 if it has already ended."""
     with session_scope() as session:
         try:
             run_service.cancel_run(session, run_id, actor)
@@ -114,13 +115,13 @@ def train_cancel(run_id: int, actor: str = typer.Option("cli", help="Who asked (
 # ---------------------------------------------------------------- models
 @models_app.command("list")
 def list_models(task: str = typer.Option("cell_pattern")) -> None:
-    """Versions of a task with stage and grouped-CV MCA."""
+    """Versions of a task with stage, family (cnn | fused) and grouped-CV MCA."""
     with session_scope() as session:
         for v in session.scalars(select(ModelVersion).where(ModelVersion.task == ModelTask(task))
                                  .order_by(ModelVersion.id)):
             mca = (v.metrics.get("cv") or {}).get("mca")
-            typer.echo(f"{v.id:>5} {v.version:<32} {v.stage.value:<11} MCA {mca if mca is None else round(mca, 4)}"
-                       f"  {v.stage_reason or ''}")
+            typer.echo(f"{v.id:>5} {v.version:<32} {v.stage.value:<11} {v.family or '':<6} "
+                       f"MCA {mca if mca is None else round(mca, 4)}  {v.stage_reason or ''}")
 
 
 @models_app.command("promote")

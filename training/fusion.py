@@ -86,14 +86,21 @@ def fuse_runs(cnn_run: Path, texture_run: Path) -> dict[str, Any]:
     if t_ids != ids or not np.array_equal(t_folds, folds) or not np.array_equal(t_y, y):
         raise ValueError("the runs differ in cells, labels or folds: use the same data and split seed")
     groups = np.array(oof_groups(Path(cnn_run)))
+    return {"runs": {"cnn": str(cnn_run), "texture": str(texture_run)},
+            **fuse_oof(cnn, texture, y, groups, folds)}
+
+
+def fuse_oof(cnn: np.ndarray, texture: np.ndarray, y: np.ndarray, groups: np.ndarray,
+             folds: np.ndarray) -> dict[str, Any]:
+    """Nested CV of the fusion of the members' out-of-fold probabilities (same cells, same folds: ``folds``
+    is each cell's test fold), the members' own scores and the final weights (chosen on all of them)."""
     members = [cnn, texture]
     nested = nested_fusion_cv(members, y, groups, folds)
     final = choose_weights(members, y, groups)
     member_scores = {name: {"mca": mean_class_accuracy(y, p.argmax(1)),
                             "specimen": specimen_metrics(y, p, groups)}
                      for name, p in zip(("cnn", "texture"), members, strict=True)}
-    return {"runs": {"cnn": str(cnn_run), "texture": str(texture_run)}, "n_cells": len(y),
-            "n_groups": len(set(groups.tolist())), "members": member_scores, "nested": nested,
+    return {"n_cells": len(y), "n_groups": len(set(groups.tolist())), "members": member_scores, "nested": nested,
             "final_cnn_weights": dict(zip(CLASS_NAMES, final[0].round(2).tolist(), strict=True)),
             "final_weights": final, "groups": groups}
 

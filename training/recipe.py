@@ -3,11 +3,19 @@ service's retraining runs (:class:`training.retrain.RunParameters`) comes from :
 
 The defaults are the recipe of the shipped model (``analysis/weights/cells-default.json``, row O4 in
 docs/benchmarks.md); change them here, once, when a better recipe is shipped.
+
+``family`` is what a service training run trains: ``cnn`` (the CNN alone) or ``fused`` (the CNN and the
+texture model, cross-validated on the same folds and fused per class, :mod:`training.fusion`). It follows
+the product's default cell model (:func:`analysis.models.fused.default_cell_model`): ``cnn`` while the shipped
+fused model is not promoted (whole fields: 9/11 vs the CNN's 10/11, docs/benchmarks.md), because the
+promotion policy sees only the cell-level grouped CV and would otherwise put an unchecked fused model into
+production. The texture family adds ~10% to a run (descriptors once, a LightGBM fit per fold). Set
+``family = "fused"`` here when the fused model is promoted; a run can always ask for either.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -35,6 +43,13 @@ class CellRecipe:
     val_fraction: float = 0.125  # inner validation share of each training fold, drawn by group
     seed: int = 0  # initialisation, sampling, augmentation
     split_seed: int = 0  # folds and inner splits: runs with other training seeds share them
+    family: Literal["cnn", "fused"] = "cnn"  # service runs: the CNN alone, or CNN + texture fused (see above)
+    texture_descriptor: dict[str, Any] | None = None  # DescriptorSpec fields; None: texture.SHIPPED_DESCRIPTOR
+    texture_params: dict[str, Any] = field(default_factory=dict)  # LightGBM overrides of texture.DEFAULT_PARAMS
+
+    def __post_init__(self) -> None:
+        if self.family not in ("cnn", "fused"):
+            raise ValueError(f"family must be cnn or fused, not {self.family!r}")
 
     def model_config(self) -> ModelConfig:
         from analysis.models.classifier import ModelConfig  # torch: kept off `hep2 --help`, which reads RECIPE

@@ -1,7 +1,11 @@
 """Model registry: versions in the database, artefacts in object storage.
 
-Artefacts live under ``models/<task>/<version>/`` (``weights.safetensors`` and ``card.json``: data hash,
-code version, parameters, per-fold and mean grouped-CV metrics, confusion matrix). Stages go
+Artefacts live under ``models/<task>/<version>/``: ``card.json`` (data hash, code version, parameters,
+per-fold and mean grouped-CV metrics, confusion matrix) and the model's files — a CNN's
+``weights.safetensors``, or a fused cell classifier's JSON with its member files under their own names
+(:func:`analysis.models.files.artifact_files`). Each file's sha256 is recorded on the row (``files``) and
+checked when a worker fetches the version; the row's ``sha256`` is the classifier's identity, the one the
+pipeline records with each result. Stages go
 candidate -> production -> archived; exactly one production version per task (a partial unique index
 backs this up). Promotion and roll-back each run in one transaction, with the task's rows locked, and are
 audited.
@@ -19,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from analysis.models import ModelWeights
+from analysis.models.files import artifact_files, classifier_files, combined_sha256, is_ensemble, sha256_file
 from db import audit
 from db.base import utcnow
 from db.models import ModelStage, ModelTask, ModelVersion
@@ -53,21 +58,32 @@ def artifact_prefix(task: ModelTask, version: str) -> str:
 
 def publish(session: Session, storage: ObjectStorage, task: ModelTask, weights: Path, card: dict[str, Any],
             actor: str, training_run_id: int | None = None) -> ModelVersion:
-    """Upload weights + card and register them as a ``candidate``."""
-    data = weights.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
+    """Upload a model's files + card and register them as a ``candidate``.
+
+    ``weights``: a checkpoint (stored as ``weights.safetensors``) or a fused model's JSON (stored with its
+    member files, each under its own name)."""
+    paths = {p.name: p for p in artifact_files(weights)} if is_ensemble(weights) else {WEIGHTS_NAME: weights}
+    if CARD_NAME in paths:
+        raise ValueError(f"a model file may not be named {CARD_NAME}")
+    files = {name: sha256_file(path) for name, path in paths.items()}
+    sha = combined_sha256([sha256_file(p) for p in classifier_files(weights)])
     version = _free_version(session, task, f"{utcnow():%Y%m%d-%H%M%S}-{sha[:8]}")
     prefix = artifact_prefix(task, version)
-    card = {**card, "task": task.value, "version": version, "sha256": sha}
-    storage.put(prefix + WEIGHTS_NAME, data, "application/octet-stream")
-    storage.put(prefix + CARD_NAME, json.dumps(card, indent=2).encode(), "application/json")
+    entry = weights.name if is_ensemble(weights) else WEIGHTS_NAME
+    card_bytes = json.dumps({**card, "task": task.value, "version": version, "sha256": sha, "entry_file": entry,
+                             "files": files}, indent=2).encode()
+    for name, path in paths.items():
+        storage.put(prefix + name, path.read_bytes(), "application/octet-stream")
+    storage.put(prefix + CARD_NAME, card_bytes, "application/json")
     row = ModelVersion(task=task, version=version, stage=ModelStage.CANDIDATE, artifact_uri=prefix, sha256=sha,
+                       entry_file=entry, files={**files, CARD_NAME: hashlib.sha256(card_bytes).hexdigest()},
                        metrics=card.get("metrics", {}), parameters=card.get("parameters", {}),
                        data_hash=card.get("data_hash"), code_version=card.get("code_version"),
                        training_run_id=training_run_id, stage_reason="registered")
     session.add(row)
     session.flush()
-    audit.record(session, actor, "model.publish", "model_version", row.id, task=task.value, version=version)
+    audit.record(session, actor, "model.publish", "model_version", row.id, task=task.value, version=version,
+                 family=row.family)
     return row
 
 
@@ -167,18 +183,35 @@ def rollback(session: Session, task: ModelTask, actor: str) -> ModelVersion:
     return previous
 
 
+def registered_files(version: ModelVersion) -> dict[str, str]:
+    """Artefact file name -> sha256 (versions registered before files were recorded: the weights alone)."""
+    return dict(version.files) if version.files else {WEIGHTS_NAME: version.sha256}
+
+
 def fetch(storage: ObjectStorage, version: ModelVersion, cache_dir: Path) -> Path:
-    """The version's weights in a local cache (downloaded once, checked against the registered SHA-256)."""
-    target = cache_dir / version.task.value / version.version / WEIGHTS_NAME
-    if not target.is_file() or hashlib.sha256(target.read_bytes()).hexdigest() != version.sha256:
-        data = storage.get(version.artifact_uri + WEIGHTS_NAME)
-        if hashlib.sha256(data).hexdigest() != version.sha256:
-            raise ValueError(f"artefact of {version.task.value} {version.version} does not match its SHA-256")
+    """The version's model in a local cache, as the file :func:`analysis.models.fused.load_cell_classifier`
+    opens (a fused model: its JSON, the members beside it). Each file is downloaded once and checked against
+    its registered SHA-256; a file that differs (in storage: ``ValueError``; in the cache: downloaded again)
+    is never used."""
+    folder = cache_dir / version.task.value / version.version
+    files, fetched = registered_files(version), False
+    for name, sha in files.items():
+        target = folder / name
+        if target.is_file() and sha256_file(target) == sha:
+            continue
+        data = storage.get(version.artifact_uri + name)
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise ValueError(f"artefact {name} of {version.task.value} {version.version} does not match its "
+                             "registered SHA-256")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-        # beside the weights as <name>.json, where the inference code looks for a model card
-        target.with_suffix(".json").write_bytes(storage.get(version.artifact_uri + CARD_NAME))
-    return target
+        fetched = True
+    entry = folder / (version.entry_file or WEIGHTS_NAME)
+    card = entry.with_suffix(".json")  # a checkpoint's model card beside it, where the inference code looks
+    if not is_ensemble(entry) and (fetched or not card.is_file()):
+        card.write_bytes((folder / CARD_NAME).read_bytes() if CARD_NAME in files
+                         else storage.get(version.artifact_uri + CARD_NAME))
+    return entry
 
 
 def resolve_weights(session: Session, storage: ObjectStorage, settings: Settings) -> ModelWeights:

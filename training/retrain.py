@@ -1,26 +1,24 @@
 """A training run of the service: snapshot -> grouped K-fold CV -> final fit -> candidate -> policy.
 
-The challenger (this run's parameters) and the champion (the production version's parameters) are
-trained and tested on the same grouped folds, so the promotion policy compares like with like. Per-fold
-metrics are stored as each fold finishes; progress (fold, epoch, percent) is updated every epoch; a
-cancellation request is honoured at the next epoch.
+The challenger (this run's parameters) and the champion (the production version's parameters and family)
+are trained and tested on the same grouped folds, so the promotion policy compares like with like. A run
+trains the family its parameters name (``family``: the CNN alone, or CNN + texture fused; default
+:data:`training.recipe.RECIPE`), see :mod:`training.contenders`. Per-fold metrics are stored as each fold's
+final probabilities are known; progress (fold, epoch, percent) is updated every epoch and texture fold; a
+cancellation request is honoured at the next one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from analysis.models.classifier import save_checkpoint
 from db import audit
 from db.base import db_now, utcnow
 from db.models import (
@@ -39,18 +37,24 @@ from hep2.settings import get_settings
 from hep2.storage import ObjectStorage
 from training import registry
 from training.card import git_commit
-from training.crossval import cross_validate, inner_split
-from training.cv import grouped_kfold
+from training.contenders import (
+    ContenderCV,
+    RunCancelled,
+    RunData,
+    RunProgress,
+    cross_validate_contender,
+    cv_fits,
+    final_fit,
+    final_fits,
+)
 from training.experiment import oov_thresholds
 from training.metrics import CLASS_NAMES, summarize_folds
 from training.recipe import CellRecipe
 from training.snapshot import build_snapshot
 from training.specimen_metrics import specimen_metrics
-from training.trainer import JsonlLogger, TrainConfig, fit
+from training.trainer import TrainConfig
 
-
-class RunCancelled(Exception):
-    """Ops asked to cancel the run."""
+__all__ = ["RunCancelled", "RunParameters", "run_training", "start_training"]
 
 
 @dataclass(frozen=True)
@@ -112,37 +116,15 @@ def due_for_retraining(session: Session, trigger: str, min_new_labels: int) -> s
     return f"{new} new reviewed cell labels" if new >= min_new_labels else None
 
 
-class ProgressLog(JsonlLogger):
-    """Writes epoch progress to the run row and raises :class:`RunCancelled` when asked to stop."""
-
-    def __init__(self, run_id: int, fit_index: int, total_fits: int, epochs: int, fold: int | str) -> None:
-        super().__init__(None, fold=fold)
-        self.run_id, self.fit_index, self.total_fits, self.epochs, self.fold = (
-            run_id, fit_index, total_fits, epochs, fold)
-
-    def log(self, event: str, **fields: Any) -> None:
-        super().log(event, **fields)
-        if event != "epoch":
-            return
-        done = self.fit_index + (fields.get("epoch", 0) + 1) / self.epochs
-        with session_scope() as session:
-            run = session.get(TrainingRun, self.run_id)
-            assert run is not None
-            run.current_fold = self.fold if isinstance(self.fold, int) else None
-            run.current_epoch = fields.get("epoch", 0) + 1
-            run.progress_pct = round(min(99.0, 100.0 * done / self.total_fits), 1)
-            if run.cancel_requested:
-                raise RunCancelled(f"run {self.run_id} cancelled at fold {self.fold}, epoch {run.current_epoch}")
-
-
-def _cv_summary(fold_metrics: list[dict[str, Any]], signature: str, specimen: dict[str, Any]) -> dict[str, Any]:
+def _cv_summary(cv: ContenderCV, data: RunData, family: str) -> dict[str, Any]:
     """Mean MCA and per-class recall over the test folds and the specimen-level calls of the out-of-fold
     predictions (what the promotion policy compares)."""
-    mean = summarize_folds(fold_metrics)
+    mean = summarize_folds(cv.fold_metrics)
     recall = {name: mean[f"recall_{name}"]["mean"] for name in CLASS_NAMES
               if mean[f"recall_{name}"]["mean"] is not None}
-    return {"mca": mean["mca"]["mean"], "recall": recall, "folds_signature": signature,
-            "folds": len(fold_metrics), "summary": mean, "specimen": specimen}
+    return {"mca": mean["mca"]["mean"], "recall": recall, "folds_signature": data.signature,
+            "folds": len(cv.fold_metrics), "summary": mean, "family": family,
+            "specimen": specimen_metrics(data.table.labels, cv.oof, data.table.groups)}
 
 
 def claim_run(session: Session, run_id: int, task_id: str | None, dead_after: timedelta) -> TrainingRun | str:
@@ -176,10 +158,12 @@ def run_training(run_id: int, storage: ObjectStorage, task_id: str | None = None
         params = RunParameters.from_dict(run.parameters)
         snapshot_key, table = build_snapshot(session, storage, run_id, params.datasets, params.include_reviews)
         run.snapshot_uri, run.snapshot_rows, run.snapshot_sha256 = snapshot_key, len(table), table.data_hash()
+        data_hash = run.snapshot_sha256
         champion = registry.production(session, ModelTask.CELL_PATTERN) if params.compare_with_production else None
         champion_params = _champion_parameters(champion)
     try:
-        return _train(run_id, storage, params, table, champion, champion_params)
+        return _train(run_id, storage, params, RunData.of(table, data_hash, params.folds, params.split_seed),
+                      champion, champion_params)
     except RunCancelled as exc:
         _finish(run_id, RunStatus.CANCELLED, str(exc))
         return {"run_id": run_id, "status": "cancelled"}
@@ -192,51 +176,37 @@ def _champion_parameters(champion: ModelVersion | None) -> RunParameters | None:
     if champion is None:
         return None
     known = {k: v for k, v in (champion.parameters or {}).items() if k in RunParameters.field_names()}
-    return RunParameters.from_dict(known) if known else None
+    return RunParameters.from_dict({**known, "family": champion.family}) if known else None
 
 
-def _train(run_id: int, storage: ObjectStorage, params: RunParameters, table: Any, champion: ModelVersion | None,
-           champion_params: RunParameters | None) -> dict[str, Any]:
-    y, groups = table.labels, table.groups
-    folds = grouped_kfold(y, groups, params.folds, params.split_seed)
-    signature = hashlib.sha256(json.dumps([sorted(set(groups[test].tolist())) for _, test in folds]).encode())
+def _train(run_id: int, storage: ObjectStorage, params: RunParameters, data: RunData,
+           champion: ModelVersion | None, champion_params: RunParameters | None) -> dict[str, Any]:
     contenders = [("challenger", params)] + ([("champion", champion_params)] if champion_params else [])
-    total_fits = len(folds) * len(contenders) + 1
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in contenders}
-    cache: dict[tuple[int, bool], np.ndarray] = {}
-    oof = {name: np.zeros((len(y), len(CLASS_NAMES)), np.float32) for name, _ in contenders}
-    for c, (name, p) in enumerate(contenders):
-        train_cfg = p.train_config()
-        outcomes = cross_validate(
-            _images(table, p, cache), y, groups, [(tr, None, te) for tr, te in folds], p.model_config(), train_cfg,
-            p.tta, p.val_fraction, params.split_seed,
-            lambda k, c=c, p=p: ProgressLog(run_id, c * len(folds) + k, total_fits, p.epochs, k))
-        for outcome in outcomes:
-            results[name].append(outcome.metrics)
-            oof[name][outcome.test] = outcome.probs
-            if name == "challenger":
-                _store_fold(run_id, outcome.fold, outcome.metrics, sorted(set(groups[outcome.test].tolist())))
-    cv = _cv_summary(results["challenger"], signature.hexdigest(), specimen_metrics(y, oof["challenger"], groups))
-    metrics: dict[str, Any] = {"cv": cv, "per_fold": results["challenger"]}
-    thresholds = oov_thresholds(oof["challenger"], groups)
-    if champion is not None and "champion" in results:
-        metrics["champion_cv"] = {**_cv_summary(results["champion"], signature.hexdigest(),
-                                                specimen_metrics(y, oof["champion"], groups)),
+    n_folds = len(data.folds)
+    progress = RunProgress(run_id, sum(cv_fits(p, n_folds) for _, p in contenders) + final_fits(params))
+    results: dict[str, ContenderCV] = {}
+    start = 0.0
+    for name, p in contenders:
+        report = (lambda k, m: _store_fold(run_id, k, m, data.test_groups(k))) if name == "challenger" else None
+        results[name] = cross_validate_contender(p, data, progress, start, report)
+        start += cv_fits(p, n_folds)
+    challenger = results["challenger"]
+    metrics: dict[str, Any] = {"cv": _cv_summary(challenger, data, params.family),
+                               "per_fold": challenger.fold_metrics}
+    if challenger.fusion is not None:
+        metrics["members_cv"] = challenger.fusion["members"]
+        metrics["fusion"] = {"cnn_weights_per_fold": challenger.fusion["nested"]["cnn_weights_per_fold"],
+                             "final_cnn_weights": challenger.fusion["final_cnn_weights"]}
+    thresholds = oov_thresholds(challenger.oof, data.table.groups)
+    if champion is not None and champion_params is not None:
+        metrics["champion_cv"] = {**_cv_summary(results["champion"], data, champion_params.family),
                                   "production_version": champion.version}
-
-    x = _images(table, params, cache)
-    inner_train, val = inner_split(np.arange(len(y)), y, groups, params.val_fraction, params.split_seed)
-    final = fit(x[inner_train], y[inner_train], params.model_config(),
-                params.train_config(), x[val], y[val],
-                ProgressLog(run_id, total_fits - 1, total_fits, params.epochs, "final"))
-    return _register(run_id, storage, params, table, final.model, metrics, thresholds)
-
-
-def _images(table: Any, p: RunParameters, cache: dict[tuple[int, bool], np.ndarray]) -> np.ndarray:
-    key = (p.img_size, p.use_mask)
-    if key not in cache:
-        cache[key] = table.load(p.img_size, p.use_mask)
-    return cache[key]
+    with tempfile.TemporaryDirectory() as tmp:
+        fused_card = {"name": f"training-run-{run_id}", "training_run": run_id, "parameters": asdict(params),
+                      "promotion_note": "a registry version: its stage in the model registry decides whether "
+                                        "workers use it (training.registry)"}
+        weights = final_fit(params, data, progress, start, Path(tmp), challenger.fusion, fused_card)
+        return _register(run_id, storage, params, data, weights, metrics, thresholds)
 
 
 def _store_fold(run_id: int, fold: int, metrics: dict[str, Any], test_groups: list[str]) -> None:
@@ -246,27 +216,26 @@ def _store_fold(run_id: int, fold: int, metrics: dict[str, Any], test_groups: li
                                 finished_at=utcnow()))
 
 
-def _register(run_id: int, storage: ObjectStorage, params: RunParameters, table: Any, model: Any,
+def _register(run_id: int, storage: ObjectStorage, params: RunParameters, data: RunData, weights: Path,
               metrics: dict[str, Any], thresholds: dict[str, Any]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = save_checkpoint(model, params.model_config(), Path(tmp) / "model.safetensors", half=True,
-                                  extra={"tta": params.tta})
-        card = {"metrics": metrics, "parameters": asdict(params), "data_hash": table.data_hash(),
-                "code_version": git_commit().get("commit") or __version__, "tta": params.tta,
-                "protocol": "grouped K-fold by specimen_group (patient/specimen)", "training_run": run_id,
-                "specimen_thresholds": thresholds}
-        with session_scope() as session:
-            version = registry.publish(session, storage, ModelTask.CELL_PATTERN, weights, card,
-                                       actor=f"training-run:{run_id}", training_run_id=run_id)
-            decision = (registry.promote(session, version.id, actor=f"training-run:{run_id}")
-                        if params.auto_promote else (False, "auto-promotion disabled for this run"))
-            run = session.get(TrainingRun, run_id)
-            assert run is not None
-            run.mean_metrics = {"cv": metrics["cv"], "champion_cv": metrics.get("champion_cv"),
-                                "model_version": version.version, "promoted": decision[0], "decision": decision[1]}
-            run.status, run.finished_at, run.progress_pct = RunStatus.SUCCEEDED, utcnow(), 100.0
-            return {"run_id": run_id, "status": "succeeded", "model_version": version.version,
-                    "promoted": decision[0], "decision": decision[1]}
+    """Publish the final model (a checkpoint or a fused JSON with its members) and apply the policy."""
+    card = {"metrics": metrics, "parameters": asdict(params), "data_hash": data.data_hash,
+            "code_version": git_commit().get("commit") or __version__, "tta": params.tta, "family": params.family,
+            "protocol": "grouped K-fold by specimen_group (patient/specimen)", "training_run": run_id,
+            "specimen_thresholds": thresholds}
+    with session_scope() as session:
+        version = registry.publish(session, storage, ModelTask.CELL_PATTERN, weights, card,
+                                   actor=f"training-run:{run_id}", training_run_id=run_id)
+        decision = (registry.promote(session, version.id, actor=f"training-run:{run_id}")
+                    if params.auto_promote else (False, "auto-promotion disabled for this run"))
+        run = session.get(TrainingRun, run_id)
+        assert run is not None
+        run.mean_metrics = {"cv": metrics["cv"], "champion_cv": metrics.get("champion_cv"),
+                            "family": params.family, "model_version": version.version,
+                            "promoted": decision[0], "decision": decision[1]}
+        run.status, run.finished_at, run.progress_pct = RunStatus.SUCCEEDED, utcnow(), 100.0
+        return {"run_id": run_id, "status": "succeeded", "model_version": version.version,
+                "family": params.family, "promoted": decision[0], "decision": decision[1]}
 
 
 def _finish(run_id: int, status: RunStatus, error: str) -> None:

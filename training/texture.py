@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +203,11 @@ def write_oof(path: Path, table: CellTable, y: np.ndarray, fold_of: np.ndarray, 
 def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[str, Any] | None,
                            out_dir: str | Path, seed: int = 0, n_splits: int = 5, split_seed: int = 0,
                            x: np.ndarray | None = None, data_hash: str | None = None,
-                           field_copies: int = 0) -> dict[str, Any]:
+                           field_copies: int = 0,
+                           on_fold: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> dict[str, Any]:
     """Grouped K-fold CV (``grouped_kfold(y, groups, n_splits, split_seed)``) of the texture model; writes
-    ``cv.json`` and ``oof.csv`` to ``out_dir`` and returns the summary.
+    ``cv.json`` and ``oof.csv`` to ``out_dir`` and returns the summary. ``on_fold(k, test, probs)`` is
+    called as each fold finishes (a training run's progress, cancellation and out-of-fold probabilities).
 
     ``field_copies``: also train on that many field-like copies of each training cell
     (:func:`augmented_features`); test folds are always scored on the original crops."""
@@ -229,6 +232,8 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
         model = TextureModel(booster, spec, CLASS_NAMES, names)
         probs = model.predict_features(x[test])
         oof[test], fold_of[test] = probs, k
+        if on_fold is not None:
+            on_fold(k, test, probs)
         gain += booster.feature_importance("gain")
         m = classification_metrics(y[test], probs.argmax(1))
         sm = specimen_metrics(y[test], probs, groups[test])

@@ -111,10 +111,23 @@ class ModelVersion(CreatedAt, Base):
                                               default=ModelStage.CANDIDATE)
     stage_reason: Mapped[str | None] = mapped_column(Text, comment="why promoted / kept / archived")
     artifact_uri: Mapped[str] = mapped_column(String(1024))
-    sha256: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))  # identity: analysis.models.files.combined_sha256
+    entry_file: Mapped[str | None] = mapped_column(
+        String(255), comment="the file under artifact_uri the loader opens; NULL: weights.safetensors")
+    files: Mapped[dict[str, Any] | None] = mapped_column(
+        comment="artefact file name -> sha256, checked on fetch; NULL: the weights file alone (sha256)")
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     data_hash: Mapped[str | None] = mapped_column(String(64))
     code_version: Mapped[str | None] = mapped_column(String(64))
     training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id", ondelete="SET NULL"))
     promoted_at: Mapped[datetime | None]
+
+    @property
+    def family(self) -> str | None:
+        """A cell classifier's family: ``fused`` (its entry file is a ``hep2-cell-ensemble/1`` JSON; a bundled
+        one is registered as ``bundled:<json>+<members>``) or ``cnn``."""
+        if self.task is not ModelTask.CELL_PATTERN:
+            return None
+        entry = (self.entry_file or self.artifact_uri.removeprefix("bundled:")).split("+")[0]
+        return "fused" if entry.endswith(".json") else "cnn"

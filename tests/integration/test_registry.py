@@ -1,18 +1,28 @@
-"""Model registry on real PostgreSQL + S3: publish, promotion policy, roll-back, workers follow production."""
+"""Model registry on real PostgreSQL + S3: publish, promotion policy, roll-back, workers follow production;
+fused versions (several files, each checked on fetch) and CNN versions side by side."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select, update
 
+from analysis.analyze import Models
+from analysis.descriptors import DescriptorSpec, extract
 from analysis.models.classifier import ModelConfig, create_model, save_checkpoint
+from analysis.models.fused import FusedCellClassifier, load_cell_classifier
+from analysis.segmentation import ClassicalSegmenter
+from analysis.texture_model import TextureModel
 from db.models import AnalysisAttempt, AuditEvent, ModelStage, ModelTask, ModelVersion, SlideImage
 from db.session import session_scope
 from hep2.storage import storage_from_settings
 from tests.integration import uploads as up
+from tests.training.test_texture import FAST, crops
 from training import registry
+from training.fusion import write_fused_model
+from training.texture import fit_texture
 from workers.celery_app import create_celery_app
 
 pytestmark = pytest.mark.integration
@@ -30,6 +40,18 @@ def weights(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def fused(tmp_path: Path, weights: Path) -> Path:
+    """A fused model file (CNN + texture members beside it), as ``training.fusion`` writes it."""
+    cells, y = crops(4)
+    spec = DescriptorSpec()
+    _, texture = TextureModel(fit_texture(extract(cells, spec), y, FAST), spec).save(tmp_path / "texture")
+    result = {"final_weights": np.stack([np.full(6, 0.4), np.full(6, 0.6)]), "groups": np.array(["a", "b"] * 6),
+              "nested": {"fused_oof": np.full((12, 6), 1 / 6), "protocol": "test", "cnn_weights_per_fold": {},
+                         "cv_mean": {}, "pooled": {}, "specimen": {}}, "n_groups": 2, "members": {}}
+    return write_fused_model(result, weights, texture, tmp_path / "fused" / "model.json", {"name": "test"})
+
+
+@pytest.fixture
 def clean_registry(service_env: dict[str, str]):
     """Each test starts without cell-pattern versions and leaves none in production."""
     def archive_all() -> None:
@@ -41,7 +63,7 @@ def clean_registry(service_env: dict[str, str]):
     archive_all()
 
 
-def publish(weights: Path, metrics: dict) -> int:
+def publish(weights: Path, metrics: dict) -> int:  # a checkpoint, or a fused model's JSON
     with session_scope() as session:
         row = registry.publish(session, storage_from_settings(), ModelTask.CELL_PATTERN, weights,
                                {"metrics": metrics, "data_hash": "d" * 64, "code_version": "test"}, actor="ops")
@@ -135,3 +157,56 @@ def test_worker_model_cache_applies_the_lab_segmenter_parameters(service_env: di
         second = cache.get(session, storage, settings, load_config(lab))
     assert second is not first and second.segmenter == ClassicalSegmenter(dot_radius=2, min_area=60)
     assert second.versions()["segmenter"]["params"]["dot_radius"] == 2
+
+
+def test_a_fused_version_holds_its_member_files_each_checked_on_fetch(clean_registry, fused: Path,
+                                                                      tmp_path: Path) -> None:
+    version_id = publish(fused, {"cv": cv(0.8)})
+    storage = storage_from_settings()
+    with session_scope() as session:
+        row = session.get(ModelVersion, version_id)
+        session.expunge(row)
+    names = {"model.json", "model-cnn.safetensors", "model-texture.json", "model-texture.txt.gz", "card.json"}
+    assert row.family == "fused" and row.entry_file == "model.json" and set(row.files) == names
+    for name in names - {"card.json"}:
+        assert storage.get(row.artifact_uri + name) == (fused.parent / name).read_bytes()
+
+    entry = registry.fetch(storage, row, tmp_path / "cache")
+    assert entry.name == "model.json" and isinstance(load_cell_classifier(entry, device="cpu"), FusedCellClassifier)
+    # the row's sha256 is the identity the pipeline records with a result, so results name this version
+    models = Models(ClassicalSegmenter(), classifier_weights=entry, device="cpu")
+    assert models.classifier.predict(crops(1)[0]).shape == (3, 6)
+    assert models.versions()["classifier"]["sha256"] == row.sha256
+
+    member = entry.with_name("model-texture.txt.gz")
+    member.write_bytes(member.read_bytes() + b"\0")  # a damaged cache file is downloaded again
+    assert registry.fetch(storage, row, tmp_path / "cache") == entry
+    assert member.read_bytes() == (fused.parent / "model-texture.txt.gz").read_bytes()
+
+    original = storage.get(row.artifact_uri + "model-cnn.safetensors")
+    storage.put(row.artifact_uri + "model-cnn.safetensors", original[:-1] + b"\1")  # tampered in the bucket
+    try:
+        with pytest.raises(ValueError, match=r"model-cnn\.safetensors .*SHA-256"):
+            registry.fetch(storage, row, tmp_path / "fresh-cache")
+    finally:
+        storage.put(row.artifact_uri + "model-cnn.safetensors", original)
+
+
+def test_fused_and_cnn_versions_promote_and_roll_back_alike(clean_registry, fused: Path, weights: Path) -> None:
+    from hep2.settings import get_settings
+
+    storage, settings = storage_from_settings(), get_settings()
+
+    def resolved() -> Path:
+        with session_scope() as session:
+            return registry.resolve_weights(session, storage, settings).cell_pattern
+
+    fused_id = publish(fused, {"cv": cv(0.8)})
+    assert promote(fused_id)[0] and resolved().name == "model.json"
+    cnn_id = publish(weights, {"cv": cv(0.7)})
+    ok, _ = promote(cnn_id, force=True)  # a CNN-only version stays selectable
+    assert ok and stage(fused_id) is ModelStage.ARCHIVED and resolved().name == registry.WEIGHTS_NAME
+    with session_scope() as session:
+        assert session.get(ModelVersion, cnn_id).family == "cnn"
+        assert registry.rollback(session, ModelTask.CELL_PATTERN, actor="ops@lab").id == fused_id
+    assert resolved().name == "model.json"
