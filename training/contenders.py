@@ -181,7 +181,7 @@ def _texture_cv(p: CellRecipe, data: RunData, progress: RunProgress,
     """Out-of-fold texture probabilities on the run's folds and each fold's scores (shared by contenders with
     the same texture settings)."""
     spec = texture_spec(p)
-    key = json.dumps([spec_hash(spec), p.texture_params, p.seed], sort_keys=True)
+    key = json.dumps([spec_hash(spec), p.texture_params, p.seed, p.texture_field_copies], sort_keys=True)
     if key in data.texture_cache:
         return data.texture_cache[key]
     progress.report(start, 0)  # descriptors first: a cancellation stops here
@@ -196,7 +196,8 @@ def _texture_cv(p: CellRecipe, data: RunData, progress: RunProgress,
     with tempfile.TemporaryDirectory() as tmp:
         summary = cross_validate_texture(data.table, spec, p.texture_params, tmp, seed=p.seed,
                                          n_splits=len(data.folds), split_seed=data.split_seed,
-                                         x=data.descriptors(spec), data_hash=data.data_hash, on_fold=on_fold)
+                                         x=data.descriptors(spec), data_hash=data.data_hash, on_fold=on_fold,
+                                         field_copies=p.texture_field_copies)
     folds = [{k: info[k] for k in ("mca", "accuracy", "recall")} for info in summary["fold_info"]]
     data.texture_cache[key] = (oof, folds)
     return oof, folds
@@ -220,6 +221,6 @@ def final_fit(p: CellRecipe, data: RunData, progress: RunProgress, start: float,
                                           "data_hash": data.data_hash})  # the CNN member's card
     spec = texture_spec(p)
     train_final(data.table, spec, p.texture_params, folder / "texture" / "texture", seed=p.seed,
-                x=data.descriptors(spec))
+                x=data.descriptors(spec), field_copies=p.texture_field_copies)
     progress.report(start + final_fits(p), "final")
     return write_fused_model(fusion, cnn, folder / "texture" / "texture.json", folder / "model.json", card)

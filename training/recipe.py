@@ -46,6 +46,7 @@ class CellRecipe:
     family: Literal["cnn", "fused"] = "cnn"  # service runs: the CNN alone, or CNN + texture fused (see above)
     texture_descriptor: dict[str, Any] | None = None  # DescriptorSpec fields; None: texture.SHIPPED_DESCRIPTOR
     texture_params: dict[str, Any] = field(default_factory=dict)  # LightGBM overrides of texture.DEFAULT_PARAMS
+    texture_field_copies: int = 0  # field-like copies of each training cell for the texture model
 
     def __post_init__(self) -> None:
         if self.family not in ("cnn", "fused"):
