@@ -107,7 +107,7 @@ def measure_cells(field: FieldImage, labels: np.ndarray, config: CellConfig | No
     if labels.shape != field.shape:
         raise ValueError(f"labels {labels.shape} and field {field.shape} differ in shape")
     h, w = field.shape
-    near_annotation = (ndimage.binary_dilation(field.annotation_mask, iterations=cfg.annotation_px)
+    near_annotation = (dilate_cross(field.annotation_mask, cfg.annotation_px)
                        if field.annotation_mask.any() else field.annotation_mask)
     cells: list[Cell] = []
     for index, sl in enumerate(ndimage.find_objects(labels), start=1):

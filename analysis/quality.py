@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import ndimage
 
-from analysis.segmentation import fill_annotations
+from analysis.segmentation import dilate_cross, gaussian_filter
 from analysis.types import FieldImage, InvalidImageError
 
 
@@ -122,7 +122,7 @@ _GAIN_COARSE = _white_noise_gain(_impulse(COARSE))
 
 
 def _grey(image: FieldImage) -> np.ndarray:
-    return fill_annotations(image.signal, image.annotation_mask).astype(np.float64) * 255.0
+    return image.filled.astype(np.float64) * 255.0
 
 
 def measure(image: FieldImage) -> QualityReport:
@@ -132,7 +132,7 @@ def measure(image: FieldImage) -> QualityReport:
     p_lo, p99, p_hi = np.percentile(free, [0.5, 99.0, 99.5])
     sigma = noise_sigma(grey)
     small = grey[::2, ::2] if min(grey.shape) >= 512 else grey  # the band energies, at half the cost
-    smooth_std = float(np.std(ndimage.gaussian_filter(grey, SMOOTH_SIGMA)))
+    smooth_std = float(np.std(gaussian_filter(grey, SMOOTH_SIGMA)))
     structure = smooth_std / (sigma * np.sqrt(_GAIN_SMOOTH))
     focus = _focus(small, sigma)
     saturated = float(np.mean(image.signal[~image.annotation_mask] >= 0.999)) if free.size else 0.0
@@ -145,7 +145,7 @@ def measure(image: FieldImage) -> QualityReport:
 
 def _focus(grey: np.ndarray, sigma: float) -> float | None:
     """Fine-band energy / coarse-band energy, noise energy subtracted from each (None: no coarse detail)."""
-    g1, g25, g8 = (ndimage.gaussian_filter(grey, s) for s in (FINE[0], FINE[1], COARSE[1]))
+    g1, g25, g8 = (gaussian_filter(grey, s) for s in (FINE[0], FINE[1], COARSE[1]))
     fine = max(float(np.var(g1 - g25)) - sigma**2 * _GAIN_FINE, 0.0)
     coarse = max(float(np.var(g25 - g8)) - sigma**2 * _GAIN_COARSE, 0.0)
     return fine / coarse if coarse > 0 else None
@@ -196,14 +196,14 @@ def count_nuclei(image: FieldImage, config: QualityConfig | None = None) -> int:
     sigma = noise_sigma(half)
     score = np.full(half.shape, -np.inf)
     for s in (v / 2 for v in cfg.nucleus_sigmas):
-        dog = ndimage.gaussian_filter(half, s) - ndimage.gaussian_filter(half, 1.6 * s)
+        dog = gaussian_filter(half, s) - gaussian_filter(half, 1.6 * s)
         score = np.maximum(score, dog / (sigma * np.sqrt(_white_noise_gain(_impulse((s, 1.6 * s))))))
     window = max(3, round(cfg.min_separation / 2)) | 1
     peaks = (score == ndimage.maximum_filter(score, size=window)) & (score >= cfg.nucleus_snr)
     margin = max(1, round(max(cfg.nucleus_sigmas)))  # 2 σ of the largest scale, in half-resolution px
     peaks[:margin], peaks[-margin:], peaks[:, :margin], peaks[:, -margin:] = False, False, False, False
     if image.annotation_mask.any():
-        near = ndimage.binary_dilation(image.annotation_mask[:h:2, :w:2], iterations=margin)
+        near = dilate_cross(image.annotation_mask[:h:2, :w:2], margin)
         peaks &= ~near
     return int(peaks.sum())
 
