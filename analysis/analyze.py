@@ -171,14 +171,15 @@ def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, conf
         raise RuntimeError(f"segmenter returned {labels.shape} for an image of {image.shape}")
     labels = labels.astype(np.int32, copy=False)
     lap("segment")
-    cells = measure_cells(image, labels, cfg.cells)
+    background = background_level(image, labels)  # (median, sigma): used by cells, intensity and specimen
+    cells = measure_cells(image, labels, cfg.cells, background=background[0])
     lap("cells")
-    intensity = measure_intensity(image, labels, cells, sidecar, cfg.intensity)
+    intensity = measure_intensity(image, labels, cells, sidecar, cfg.intensity, background=background)
     lap("intensity")
     if intensity.intensity_class != "negative":
         classify_cells(image, labels, cells, models.classifier, cfg.cells)
     lap("classify")
-    ratio = cytoplasm_ratio(image, labels, cells, background_level(image, labels)[0])
+    ratio = cytoplasm_ratio(image, labels, cells, background[0])
     rules = specimen_rules(cfg.specimen, models.classifier) if intensity.intensity_class != "negative" \
         else cfg.specimen
     specimen = aggregate(cells, intensity.intensity_class, ratio, rules,

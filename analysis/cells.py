@@ -101,13 +101,16 @@ def _elongation(ys: np.ndarray, xs: np.ndarray) -> float:
     return float(np.sqrt(max(ev[1], 1e-6) / max(ev[0], 1e-6)))
 
 
-def measure_cells(field: FieldImage, labels: np.ndarray, config: CellConfig | None = None) -> list[Cell]:
-    """One :class:`Cell` per label with bbox, centroid, area, intensities, filters and the mitotic flag."""
+def measure_cells(field: FieldImage, labels: np.ndarray, config: CellConfig | None = None,
+                  background: float | None = None) -> list[Cell]:
+    """One :class:`Cell` per label with bbox, centroid, area, intensities, filters and the mitotic flag.
+
+    ``background``: the field's :func:`background_level` median when the caller has it (computed if not)."""
     cfg = config or CellConfig()
     if labels.shape != field.shape:
         raise ValueError(f"labels {labels.shape} and field {field.shape} differ in shape")
     h, w = field.shape
-    near_annotation = (ndimage.binary_dilation(field.annotation_mask, iterations=cfg.annotation_px)
+    near_annotation = (dilate_cross(field.annotation_mask, cfg.annotation_px)
                        if field.annotation_mask.any() else field.annotation_mask)
     cells: list[Cell] = []
     for index, sl in enumerate(ndimage.find_objects(labels), start=1):
@@ -129,7 +132,7 @@ def measure_cells(field: FieldImage, labels: np.ndarray, config: CellConfig | No
             cell.excluded = "annotation"
         cells.append(cell)
     _size_filter(cells, cfg)
-    flag_mitotic(cells, background_level(field, labels)[0], cfg)
+    flag_mitotic(cells, background_level(field, labels)[0] if background is None else background, cfg)
     return cells
 
 

@@ -17,10 +17,9 @@ docs/pipeline.md.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from analysis.cells import Cell
-from analysis.segmentation import distance_transform
+from analysis.segmentation import distance_transform, gaussian_filter
 
 
 def fibrillar_index(image: np.ndarray, mask: np.ndarray, sigma: float = 1.5, core: float = 0.4) -> float | None:
@@ -30,9 +29,9 @@ def fibrillar_index(image: np.ndarray, mask: np.ndarray, sigma: float = 1.5, cor
     own = np.asarray(mask) > 0
     if own.sum() < 20:
         return None
-    hxx = ndimage.gaussian_filter(x, sigma, order=(0, 2))
-    hyy = ndimage.gaussian_filter(x, sigma, order=(2, 0))
-    hxy = ndimage.gaussian_filter(x, sigma, order=(1, 1))
+    hxx = gaussian_filter(x, sigma, (0, 2))
+    hyy = gaussian_filter(x, sigma, (2, 0))
+    hxy = gaussian_filter(x, sigma, (1, 1))
     half_trace = (hxx + hyy) / 2
     spread = np.sqrt(np.maximum(half_trace ** 2 - (hxx * hyy - hxy ** 2), 0))
     l1, l2 = half_trace - spread, half_trace + spread  # l1 <= l2

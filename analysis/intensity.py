@@ -75,10 +75,12 @@ def exposure_from(sidecar: dict | None) -> float | None:
 
 
 def measure_intensity(field: FieldImage, labels: np.ndarray, cells: list[Cell], sidecar: dict | None = None,
-                      config: IntensityConfig | None = None) -> IntensityResult:
-    """The index and class of one field from its cells (see module docstring)."""
+                      config: IntensityConfig | None = None,
+                      background: tuple[float, float] | None = None) -> IntensityResult:
+    """The index and class of one field from its cells (see module docstring); ``background``: the field's
+    :func:`background_level` when the caller has it (computed if not)."""
     cfg = config or IntensityConfig()
-    bg, sigma = background_level(field, labels)
+    bg, sigma = background or background_level(field, labels)
     used = [c for c in cells if c.excluded is None and not c.mitotic]
     if len(used) >= cfg.min_cells:
         sl_values = []

@@ -33,20 +33,13 @@ def normalize(signal: np.ndarray, lo: float = 0.5, hi: float = 99.8, floor: floa
     return np.clip((signal - p_lo) / max(p_hi - p_lo, floor), 0.0, 2.0).astype(np.float32)
 
 
-def fill_annotations(signal: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``signal`` with the annotation pixels replaced by the median of the unmasked ones (the background)."""
-    if not mask.any():
-        return signal
-    out = signal.copy()
-    out[mask] = np.median(signal[~mask]) if (~mask).any() else 0.0
-    return out
-
-
 def drop_annotated(labels: np.ndarray, mask: np.ndarray, margin: int = 2) -> np.ndarray:
     """Remove every instance that touches the annotation mask (dilated by ``margin``), then relabel."""
     if mask.any():
-        touched = np.unique(labels[ndimage.binary_dilation(mask, iterations=margin)])
-        labels = np.where(np.isin(labels, touched[touched > 0]), 0, labels)
+        touched = np.zeros(int(labels.max()) + 1, bool)
+        touched[labels[dilate_cross(mask, margin)]] = True
+        touched[0] = False
+        labels = np.where(touched[labels], 0, labels)
     return relabel(labels)
 
 
@@ -350,6 +343,35 @@ def distance_transform(foreground: np.ndarray) -> np.ndarray:
     return np.sqrt(np.rint(np.square(d, dtype=np.float64)))
 
 
+def gaussian_kernel(sigma: float, order: int = 0, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage's 1-D Gaussian (``order`` 0, 1 or 2: derivative) weights, radius ``int(truncate σ + ½)``,
+    reversed for correlation (as scipy applies them)."""
+    if order not in (0, 1, 2):
+        raise ValueError("order must be 0, 1 or 2")
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    var = float(sigma) * float(sigma)
+    phi = np.exp(-0.5 / var * x * x)
+    phi /= phi.sum()
+    poly = (np.ones_like(x), -x / var, x * x / (var * var) - 1.0 / var)[order]
+    return np.ascontiguousarray((poly * phi)[::-1])
+
+
+def gaussian_filter(image: np.ndarray, sigma: float, order: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(image, sigma, order=order)`` (2-D, mode ``reflect``, truncate 4) with
+    OpenCV, 2-6× faster; the same values up to float rounding. Like scipy, float32 input is filtered along
+    axis 0, rounded to float32, then along axis 1 (each pass accumulating in float64); float64 in one pass."""
+    ky, kx = gaussian_kernel(sigma, order[0]), gaussian_kernel(sigma, order[1])
+    if image.ndim != 2 or image.dtype not in (np.float32, np.float64) or min(image.shape) <= len(kx) // 2:
+        return ndimage.gaussian_filter(image, sigma, order=order)
+    src, one = np.ascontiguousarray(image, np.float64), np.ones(1)
+    if image.dtype == np.float64:
+        return cv2.sepFilter2D(src, cv2.CV_64F, kx, ky, borderType=cv2.BORDER_REFLECT)
+    cols = cv2.sepFilter2D(src, cv2.CV_64F, one, ky, borderType=cv2.BORDER_REFLECT).astype(np.float32)
+    return cv2.sepFilter2D(cols.astype(np.float64), cv2.CV_64F, kx, one,
+                           borderType=cv2.BORDER_REFLECT).astype(np.float32)
+
+
 def disk(radius: int) -> np.ndarray:
     """Boolean disc footprint of the given radius (``2 * radius + 1`` px a side)."""
     y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
@@ -405,17 +427,17 @@ class ClassicalSegmenter:
     name: ClassVar[str] = "classical"
 
     def segment(self, field: FieldImage) -> np.ndarray:
-        signal = fill_annotations(field.signal, field.annotation_mask).astype(np.float32, copy=False)
-        smooth = ndimage.gaussian_filter(signal, self.sigma)
+        signal = field.filled.astype(np.float32, copy=False)
+        smooth = gaussian_filter(signal, self.sigma)
         threshold = otsu_threshold(smooth[::2, ::2].ravel())
         if threshold - float(np.median(smooth)) < self.min_contrast:
             return np.zeros(signal.shape, np.int32)
         if self.dot_radius > 0:
             opened = grey_opening(signal, disk(self.dot_radius))
-            smooth = ndimage.gaussian_filter(opened, self.sigma)
+            smooth = gaussian_filter(opened, self.sigma)
             threshold = otsu_threshold(smooth[::2, ::2].ravel())
         foreground = fill_holes(binary_opening_cross(smooth > threshold))
-        dist = ndimage.gaussian_filter(distance_transform(foreground), 1.0) * foreground
+        dist = gaussian_filter(distance_transform(foreground), 1.0) * foreground
         markers, _ = ndimage.label(h_maxima(dist, self.h, foreground))
         labels = watershed_split(foreground, dist / max(float(dist.max()), 1e-6), markers)
         labels = size_filter(labels, self.min_area, int(self.max_area_fraction * signal.size))
@@ -440,7 +462,7 @@ def estimate_scale(signal: np.ndarray, nucleus_px: float = 28.0, lo: float = 0.1
     downsampled signal smoothed with sigma 2; components under 20 px ignored), so that speckles and debris
     do not count; ``default`` when there is no foreground.
     """
-    small = ndimage.gaussian_filter(signal[::2, ::2].astype(np.float32), 2.0)
+    small = gaussian_filter(signal[::2, ::2].astype(np.float32), 2.0)
     threshold = otsu_threshold(small.ravel())
     if threshold - float(np.median(small)) < 0.015:
         return default

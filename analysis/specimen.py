@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, Field
-from scipy import ndimage
 
 from analysis.cells import Cell
+from analysis.segmentation import dilate_cross
 from analysis.types import FieldImage
 from hep2.vocabulary import CELL_PATTERNS, ICAP_CODES, NEGATIVE, OTHER, Pattern
 
@@ -90,7 +90,7 @@ def cytoplasm_ratio(field_image: FieldImage, labels: np.ndarray, cells: list[Cel
         y0, x0, y1, x1 = c.bbox
         sl = (slice(max(y0 - r, 0), min(y1 + r, h)), slice(max(x0 - r, 0), min(x1 + r, w)))
         own = labels[sl] == c.label
-        ring = ndimage.binary_dilation(own, iterations=r) & (labels[sl] == 0) & ~field_image.annotation_mask[sl]
+        ring = dilate_cross(own, r) & (labels[sl] == 0) & ~field_image.annotation_mask[sl]
         ratio = _ring_ratio(sig[sl][own], sig[sl][ring], background)
         if ratio is not None:
             ratios.append(ratio)
@@ -126,7 +126,7 @@ def crop_cytoplasm_ratio(image: np.ndarray, mask: np.ndarray) -> float | None:
     img, own = np.asarray(image, np.float64), np.asarray(mask) > 0
     if own.sum() < 20 or (~own).sum() < 50:
         return None
-    ring = ndimage.binary_dilation(own, iterations=ring_width(own.sum())) & ~own
+    ring = dilate_cross(own, ring_width(own.sum())) & ~own
     return _ring_ratio(img[own], img[ring], float(np.percentile(img[~own], 10)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -33,6 +34,18 @@ class FieldImage:
     @property
     def shape(self) -> tuple[int, int]:
         return self.signal.shape  # type: ignore[return-value]
+
+    @cached_property
+    def filled(self) -> np.ndarray:
+        """``signal`` with the annotation pixels replaced by the median of the others (the background), as
+        the quality gate and the segmenter use it; computed once per field (read-only: do not modify)."""
+        mask = self.annotation_mask
+        if not mask.any():
+            return self.signal
+        out = self.signal.copy()
+        out[mask] = np.median(self.signal[~mask]) if (~mask).any() else 0.0
+        out.setflags(write=False)
+        return out
 
 
 class Segmenter(Protocol):

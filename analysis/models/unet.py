@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from analysis.device import resolve_device
 from analysis.models import DEFAULT_SEGMENTER, checkpoint
-from analysis.segmentation import estimate_scale, fill_annotations, labels_from_maps, normalize, tiles
+from analysis.segmentation import estimate_scale, labels_from_maps, normalize, tiles
 from analysis.types import FieldImage
 
 FAMILY = "segmenter"
@@ -121,7 +121,7 @@ class UnetSegmenter:
         return np.clip(out[0], 0, 1), np.clip(out[1], 0, 1)
 
     def segment(self, field: FieldImage) -> np.ndarray:
-        signal = fill_annotations(field.signal, field.annotation_mask)
+        signal = field.filled
         prob, dist = self.predict(signal)
         return labels_from_maps(prob, dist, field.annotation_mask, self.fg_threshold, self.marker_threshold,
                                 self.min_area)

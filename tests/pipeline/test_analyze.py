@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from analysis.analyze import Models, analyze_field
 from analysis.cells import measure_cells
 from analysis.models import DEFAULT_CELL_MODEL
-from analysis.overlay import COLOURS, render_overlay
+from analysis.overlay import COLOURS, encode_png, render_overlay
 from analysis.segmentation import ClassicalSegmenter
 from analysis.types import InvalidImageError
 from hep2.synthetic import synthetic_field, synthetic_png
@@ -90,6 +90,12 @@ def test_overlay_colours_outlines_by_class() -> None:
     edge = rgb[60, 40]  # the left edge of the first disk
     assert tuple(edge) == COLOURS["speckled"]
     assert tuple(rgb[60, 140]) == COLOURS["golgi"]
+
+
+def test_overlay_png_is_lossless() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8)
+    rgb[:, :20] = rgb[:, :20].max(axis=2, keepdims=True)  # grey part, as in an overlay
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_png(rgb)))), rgb)
 
 
 def test_real_field_with_bundled_models(shared_data: Path) -> None:

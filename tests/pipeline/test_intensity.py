@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from analysis.cells import measure_cells
+from analysis.cells import background_level, measure_cells
 from analysis.intensity import IntensityConfig, classify_index, exposure_from, measure_intensity
 from hep2.vocabulary import Pattern
 from tests.pipeline.helpers_stages import agh_crop, make_field, synthetic, threshold_labels
@@ -24,6 +24,15 @@ def test_bright_stain_positive_and_blank_negative_on_the_same_cells() -> None:
     assert pos.basis == "cells" and pos.cells_used >= 5
     assert pos.intensity_class == "positive" and neg.intensity_class == "negative"
     assert pos.index > 10 * max(neg.index, 1.0) and pos.snr > neg.snr
+
+
+def test_a_given_background_is_the_computed_one() -> None:
+    field = synthetic(Pattern.SPECKLED, brightness=120.0, seed=4)
+    labels = threshold_labels(field.signal)
+    background = background_level(field, labels)
+    cells = measure_cells(field, labels, background=background[0])
+    assert cells == measure_cells(field, labels)
+    assert measure_intensity(field, labels, cells, background=background) == measure_intensity(field, labels, cells)
 
 
 def test_exposure_normalises_the_index() -> None:

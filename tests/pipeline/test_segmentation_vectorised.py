@@ -16,6 +16,7 @@ from analysis.segmentation import (
     disk,
     distance_transform,
     fill_holes,
+    gaussian_filter,
     grey_opening,
     h_maxima,
     reconstruct,
@@ -172,6 +173,39 @@ def test_opencv_equivalents_give_scipys_values() -> None:
         labels[labels % 3 == 0] = 0
         np.testing.assert_array_equal(relabel(labels), ref_relabel(labels))
     assert np.array_equal(distance_transform(np.ones((9, 9), bool)), ndimage.distance_transform_edt(np.ones((9, 9))))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_opencv_gaussian_gives_scipys_values(dtype: type) -> None:
+    rng = np.random.default_rng(7)
+    for shape in ((40, 57), (300, 200), (5, 30)):
+        img = (rng.random(shape) * rng.integers(1, 300)).astype(dtype)
+        for sigma in (1.0, 1.5, 2.0, 6.4, 14.4):
+            for order in ((0, 0), (0, 2), (2, 0), (1, 1)):
+                got, want = gaussian_filter(img, sigma, order), ndimage.gaussian_filter(img, sigma, order=order)
+                assert got.dtype == want.dtype
+                if dtype is np.float32 and order == (0, 0):  # scipy's float32 passes, rounded alike: equal
+                    np.testing.assert_array_equal(got, want)
+                else:  # summation order differs: equal up to float rounding
+                    np.testing.assert_allclose(got, want, rtol=0, atol=2e-13 if dtype is np.float64 else 2e-6
+                                               * max(1.0, float(np.abs(want).max())))
+
+
+def test_field_filled_replaces_annotations_by_the_median_once() -> None:
+    from analysis.types import FieldImage
+
+    rng = np.random.default_rng(8)
+    signal = rng.random((30, 40)).astype(np.float32)
+    mask = np.zeros(signal.shape, bool)
+    mask[2:6, 3:20] = True
+    field = FieldImage(signal=signal, bit_depth=8, source_format="PNG", channel_rule="", annotation_mask=mask)
+    want = signal.copy()
+    want[mask] = np.median(signal[~mask])
+    np.testing.assert_array_equal(field.filled, want)
+    assert field.filled is field.filled and not field.filled.flags.writeable
+    plain = FieldImage(signal=signal, bit_depth=8, source_format="PNG", channel_rule="",
+                       annotation_mask=np.zeros(signal.shape, bool))
+    assert plain.filled is signal
 
 
 def test_batched_tta_equals_one_pass_per_view() -> None:
