@@ -195,8 +195,9 @@ def train_texture(
     seed: int = RECIPE.seed,
     cv: Annotated[bool, typer.Option(help="Run the grouped cross-validation.")] = True,
     final_fit: Annotated[bool, typer.Option(help="Fit on all cells: <out>/texture.{txt,json}.")] = True,
-    field_copies: Annotated[int, typer.Option(min=0, help="Also train on this many field-like copies of each "
-                                                          "cell (training.texture.perturb_crops).")] = 0,
+    field_copies: Annotated[int, typer.Option(
+        min=0, help="Also train on this many field-like copies of each cell (training.texture.perturb_crops).",
+    )] = RECIPE.texture_field_copies,
 ) -> None:
     """The texture-feature cell model (descriptors + LightGBM): grouped CV on the CNN's folds, final fit."""
     from analysis.descriptors import DescriptorSpec  # heavy (torch) with the command's other imports

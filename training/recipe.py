@@ -1,16 +1,16 @@
 """The one training recipe of the cell classifier: every default of ``hep2 train cells`` and of the
 service's retraining runs (:class:`training.retrain.RunParameters`) comes from :data:`RECIPE`.
 
-The defaults are the recipe of the shipped model (``analysis/weights/cells-default.json``, row O4 in
-docs/benchmarks.md); change them here, once, when a better recipe is shipped.
+The defaults are the recipe of the shipped model (``analysis/weights/cells-fused.json``: the CNN
+``cells-default``, row O4 in docs/benchmarks.md, fused with the texture member T3); change them here, once,
+when a better recipe is shipped.
 
-``family`` is what a service training run trains: ``cnn`` (the CNN alone) or ``fused`` (the CNN and the
-texture model, cross-validated on the same folds and fused per class, :mod:`training.fusion`). It follows
-the product's default cell model (:func:`analysis.models.fused.default_cell_model`): ``cnn`` while the shipped
-fused model is not promoted (whole fields: 9/11 vs the CNN's 10/11, docs/benchmarks.md), because the
-promotion policy sees only the cell-level grouped CV and would otherwise put an unchecked fused model into
-production. The texture family adds ~10% to a run (descriptors once, a LightGBM fit per fold). Set
-``family = "fused"`` here when the fused model is promoted; a run can always ask for either.
+``family`` is what a service training run trains: ``fused`` (the CNN and the texture model, cross-validated
+on the same folds and fused per class, :mod:`training.fusion`; the product's default cell model since it was
+checked on whole fields, :func:`analysis.models.fused.default_cell_model`) or ``cnn`` (the CNN alone, still
+selectable per run). The texture family adds ~10-15% to a run (descriptors once plus one field-like copy, a
+LightGBM fit per fold). A run is compared with the production version re-trained in that version's own
+family on the same folds.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ class CellRecipe:
     val_fraction: float = 0.125  # inner validation share of each training fold, drawn by group
     seed: int = 0  # initialisation, sampling, augmentation
     split_seed: int = 0  # folds and inner splits: runs with other training seeds share them
-    family: Literal["cnn", "fused"] = "cnn"  # service runs: the CNN alone, or CNN + texture fused (see above)
+    family: Literal["cnn", "fused"] = "fused"  # service runs: the CNN alone, or CNN + texture fused (see above)
     texture_descriptor: dict[str, Any] | None = None  # DescriptorSpec fields; None: texture.SHIPPED_DESCRIPTOR
     texture_params: dict[str, Any] = field(default_factory=dict)  # LightGBM overrides of texture.DEFAULT_PARAMS
-    texture_field_copies: int = 0  # field-like copies of each training cell for the texture model
+    texture_field_copies: int = 1  # field-like copies of each training cell for the texture model (T3)
 
     def __post_init__(self) -> None:
         if self.family not in ("cnn", "fused"):

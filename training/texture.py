@@ -65,9 +65,11 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
-SHIPPED_DESCRIPTOR: dict[str, Any] = {"lbp": [[r, 8] for r in range(1, 7)], "lbp_sigmas": [0, 1, 2]}
-"""The descriptor set of the shipped texture member ("scale" in docs/benchmarks.md: LBP radii 1-6 after
-Gaussian pre-smoothing σ 0/1/2); every other field is :class:`DescriptorSpec`'s default."""
+SHIPPED_DESCRIPTOR: dict[str, Any] = {"lbp": [[r, 8] for r in range(1, 7)], "lbp_sigmas": [0, 1, 2], "cell_size": 42}
+"""The descriptor set of the shipped texture member (T3 in docs/benchmarks.md: LBP radii 1-6 after Gaussian
+pre-smoothing σ 0/1/2, each crop resized so its cell's equivalent side is 42 px, the I3A median); every other
+field is :class:`DescriptorSpec`'s default. Trained with one field-like copy of each cell
+(``RECIPE.texture_field_copies``)."""
 
 
 def balanced_weights(y: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
