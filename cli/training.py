@@ -193,7 +193,9 @@ def train_texture(
     folds: Annotated[int, typer.Option(min=2)] = RECIPE.folds,
     split_seed: Annotated[int, typer.Option(help="Seed of the folds (the CNN runs' one).")] = RECIPE.split_seed,
     seed: int = RECIPE.seed,
-    cv: Annotated[bool, typer.Option(help="Run the grouped cross-validation.")] = True,
+    cv: Annotated[bool, typer.Option(help="Run the cross-validation.")] = True,
+    protocol: Annotated[str, typer.Option(help="grouped (by specimen_group) or random (cells; inflated, only to "
+                                               "compare with papers).")] = "grouped",
     final_fit: Annotated[bool, typer.Option(help="Fit on all cells: <out>/texture.{txt,json}.")] = True,
     field_copies: Annotated[int, typer.Option(
         min=0, help="Also train on this many field-like copies of each cell (training.texture.perturb_crops).",
@@ -212,9 +214,9 @@ def train_texture(
     spec = DescriptorSpec.from_dict(json.loads(descriptor) if descriptor else SHIPPED_DESCRIPTOR)
     if cv:
         summary = cross_validate_texture(table, spec, None, out, seed=seed, n_splits=folds, split_seed=split_seed,
-                                         field_copies=field_copies)
+                                         field_copies=field_copies, protocol=protocol)
         mean = summary["cv_mean"]
-        typer.echo(f"grouped: MCA {mean['mca']['mean']:.4f} ± {mean['mca']['std']:.4f}, pooled MCA "
+        typer.echo(f"{protocol}: MCA {mean['mca']['mean']:.4f} ± {mean['mca']['std']:.4f}, pooled MCA "
                    f"{summary['pooled']['mca']:.4f}, golgi recall (pooled) "
                    f"{summary['pooled']['per_class']['golgi']['recall']}")
         _echo_specimens(summary["specimen"])

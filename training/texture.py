@@ -52,7 +52,7 @@ import numpy as np
 
 from analysis.descriptors import Crop, DescriptorSpec, extract, feature_names
 from analysis.texture_model import TextureModel
-from training.cv import grouped_kfold
+from training.cv import grouped_kfold, random_kfold
 from training.datasets import CellTable
 from training.metrics import CLASS_NAMES, classification_metrics, summarize_folds
 from training.specimen_metrics import specimen_metrics
@@ -205,14 +205,18 @@ def write_oof(path: Path, table: CellTable, y: np.ndarray, fold_of: np.ndarray, 
 def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[str, Any] | None,
                            out_dir: str | Path, seed: int = 0, n_splits: int = 5, split_seed: int = 0,
                            x: np.ndarray | None = None, data_hash: str | None = None,
-                           field_copies: int = 0,
+                           field_copies: int = 0, protocol: str = "grouped",
                            on_fold: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> dict[str, Any]:
     """Grouped K-fold CV (``grouped_kfold(y, groups, n_splits, split_seed)``) of the texture model; writes
     ``cv.json`` and ``oof.csv`` to ``out_dir`` and returns the summary. ``on_fold(k, test, probs)`` is
     called as each fold finishes (a training run's progress, cancellation and out-of-fold probabilities).
 
     ``field_copies``: also train on that many field-like copies of each training cell
-    (:func:`augmented_features`); test folds are always scored on the original crops."""
+    (:func:`augmented_features`); test folds are always scored on the original crops. ``protocol="random"``:
+    stratified K-fold over cells instead (``random_kfold``, the folds of ``hep2 train cells --protocol
+    random``), only to compare with published random-split numbers."""
+    if protocol not in ("grouped", "random"):
+        raise ValueError(f"protocol must be grouped or random, not {protocol!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y, groups = table.labels, table.groups
@@ -221,7 +225,8 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
     if x is None:
         x, feat_meta = cached_features(table, spec, data_hash)
     copies = augmented_features(table, spec, field_copies, seed, data_hash) if field_copies else []
-    folds = grouped_kfold(y, groups, n_splits, split_seed)
+    folds = (grouped_kfold(y, groups, n_splits, split_seed) if protocol == "grouped"
+             else random_kfold(y, n_splits, split_seed))
     oof = np.full((len(y), len(CLASS_NAMES)), np.nan, np.float32)
     fold_of = np.full(len(y), -1)
     fold_metrics, fold_info = [], []
@@ -249,7 +254,7 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
     top = np.argsort(-gain)[:30]
     summary = {
         "model": "texture (handcrafted descriptors + LightGBM)", "data_hash": data_hash, "n_cells": len(y),
-        "n_groups": len(set(groups.tolist())), "protocol": "grouped", "folds": n_splits, "split_seed": split_seed,
+        "n_groups": len(set(groups.tolist())), "protocol": protocol, "folds": n_splits, "split_seed": split_seed,
         "seed": seed, "descriptor": spec.to_dict(), "field_copies": field_copies, "n_features": len(names),
         "params": {**DEFAULT_PARAMS, **(params or {})}, "features": {k: v for k, v in feat_meta.items()
                                                                      if k not in ("feature_names", "spec")},

@@ -192,6 +192,14 @@ def test_grouped_cv_writes_experiment_files(make_i3a_folder, tmp_path: Path, mon
     assert len(list((tmp_path / "cache").glob("*-field0.npy"))) == 1  # one cached field-like copy
     assert with_copies["field_copies"] == 1 and [f["n_train"] for f in with_copies["fold_info"]] == [
         f["n_train"] for f in s["fold_info"]]  # cells trained on (their copies are extra rows), tested on originals
+    random = cross_validate_texture(table, spec, FAST, tmp_path / "random", n_splits=2, protocol="random")
+    with (tmp_path / "random" / "oof.csv").open() as fh:
+        folds_of_group: dict[str, set[str]] = {}
+        for r in csv.DictReader(fh):
+            folds_of_group.setdefault(r["group"], set()).add(r["fold"])
+    assert random["protocol"] == "random" and any(len(f) > 1 for f in folds_of_group.values())  # cells, not groups
+    with pytest.raises(ValueError, match="protocol"):
+        cross_validate_texture(table, spec, FAST, tmp_path / "bad", n_splits=2, protocol="by-slide")
 
 
 def test_cell_size_normalises_magnification() -> None:
