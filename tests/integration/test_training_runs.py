@@ -33,7 +33,7 @@ from workers.celery_app import create_celery_app
 
 pytestmark = pytest.mark.integration
 TINY = {"arch": "resnet10_w32", "img_size": 32, "epochs": 1, "max_steps": 2, "folds": 3, "tta": 1,
-        "batch_size": 16}
+        "batch_size": 16, "family": "cnn"}  # the CNN run's machinery; fused runs: test_fused_training.py
 
 
 def tiny_i3a(shared_data: Path, target: Path, per_group: int = 4, groups_per_class: int = 3,

@@ -25,3 +25,11 @@ def test_run_parameters_refuse_unknown_fields_and_accept_every_recipe_field() ->
     with pytest.raises(ValueError, match="unknown"):
         RunParameters.from_dict({"epochz": 3})
     assert RunParameters.from_dict({"img_size": 64, "precision": "bf16"}).model_config().img_size == 64
+
+
+def test_service_runs_train_the_family_the_product_ships() -> None:
+    """Retraining produces what the pipeline runs by default: the fused family while the shipped fused model is
+    promoted, else the CNN alone (docs/operations.md)."""
+    from analysis.models.fused import fused_promoted
+
+    assert (RECIPE.family == "fused") == fused_promoted()
