@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import ndimage
 
+from analysis import stats
 from analysis.segmentation import dilate_cross, gaussian_filter
 from analysis.types import FieldImage, InvalidImageError
 
@@ -94,7 +95,7 @@ def noise_sigma(grey: np.ndarray) -> float:
     the 3×3 kernel [[1,-2,1],[-2,4,-2],[1,-2,1]] (blind to planes and ramps, so to most of the image) /
     (0.6745 × 6). Floor: 0.15 (8-bit quantisation leaves at least that much)."""
     response = cv2.filter2D(grey, cv2.CV_64F, _IMMERKAER)[1:-1, 1:-1]  # = ndimage.convolve (symmetric kernel)
-    return max(float(np.median(np.abs(response))) / (0.6745 * 6.0), 0.15)
+    return max(float(stats.median(np.abs(response))) / (0.6745 * 6.0), 0.15)  # stats.median = np.median
 
 
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
@@ -130,7 +131,7 @@ def measure(image: FieldImage) -> QualityReport:
     """The gate's measurements of one field (no decision)."""
     grey = _grey(image)
     free = grey[~image.annotation_mask] if (~image.annotation_mask).any() else grey.ravel()
-    p_lo, p99, p_hi = np.percentile(free, [0.5, 99.0, 99.5])
+    p_lo, p99, p_hi = stats.percentile(free, [0.5, 99.0, 99.5])  # = np.percentile
     sigma = noise_sigma(grey)
     small = grey[::2, ::2] if min(grey.shape) >= 512 else grey  # the band energies, at half the cost
     smooth_std = float(np.std(gaussian_filter(grey, SMOOTH_SIGMA)))

@@ -23,13 +23,14 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from analysis import stats
 from analysis.types import FieldImage
 
 
 # --------------------------------------------------------------------------------------------- helpers
 def normalize(signal: np.ndarray, lo: float = 0.5, hi: float = 99.8, floor: float = 0.02) -> np.ndarray:
     """Percentile stretch to ~[0, 1] (clipped to [0, 2]); the range is at least ``floor`` of full scale."""
-    p_lo, p_hi = np.percentile(signal, [lo, hi])
+    p_lo, p_hi = stats.percentile(signal, [lo, hi])  # = np.percentile
     return np.clip((signal - p_lo) / max(p_hi - p_lo, floor), 0.0, 2.0).astype(np.float32)
 
 
@@ -430,7 +431,7 @@ class ClassicalSegmenter:
         signal = field.filled.astype(np.float32, copy=False)
         smooth = gaussian_filter(signal, self.sigma)
         threshold = otsu_threshold(smooth[::2, ::2].ravel())
-        if threshold - float(np.median(smooth)) < self.min_contrast:
+        if threshold - float(stats.median(smooth)) < self.min_contrast:  # = np.median
             return np.zeros(signal.shape, np.int32)
         if self.dot_radius > 0:
             opened = grey_opening(signal, disk(self.dot_radius))
@@ -464,7 +465,7 @@ def estimate_scale(signal: np.ndarray, nucleus_px: float = 28.0, lo: float = 0.1
     """
     small = gaussian_filter(signal[::2, ::2].astype(np.float32), 2.0)
     threshold = otsu_threshold(small.ravel())
-    if threshold - float(np.median(small)) < 0.015:
+    if threshold - float(stats.median(small)) < 0.015:  # = np.median
         return default
     components, _n = ndimage.label(small > threshold)
     areas = np.bincount(components.ravel())[1:]
