@@ -37,6 +37,7 @@ slide ``rejected``); a review reason is returned for the specimen stage to add.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -199,15 +200,29 @@ def count_nuclei(image: FieldImage, config: QualityConfig | None = None) -> int:
     score = np.full(half.shape, -np.inf)
     for s in (v / 2 for v in cfg.nucleus_sigmas):
         dog = gaussian_filter(half, s) - gaussian_filter(half, 1.6 * s)
-        score = np.maximum(score, dog / (sigma * np.sqrt(_white_noise_gain(_impulse((s, 1.6 * s))))))
+        score = np.maximum(score, dog / (sigma * np.sqrt(_dog_gain(s))))
     window = max(3, round(cfg.min_separation / 2)) | 1
-    peaks = (score == ndimage.maximum_filter(score, size=window)) & (score >= cfg.nucleus_snr)
+    peaks = (score == _max_filter(score, window)) & (score >= cfg.nucleus_snr)
     margin = max(1, round(max(cfg.nucleus_sigmas)))  # 2 σ of the largest scale, in half-resolution px
     peaks[:margin], peaks[-margin:], peaks[:, :margin], peaks[:, -margin:] = False, False, False, False
     if image.annotation_mask.any():
         near = dilate_cross(image.annotation_mask[:h:2, :w:2], margin)
         peaks &= ~near
     return int(peaks.sum())
+
+
+@lru_cache(maxsize=16)
+def _dog_gain(s: float) -> float:
+    """White-noise gain of the difference of Gaussians σ ``s`` − 1.6 ``s`` (a constant per scale: computed once)."""
+    return _white_noise_gain(_impulse((s, 1.6 * s)))
+
+
+def _max_filter(image: np.ndarray, size: int) -> np.ndarray:
+    """``ndimage.maximum_filter(image, size=size)`` (``reflect`` border: for a maximum, the window's part inside
+    the image) by OpenCV's dilation with a square (replicated border: the same values)."""
+    if image.ndim != 2 or image.dtype not in (np.float32, np.float64) or not image.size:
+        return ndimage.maximum_filter(image, size=size)
+    return cv2.dilate(image, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REPLICATE)
 
 
 def negative_needs_cells(report: QualityReport, config: QualityConfig | None = None) -> str | None:

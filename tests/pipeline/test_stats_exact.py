@@ -150,3 +150,19 @@ def test_prepare_crop_equals_reference() -> None:
         mask = rng.random((h, w)) < 0.6 if trial % 3 else None
         for use_mask in (True, False):
             assert np.array_equal(prepare_crop(img, mask, 48, use_mask), ref_prepare_crop(img, mask, 48, use_mask))
+
+
+# ------------------------------------------------------------------------------------------- quality gate
+def test_quality_max_filter_and_dog_gain_equal_scipy() -> None:
+    from scipy import ndimage
+
+    from analysis.quality import _dog_gain, _impulse, _max_filter, _white_noise_gain
+    rng = np.random.default_rng(4)
+    for shape in ((483, 648), (30, 17), (5, 5)):
+        for dtype in (np.float64, np.float32):
+            a = rng.normal(size=shape).astype(dtype)
+            a[a > 1.5] = a.max()  # plateaus: ties with the maximum
+            for size in (3, 13, 27):
+                assert np.array_equal(_max_filter(a, size), ndimage.maximum_filter(a, size=size))
+    for s in (4.0, 6.0, 9.0):
+        assert _dog_gain(s) == _white_noise_gain(_impulse((s, 1.6 * s)))
