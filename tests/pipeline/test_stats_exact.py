@@ -166,3 +166,21 @@ def test_quality_max_filter_and_dog_gain_equal_scipy() -> None:
                 assert np.array_equal(_max_filter(a, size), ndimage.maximum_filter(a, size=size))
     for s in (4.0, 6.0, 9.0):
         assert _dog_gain(s) == _white_noise_gain(_impulse((s, 1.6 * s)))
+
+
+def test_ring_ratio_equals_reference() -> None:
+    from analysis.specimen import _ring_ratio
+
+    def ref(nucleus: np.ndarray, ring: np.ndarray, background: float) -> float | None:
+        inside = float(np.percentile(nucleus, 90)) - background
+        if ring.size < 10 or inside <= 0:
+            return None
+        return (float(np.median(ring)) - background) / inside
+
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        dtype = np.float32 if trial % 2 else np.float64
+        nucleus = (rng.integers(0, 256, int(rng.integers(1, 400))) / 255).astype(dtype)
+        ring = (rng.integers(0, 256, int(rng.integers(0, 300))) / 255).astype(dtype)
+        bg = float(rng.random() * 0.3)
+        assert _ring_ratio(nucleus, ring, bg) == ref(nucleus, ring, bg)
