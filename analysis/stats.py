@@ -1,16 +1,20 @@
-"""``np.median`` and ``np.percentile`` (linear method) of large float arrays, the same values bit for bit, faster.
+"""``np.median`` and ``np.percentile`` (linear method), the same values and dtypes bit for bit, faster.
 
-numpy finds the order statistics it needs by a partial sort (introselect) of a copy of the whole array. Here
-they are found by a bucket select: one pass maps every value to one of 4,096 buckets by a monotone function
-(subtract the minimum, scale, truncate: ``a < b`` whenever ``bucket(a) < bucket(b)``), a histogram of the
-buckets says which bucket holds each wanted order statistic, and only that bucket's values are partitioned.
-The order statistics are therefore exactly numpy's; the final step (mean of the two middle values for an
-even count, linear interpolation between neighbours for a percentile) is then done by numpy's own arithmetic
-(``np.median`` of the two values; numpy's ``_lerp`` formula with numpy's gamma), so the result has the same
-value and dtype as ``np.median`` / ``np.percentile``.
+* Large float arrays (:func:`median`, :func:`percentile`; at least :data:`MIN_SIZE` values): numpy finds the
+  order statistics it needs by a partial sort (introselect) of a copy of the whole array. Here they are found
+  by a bucket select: one pass maps every value to one of 4,096 buckets by a monotone function (subtract the
+  minimum, scale, truncate: ``a < b`` whenever ``bucket(a) < bucket(b)``), a histogram of the buckets says
+  which bucket holds each wanted order statistic, and only that bucket's values are partitioned.
+* Small arrays that the caller sorts once (:func:`sorted_median`, :func:`sorted_percentile`: per-cell
+  statistics) and ``uint8`` images (:func:`uint8_percentile`: order statistics from a 256-bin histogram)
+  skip numpy's per-call overhead.
 
-Only flattened float arrays of at least :data:`MIN_SIZE` values take this path; smaller or non-float input,
-and input with NaN or infinities, go to numpy unchanged.
+The order statistics are exactly numpy's; the last step repeats numpy's own arithmetic (the mean of the two
+middle values as ``np.mean`` computes it; numpy's virtual index ``(n - 1) q``, its gamma and its ``_lerp``,
+with numpy's type promotion: a Python scalar ``q`` is weak, so a float32 input gives a float32 result), so
+the results equal ``np.median`` / ``np.percentile`` in value and dtype (tests/pipeline/test_stats_exact.py).
+Input these functions do not handle (NaN or infinities, integer arrays for the large path, array-valued or
+out-of-range ``q``) goes to numpy unchanged.
 """
 
 from __future__ import annotations
