@@ -125,7 +125,7 @@ _GAIN_COARSE = _white_noise_gain(_impulse(COARSE))
 
 
 def _grey(image: FieldImage) -> np.ndarray:
-    return image.filled.astype(np.float64) * 255.0
+    return image.grey_levels  # = image.filled.astype(np.float64) * 255.0, once per field (read-only)
 
 
 def measure(image: FieldImage) -> QualityReport:

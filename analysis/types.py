@@ -49,6 +49,14 @@ class FieldImage:
         out.setflags(write=False)
         return out
 
+    @cached_property
+    def grey_levels(self) -> np.ndarray:
+        """``filled`` in float64 grey levels (× 255), as the quality gate measures it; computed once per field
+        (read-only)."""
+        out = self.filled.astype(np.float64) * 255.0
+        out.setflags(write=False)
+        return out
+
 
 class Segmenter(Protocol):
     """Nucleus instance segmentation: ``int32 (H, W)`` labels, 0 = background, 1..N = cells."""
