@@ -2,10 +2,11 @@
 co-occurrence, intensity distribution, radial profile, dot (DoG blob) and bright-spot statistics, gradients,
 shape, and optionally co-occurrence of adjacent LBPs, Gabor energies and Golgi-oriented asymmetry cues.
 
-numpy/scipy (OpenCV only to resize for ``cell_size``). Everything is vectorised over a batch: crops are
+numpy/scipy and OpenCV (resizing for ``cell_size``; exact integer and min/max operations: distance transforms,
+3×3 maxima, connected components, lookup tables). Everything is vectorised over a batch: crops are
 sorted by size, centred in a common square tile (bucket) with a zero margin, and processed as one
-``(N, T, T)`` stack (LBP codes by slicing, Gaussian smoothing by FFT, histograms by one ``np.bincount``
-each). Per crop:
+``(N, T, T)`` stack (LBP bits by slicing the flattened stack, Gaussian smoothing by FFT, histograms by one
+``np.bincount`` each). Per crop:
 
 0. With ``cell_size`` set, the crop is first resized so the cell's equivalent side is ``cell_size`` pixels
    (:func:`normalise_size`): cells photographed at other magnifications give the same texture scale.
