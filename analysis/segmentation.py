@@ -93,8 +93,7 @@ def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndar
     grid = _Grid(np.where(region, components, 0))
     labels = grid.pad(np.where(flooded[seed_comp[seeds]] & (seeds > 0), seeds, 0).astype(np.int32))
     if region.any():
-        _flood(grid, grid.pad(np.where(region, height, -np.inf).astype(np.float64, copy=False), -np.inf),
-               labels, levels)
+        _flood(grid, grid.pad_where(height, ~region, -np.inf, np.float64), labels, levels)
     labels = grid.unpad(labels)
     rest, n_rest = ndimage.label(region & (labels == 0))
     rest_comp = np.zeros(n_rest + 1, np.int64)
@@ -152,6 +151,14 @@ class _Grid:
     def pad(self, values: np.ndarray, fill: float = 0) -> np.ndarray:
         out = np.full((self.shape[0] + 2, self.width), fill, values.dtype)
         out[1:-1, 1:-1] = values
+        return out.ravel()
+
+    def pad_where(self, values: np.ndarray, blank: np.ndarray, fill: float, dtype: type) -> np.ndarray:
+        """``pad(np.where(blank, fill, values).astype(dtype), fill)`` without the intermediate copies."""
+        out = np.full((self.shape[0] + 2, self.width), fill, dtype)
+        inner = out[1:-1, 1:-1]
+        inner[...] = values
+        np.copyto(inner, dtype(fill), where=blank)
         return out.ravel()
 
     @staticmethod
@@ -242,19 +249,22 @@ def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | No
         components = np.ones(image.shape, np.int32)
     grid = _Grid(components)
     outside = components == 0  # outside the components nothing changes: -inf there (restored at the end)
-    cur = grid.pad(np.where(outside, -np.inf, current).astype(np.float64), -np.inf)
-    top = grid.pad(np.where(outside, -np.inf, image).astype(np.float64), -np.inf)
+    cur = grid.pad_where(current, outside, -np.inf, np.float64)
+    top = grid.pad_where(image, outside, -np.inf, np.float64)
     candidates = grid.where(grid.comp > 0)
     # the first steps raise most pixels: whole-image steps (OpenCV's dilation; the diagonal contacts
     # recomputed with checked neighbours) until few pixels rise, then steps on the frontier only
     cur2, top2, square = cur.reshape(-1, grid.width), top.reshape(-1, grid.width), np.ones((3, 3), np.uint8)
     contacts = grid.contacts
+    grown2 = np.empty_like(cur2)  # buffers reused by every whole-image step (no fresh 10 MB per step)
+    grown, rose = grown2.ravel(), np.empty(cur.shape, bool)
     while True:
-        grown = np.minimum(cv2.dilate(cur2, square, borderType=cv2.BORDER_REPLICATE), top2).ravel()
+        cv2.dilate(cur2, square, dst=grown2, borderType=cv2.BORDER_REPLICATE)
+        np.minimum(grown2, top2, out=grown2)
         if contacts.size:
             grown[contacts] = np.minimum(np.maximum(cur[contacts], grid.checked_max(cur, contacts, -np.inf)),
                                          top[contacts])
-        rose = grown > cur
+        np.greater(grown, cur, out=rose)
         count = int(np.count_nonzero(rose))
         np.copyto(cur, grown)
         if count * 16 < candidates.size:
