@@ -40,17 +40,24 @@ def drop_annotated(labels: np.ndarray, mask: np.ndarray, margin: int = 2) -> np.
         touched = np.zeros(int(labels.max()) + 1, bool)
         touched[labels[dilate_cross(mask, margin)]] = True
         touched[0] = False
-        labels = np.where(touched[labels], 0, labels)
+        return relabel(labels, drop=touched)  # = relabel(np.where(touched[labels], 0, labels))
     return relabel(labels)
 
 
-def relabel(labels: np.ndarray) -> np.ndarray:
-    """Consecutive labels 1..N (0 stays background), int32."""
+def relabel(labels: np.ndarray, drop: np.ndarray | None = None, counts: np.ndarray | None = None) -> np.ndarray:
+    """Consecutive labels 1..N (0 stays background), int32. ``drop`` (bool per label): those labels become 0
+    first, i.e. ``relabel(np.where(drop[labels], 0, labels))`` in one pass; ``counts``: ``np.bincount`` of
+    ``labels`` when the caller has it."""
     if not labels.size:
         return labels.astype(np.int32)
-    ids = np.flatnonzero(np.bincount(labels.ravel()))  # the labels present, ascending (no sort)
-    ids = ids[ids > 0]
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    present = (np.bincount(labels.ravel()) if counts is None else counts) > 0  # ascending ids (no sort)
+    if drop is not None:
+        present &= ~drop[:present.size]
+    present[0] = False
+    ids = np.flatnonzero(present)
+    if ids.size == present.size - 1:  # 1..max all kept: the identity
+        return labels.astype(np.int32)
+    lut = np.zeros(present.size, dtype=np.int32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
     return lut[labels]
 
@@ -62,7 +69,7 @@ def size_filter(labels: np.ndarray, min_area: int, max_area: int | None = None) 
     if max_area is not None:
         bad |= areas > max_area
     bad[0] = False
-    return relabel(np.where(bad[labels], 0, labels))
+    return relabel(labels, drop=bad, counts=areas)  # = relabel(np.where(bad[labels], 0, labels))
 
 
 def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray, levels: int = 16) -> np.ndarray:
@@ -171,8 +178,16 @@ class _Grid:
 
     def inside(self, index: np.ndarray) -> np.ndarray:
         """The 8-neighbours of the flat ``index`` pixels that lie in a component (each once, any order)."""
-        near = (index[:, None] + self.offsets[None, :]).ravel()
-        near = near[self.comp[near] > 0]
+        near = self.neighbours(index)
+        return self.once(near[self.comp[near] > 0])
+
+    def neighbours(self, index: np.ndarray) -> np.ndarray:
+        """The 8-neighbours of the flat ``index`` pixels (with repeats)."""
+        return (index[:, None] + self.offsets[None, :]).ravel()
+
+    def once(self, near: np.ndarray) -> np.ndarray:
+        """``near`` with every pixel kept once (its last occurrence, in order). Filtering by a per-pixel test
+        before or after this gives the same array, so callers filter first (fewer pixels to deduplicate)."""
         order = np.arange(near.size, dtype=np.int32)
         self._stamp[near] = order  # duplicates: the last write wins, so each pixel is kept once
         return near[self._stamp[near] == order]
@@ -231,8 +246,8 @@ def _flood(grid: _Grid, height: np.ndarray, labels: np.ndarray, levels: int, max
                 break
             labels[new] = grown[grown > 0]
             steps += 1
-            near = grid.inside(new)
-            candidates = near[allowed[near] & (labels[near] == 0)]
+            near = grid.neighbours(new)  # allowed pixels lie in a component: = inside(new), filtered
+            candidates = grid.once(near[allowed[near] & (labels[near] == 0)])
         steps_left_over = steps >= max_steps
 
 
@@ -278,9 +293,11 @@ def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | No
             break
         changed = candidates[rose]
         cur[changed] = value[rose]
-        near = grid.inside(changed)
-        candidates = near[cur[near] < top[near]]
-    return np.where(outside, current, grid.unpad(cur)).astype(current.dtype, copy=False)
+        near = grid.neighbours(changed)  # top is -inf outside the components: = inside(changed), filtered
+        candidates = grid.once(near[cur[near] < top[near]])
+    out = grid.unpad(cur).astype(current.dtype)  # = np.where(outside, current, unpad(cur)), in one buffer
+    np.copyto(out, current, where=outside)
+    return out
 
 
 def h_maxima(image: np.ndarray, h: float, foreground: np.ndarray) -> np.ndarray:
