@@ -39,9 +39,11 @@ def _order_stats(a: np.ndarray, ks: Sequence[int]) -> list[np.floating] | None:
     if lo == hi:
         return [lo for _ in ks]
     span = float(hi) - float(lo)
-    scale = a.dtype.type((_BUCKETS - 1) / span)
-    if not (np.isfinite(span) and np.isfinite(scale) and scale > 0):
-        return None
+    with np.errstate(over="ignore"):
+        scale = a.dtype.type((_BUCKETS - 1) / span)
+        fits = np.isfinite(hi - lo)
+    if not (np.isfinite(span) and fits and np.isfinite(scale) and scale > 0):
+        return None  # a range beyond the dtype (or too small to scale): numpy
     # monotone non-decreasing in the value (each operation is correctly rounded), so buckets preserve order
     idx = ((a - lo) * scale).astype(np.intp)
     counts = np.bincount(idx, minlength=_BUCKETS + 1)
@@ -115,10 +117,16 @@ def percentile(values: np.ndarray, q: float | Sequence[float]) -> np.floating | 
     if not _usable(a) or not _plain_q(q):
         return np.percentile(a, q)
     a = a.ravel()
-    lo, hi = a.min(), a.max()
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    n = a.size
+    ks = set()
+    for qi in [q] if type(q) in (int, float) else q:  # type: ignore[union-attr]
+        v = (n - 1) * (qi / 100)
+        ks |= {min(math.floor(v), n - 1), min(math.floor(v) + 1, n - 1)}
+    found = _order_stats(a, sorted(ks))
+    if found is None:
         return np.percentile(a, q)
-    return _linear(a.size, q, lambda ks: _order_stats(a, ks))  # type: ignore[arg-type,return-value]
+    lookup = dict(zip(sorted(ks), found, strict=True))
+    return _linear(n, q, lambda wanted: [lookup[k] for k in wanted])  # type: ignore[arg-type,return-value]
 
 
 def _small_ok(a: np.ndarray) -> bool:

@@ -52,6 +52,10 @@ def test_large_fallbacks_equal_numpy() -> None:
     assert same(stats.median(ints), np.median(ints)) and same(stats.percentile(ints, 90), np.percentile(ints, 90))
     small = rng.normal(size=100)
     assert same(stats.median(small), np.median(small))
+    for extreme in (np.float32(3e38), np.float64(1.7e308), np.float32(1e-40)):  # ranges beyond the dtype / tiny
+        b = (rng.uniform(-1, 1, size=60_001) * extreme).astype(type(extreme))
+        assert same(stats.median(b), np.median(b))
+        assert same(stats.percentile(b, [0.5, 50, 99.5]), np.percentile(b, [0.5, 50, 99.5]))
 
 
 def test_sorted_and_uint8_equal_numpy() -> None:
