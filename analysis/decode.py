@@ -33,6 +33,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import tifffile
 from PIL import Image
@@ -215,27 +216,59 @@ def find_annotations(signal: np.ndarray, min_length: int | None = None, step: fl
     h, w = signal.shape
     length = (min_length or max(40, round(0.04 * max(h, w)))) | 1  # odd: a symmetric 1-D opening
     mask = np.zeros((h, w), bool)
-    for transpose in (False, True):
-        g = np.ascontiguousarray(signal.T) if transpose else signal  # row-wise work on contiguous rows
-        flat = np.zeros(g.shape, bool)
-        flat[:, :-1] = np.abs(np.diff(g, axis=1)) <= tolerance
-        flat[:, 1:] |= flat[:, :-1]
-        jump = np.abs(np.diff(g, axis=0)) >= step
-        edge = np.zeros(g.shape, bool)
-        edge[:-1] |= jump
-        edge[1:] |= jump
+    for axis in (1, 0):  # runs along rows, then along columns (no transposed copy: OpenCV works either way)
+        along = (slice(None), slice(1, None)) if axis == 1 else (slice(1, None), slice(None))
+        before = (slice(None), slice(None, -1)) if axis == 1 else (slice(None, -1), slice(None))
+        flat = np.zeros((h, w), bool)
+        flat[before] = _absdiff(signal[along], signal[before]) <= tolerance  # = np.abs(np.diff(g, axis))
+        flat[along] |= flat[before]
+        across = (slice(1, None), slice(None)) if axis == 1 else (slice(None), slice(1, None))
+        behind = (slice(None, -1), slice(None)) if axis == 1 else (slice(None), slice(None, -1))
+        jump = _absdiff(signal[across], signal[behind]) >= step
+        edge = np.zeros((h, w), bool)
+        edge[behind] |= jump
+        edge[across] |= jump
         candidate = flat & edge
-        # pixels inside a run of ≥ length candidates: erode then dilate along the row (1-D opening)
-        opened = ndimage.maximum_filter1d(ndimage.minimum_filter1d(candidate.view(np.uint8), length, axis=1),
-                                          length, axis=1)
-        long_runs = opened.astype(bool) & candidate
-        runs, n = ndimage.label(long_runs, structure=[[0, 0, 0], [1, 1, 1], [0, 0, 0]])
-        box = np.zeros(g.shape, bool)
-        for ys, xs in ndimage.find_objects(runs) if n else []:
-            pad = max(8, round(0.15 * (xs.stop - xs.start)))
-            box[max(ys.start - pad, 0):ys.stop + pad, max(xs.start - 4, 0):xs.stop + 4] = True
-        mask |= box.T if transpose else box
+        # pixels inside a run of ≥ length candidates: erode then dilate along the run (1-D opening)
+        long_runs = _open_line(candidate, length, axis) & candidate
+        for y, x0, x1 in _row_runs(long_runs if axis == 1 else long_runs.T):
+            pad = max(8, round(0.15 * (x1 - x0)))
+            if axis == 1:
+                mask[max(y - pad, 0):y + 1 + pad, max(x0 - 4, 0):x1 + 4] = True
+            else:
+                mask[max(x0 - 4, 0):x1 + 4, max(y - pad, 0):y + 1 + pad] = True
     return mask
+
+
+def _absdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.abs(a - b)`` (the same values: one rounding of the difference, then its magnitude), by OpenCV for
+    float32 images."""
+    if a.dtype == b.dtype == np.float32 and a.ndim == 2 and a.size:
+        return cv2.absdiff(a, b)
+    return np.abs(a - b)
+
+
+def _open_line(candidate: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """``maximum_filter1d(minimum_filter1d(candidate, length, axis), length, axis)`` of a boolean image
+    (scipy's ``reflect`` border: the window's part inside the image) by OpenCV's erosion and dilation with a
+    line of ``length`` pixels (replicated border: the same), as bool."""
+    u8 = np.ascontiguousarray(candidate).view(np.uint8)
+    if candidate.ndim != 2 or not candidate.size:
+        return ndimage.maximum_filter1d(ndimage.minimum_filter1d(u8, length, axis=axis), length,
+                                        axis=axis).astype(bool)
+    line = np.ones((1, length) if axis == 1 else (length, 1), np.uint8)
+    eroded = cv2.erode(u8, line, borderType=cv2.BORDER_REPLICATE)
+    return cv2.dilate(eroded, line, borderType=cv2.BORDER_REPLICATE).astype(bool)
+
+
+def _row_runs(runs: np.ndarray) -> list[tuple[int, int, int]]:
+    """(row, start, stop) of every horizontal run of True (the objects of a row-wise labelling)."""
+    out: list[tuple[int, int, int]] = []
+    for y in np.flatnonzero(runs.any(axis=1)):
+        d = np.diff(runs[y].astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+        out += [(int(y), int(a), int(b)) for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1),
+                                                          strict=True)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- main

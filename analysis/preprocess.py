@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from analysis import stats
+
 
 def to_gray(image: np.ndarray) -> np.ndarray:
     """A 2-D float32 image from gray, RGB(A) or 16-bit input (colour: brightest channel; FITC is green)."""
@@ -26,7 +28,11 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 def percentile_stretch(image: np.ndarray, lo: float = 1.0, hi: float = 99.0) -> np.ndarray:
     """Map the ``lo``/``hi`` percentiles to 0/1 and clip; a flat image becomes all zeros."""
     img = to_gray(image)
-    p_lo, p_hi = np.percentile(img, [lo, hi])
+    raw = np.asarray(image)
+    if raw.dtype == np.uint8 and raw.ndim in (2, 3):  # from a 256-bin histogram: np.percentile's values
+        p_lo, p_hi = stats.uint8_percentile(raw if raw.ndim == 2 else raw[..., :3].max(axis=-1), [lo, hi])
+    else:
+        p_lo, p_hi = np.percentile(img, [lo, hi])
     if p_hi <= p_lo:
         return np.zeros_like(img)
     return np.clip((img - p_lo) / (p_hi - p_lo), 0.0, 1.0)

@@ -37,12 +37,14 @@ slide ``rejected``); a review reason is returned for the specimen stage to add.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, Field
 from scipy import ndimage
 
+from analysis import stats
 from analysis.segmentation import dilate_cross, gaussian_filter
 from analysis.types import FieldImage, InvalidImageError
 
@@ -94,7 +96,7 @@ def noise_sigma(grey: np.ndarray) -> float:
     the 3×3 kernel [[1,-2,1],[-2,4,-2],[1,-2,1]] (blind to planes and ramps, so to most of the image) /
     (0.6745 × 6). Floor: 0.15 (8-bit quantisation leaves at least that much)."""
     response = cv2.filter2D(grey, cv2.CV_64F, _IMMERKAER)[1:-1, 1:-1]  # = ndimage.convolve (symmetric kernel)
-    return max(float(np.median(np.abs(response))) / (0.6745 * 6.0), 0.15)
+    return max(float(stats.median(np.abs(response))) / (0.6745 * 6.0), 0.15)  # stats.median = np.median
 
 
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
@@ -123,14 +125,14 @@ _GAIN_COARSE = _white_noise_gain(_impulse(COARSE))
 
 
 def _grey(image: FieldImage) -> np.ndarray:
-    return image.filled.astype(np.float64) * 255.0
+    return image.grey_levels  # = image.filled.astype(np.float64) * 255.0, once per field (read-only)
 
 
 def measure(image: FieldImage) -> QualityReport:
     """The gate's measurements of one field (no decision)."""
     grey = _grey(image)
     free = grey[~image.annotation_mask] if (~image.annotation_mask).any() else grey.ravel()
-    p_lo, p99, p_hi = np.percentile(free, [0.5, 99.0, 99.5])
+    p_lo, p99, p_hi = stats.percentile(free, [0.5, 99.0, 99.5])  # = np.percentile
     sigma = noise_sigma(grey)
     small = grey[::2, ::2] if min(grey.shape) >= 512 else grey  # the band energies, at half the cost
     smooth_std = float(np.std(gaussian_filter(grey, SMOOTH_SIGMA)))
@@ -198,15 +200,29 @@ def count_nuclei(image: FieldImage, config: QualityConfig | None = None) -> int:
     score = np.full(half.shape, -np.inf)
     for s in (v / 2 for v in cfg.nucleus_sigmas):
         dog = gaussian_filter(half, s) - gaussian_filter(half, 1.6 * s)
-        score = np.maximum(score, dog / (sigma * np.sqrt(_white_noise_gain(_impulse((s, 1.6 * s))))))
+        score = np.maximum(score, dog / (sigma * np.sqrt(_dog_gain(s))))
     window = max(3, round(cfg.min_separation / 2)) | 1
-    peaks = (score == ndimage.maximum_filter(score, size=window)) & (score >= cfg.nucleus_snr)
+    peaks = (score == _max_filter(score, window)) & (score >= cfg.nucleus_snr)
     margin = max(1, round(max(cfg.nucleus_sigmas)))  # 2 σ of the largest scale, in half-resolution px
     peaks[:margin], peaks[-margin:], peaks[:, :margin], peaks[:, -margin:] = False, False, False, False
     if image.annotation_mask.any():
         near = dilate_cross(image.annotation_mask[:h:2, :w:2], margin)
         peaks &= ~near
     return int(peaks.sum())
+
+
+@lru_cache(maxsize=16)
+def _dog_gain(s: float) -> float:
+    """White-noise gain of the difference of Gaussians σ ``s`` − 1.6 ``s`` (a constant per scale: computed once)."""
+    return _white_noise_gain(_impulse((s, 1.6 * s)))
+
+
+def _max_filter(image: np.ndarray, size: int) -> np.ndarray:
+    """``ndimage.maximum_filter(image, size=size)`` (``reflect`` border: for a maximum, the window's part inside
+    the image) by OpenCV's dilation with a square (replicated border: the same values)."""
+    if image.ndim != 2 or image.dtype not in (np.float32, np.float64) or not image.size:
+        return ndimage.maximum_filter(image, size=size)
+    return cv2.dilate(image, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REPLICATE)
 
 
 def negative_needs_cells(report: QualityReport, config: QualityConfig | None = None) -> str | None:

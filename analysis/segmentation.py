@@ -23,13 +23,14 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from analysis import stats
 from analysis.types import FieldImage
 
 
 # --------------------------------------------------------------------------------------------- helpers
 def normalize(signal: np.ndarray, lo: float = 0.5, hi: float = 99.8, floor: float = 0.02) -> np.ndarray:
     """Percentile stretch to ~[0, 1] (clipped to [0, 2]); the range is at least ``floor`` of full scale."""
-    p_lo, p_hi = np.percentile(signal, [lo, hi])
+    p_lo, p_hi = stats.percentile(signal, [lo, hi])  # = np.percentile
     return np.clip((signal - p_lo) / max(p_hi - p_lo, floor), 0.0, 2.0).astype(np.float32)
 
 
@@ -39,17 +40,24 @@ def drop_annotated(labels: np.ndarray, mask: np.ndarray, margin: int = 2) -> np.
         touched = np.zeros(int(labels.max()) + 1, bool)
         touched[labels[dilate_cross(mask, margin)]] = True
         touched[0] = False
-        labels = np.where(touched[labels], 0, labels)
+        return relabel(labels, drop=touched)  # = relabel(np.where(touched[labels], 0, labels))
     return relabel(labels)
 
 
-def relabel(labels: np.ndarray) -> np.ndarray:
-    """Consecutive labels 1..N (0 stays background), int32."""
+def relabel(labels: np.ndarray, drop: np.ndarray | None = None, counts: np.ndarray | None = None) -> np.ndarray:
+    """Consecutive labels 1..N (0 stays background), int32. ``drop`` (bool per label): those labels become 0
+    first, i.e. ``relabel(np.where(drop[labels], 0, labels))`` in one pass; ``counts``: ``np.bincount`` of
+    ``labels`` when the caller has it."""
     if not labels.size:
         return labels.astype(np.int32)
-    ids = np.flatnonzero(np.bincount(labels.ravel()))  # the labels present, ascending (no sort)
-    ids = ids[ids > 0]
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    present = (np.bincount(labels.ravel()) if counts is None else counts) > 0  # ascending ids (no sort)
+    if drop is not None:
+        present &= ~drop[:present.size]
+    present[0] = False
+    ids = np.flatnonzero(present)
+    if ids.size == present.size - 1:  # 1..max all kept: the identity
+        return labels.astype(np.int32)
+    lut = np.zeros(present.size, dtype=np.int32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
     return lut[labels]
 
@@ -61,7 +69,7 @@ def size_filter(labels: np.ndarray, min_area: int, max_area: int | None = None) 
     if max_area is not None:
         bad |= areas > max_area
     bad[0] = False
-    return relabel(np.where(bad[labels], 0, labels))
+    return relabel(labels, drop=bad, counts=areas)  # = relabel(np.where(bad[labels], 0, labels))
 
 
 def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray, levels: int = 16) -> np.ndarray:
@@ -92,8 +100,7 @@ def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndar
     grid = _Grid(np.where(region, components, 0))
     labels = grid.pad(np.where(flooded[seed_comp[seeds]] & (seeds > 0), seeds, 0).astype(np.int32))
     if region.any():
-        _flood(grid, grid.pad(np.where(region, height, -np.inf).astype(np.float64, copy=False), -np.inf),
-               labels, levels)
+        _flood(grid, grid.pad_where(height, ~region, -np.inf, np.float64), labels, levels)
     labels = grid.unpad(labels)
     rest, n_rest = ndimage.label(region & (labels == 0))
     rest_comp = np.zeros(n_rest + 1, np.int64)
@@ -153,6 +160,14 @@ class _Grid:
         out[1:-1, 1:-1] = values
         return out.ravel()
 
+    def pad_where(self, values: np.ndarray, blank: np.ndarray, fill: float, dtype: type) -> np.ndarray:
+        """``pad(np.where(blank, fill, values).astype(dtype), fill)`` without the intermediate copies."""
+        out = np.full((self.shape[0] + 2, self.width), fill, dtype)
+        inner = out[1:-1, 1:-1]
+        inner[...] = values
+        np.copyto(inner, dtype(fill), where=blank)
+        return out.ravel()
+
     @staticmethod
     def where(flat: np.ndarray) -> np.ndarray:
         """Flat int32 indices of the true pixels."""
@@ -163,8 +178,16 @@ class _Grid:
 
     def inside(self, index: np.ndarray) -> np.ndarray:
         """The 8-neighbours of the flat ``index`` pixels that lie in a component (each once, any order)."""
-        near = (index[:, None] + self.offsets[None, :]).ravel()
-        near = near[self.comp[near] > 0]
+        near = self.neighbours(index)
+        return self.once(near[self.comp[near] > 0])
+
+    def neighbours(self, index: np.ndarray) -> np.ndarray:
+        """The 8-neighbours of the flat ``index`` pixels (with repeats)."""
+        return (index[:, None] + self.offsets[None, :]).ravel()
+
+    def once(self, near: np.ndarray) -> np.ndarray:
+        """``near`` with every pixel kept once (its last occurrence, in order). Filtering by a per-pixel test
+        before or after this gives the same array, so callers filter first (fewer pixels to deduplicate)."""
         order = np.arange(near.size, dtype=np.int32)
         self._stamp[near] = order  # duplicates: the last write wins, so each pixel is kept once
         return near[self._stamp[near] == order]
@@ -223,8 +246,8 @@ def _flood(grid: _Grid, height: np.ndarray, labels: np.ndarray, levels: int, max
                 break
             labels[new] = grown[grown > 0]
             steps += 1
-            near = grid.inside(new)
-            candidates = near[allowed[near] & (labels[near] == 0)]
+            near = grid.neighbours(new)  # allowed pixels lie in a component: = inside(new), filtered
+            candidates = grid.once(near[allowed[near] & (labels[near] == 0)])
         steps_left_over = steps >= max_steps
 
 
@@ -241,19 +264,22 @@ def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | No
         components = np.ones(image.shape, np.int32)
     grid = _Grid(components)
     outside = components == 0  # outside the components nothing changes: -inf there (restored at the end)
-    cur = grid.pad(np.where(outside, -np.inf, current).astype(np.float64), -np.inf)
-    top = grid.pad(np.where(outside, -np.inf, image).astype(np.float64), -np.inf)
+    cur = grid.pad_where(current, outside, -np.inf, np.float64)
+    top = grid.pad_where(image, outside, -np.inf, np.float64)
     candidates = grid.where(grid.comp > 0)
     # the first steps raise most pixels: whole-image steps (OpenCV's dilation; the diagonal contacts
     # recomputed with checked neighbours) until few pixels rise, then steps on the frontier only
     cur2, top2, square = cur.reshape(-1, grid.width), top.reshape(-1, grid.width), np.ones((3, 3), np.uint8)
     contacts = grid.contacts
+    grown2 = np.empty_like(cur2)  # buffers reused by every whole-image step (no fresh 10 MB per step)
+    grown, rose = grown2.ravel(), np.empty(cur.shape, bool)
     while True:
-        grown = np.minimum(cv2.dilate(cur2, square, borderType=cv2.BORDER_REPLICATE), top2).ravel()
+        cv2.dilate(cur2, square, dst=grown2, borderType=cv2.BORDER_REPLICATE)
+        np.minimum(grown2, top2, out=grown2)
         if contacts.size:
             grown[contacts] = np.minimum(np.maximum(cur[contacts], grid.checked_max(cur, contacts, -np.inf)),
                                          top[contacts])
-        rose = grown > cur
+        np.greater(grown, cur, out=rose)
         count = int(np.count_nonzero(rose))
         np.copyto(cur, grown)
         if count * 16 < candidates.size:
@@ -267,9 +293,11 @@ def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | No
             break
         changed = candidates[rose]
         cur[changed] = value[rose]
-        near = grid.inside(changed)
-        candidates = near[cur[near] < top[near]]
-    return np.where(outside, current, grid.unpad(cur)).astype(current.dtype, copy=False)
+        near = grid.neighbours(changed)  # top is -inf outside the components: = inside(changed), filtered
+        candidates = grid.once(near[cur[near] < top[near]])
+    out = grid.unpad(cur).astype(current.dtype)  # = np.where(outside, current, unpad(cur)), in one buffer
+    np.copyto(out, current, where=outside)
+    return out
 
 
 def h_maxima(image: np.ndarray, h: float, foreground: np.ndarray) -> np.ndarray:
@@ -430,7 +458,7 @@ class ClassicalSegmenter:
         signal = field.filled.astype(np.float32, copy=False)
         smooth = gaussian_filter(signal, self.sigma)
         threshold = otsu_threshold(smooth[::2, ::2].ravel())
-        if threshold - float(np.median(smooth)) < self.min_contrast:
+        if threshold - float(stats.median(smooth)) < self.min_contrast:  # = np.median
             return np.zeros(signal.shape, np.int32)
         if self.dot_radius > 0:
             opened = grey_opening(signal, disk(self.dot_radius))
@@ -464,7 +492,7 @@ def estimate_scale(signal: np.ndarray, nucleus_px: float = 28.0, lo: float = 0.1
     """
     small = gaussian_filter(signal[::2, ::2].astype(np.float32), 2.0)
     threshold = otsu_threshold(small.ravel())
-    if threshold - float(np.median(small)) < 0.015:
+    if threshold - float(stats.median(small)) < 0.015:  # = np.median
         return default
     components, _n = ndimage.label(small > threshold)
     areas = np.bincount(components.ravel())[1:]

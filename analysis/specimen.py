@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, Field
 
+from analysis import stats
 from analysis.cells import Cell
 from analysis.segmentation import dilate_cross
 from analysis.types import FieldImage
@@ -99,10 +100,10 @@ def cytoplasm_ratio(field_image: FieldImage, labels: np.ndarray, cells: list[Cel
 
 def _ring_ratio(nucleus: np.ndarray, ring: np.ndarray, background: float) -> float | None:
     """(ring median − bg) / (nucleus 90th percentile − bg); None when the ring is too small or the nucleus dark."""
-    inside = float(np.percentile(nucleus, 90)) - background
+    inside = float(stats.sorted_percentile(nucleus, np.sort(nucleus), 90)) - background  # = np.percentile
     if ring.size < 10 or inside <= 0:
         return None
-    return (float(np.median(ring)) - background) / inside
+    return (float(stats.sorted_median(ring, np.sort(ring))) - background) / inside  # = np.median
 
 
 def calibrate_oov(probs: np.ndarray, groups: np.ndarray, step: float = 0.05) -> dict[str, float]:

@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from analysis import stats
+
 
 class InvalidImageError(ValueError):
     """The input cannot be analysed (corrupt, truncated, empty, too large, wrong format, ...).
@@ -43,7 +45,15 @@ class FieldImage:
         if not mask.any():
             return self.signal
         out = self.signal.copy()
-        out[mask] = np.median(self.signal[~mask]) if (~mask).any() else 0.0
+        out[mask] = stats.median(self.signal[~mask]) if (~mask).any() else 0.0  # = np.median
+        out.setflags(write=False)
+        return out
+
+    @cached_property
+    def grey_levels(self) -> np.ndarray:
+        """``filled`` in float64 grey levels (× 255), as the quality gate measures it; computed once per field
+        (read-only)."""
+        out = self.filled.astype(np.float64) * 255.0
         out.setflags(write=False)
         return out
 
