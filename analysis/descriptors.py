@@ -4,9 +4,10 @@ shape, and optionally co-occurrence of adjacent LBPs, Gabor energies and Golgi-o
 
 numpy/scipy and OpenCV (resizing for ``cell_size``; exact integer and min/max operations: distance transforms,
 3×3 maxima, connected components, lookup tables). Everything is vectorised over a batch: crops are
-sorted by size, centred in a common square tile (bucket) with a zero margin, and processed as one
-``(N, T, T)`` stack (LBP bits by slicing the flattened stack, Gaussian smoothing by FFT, histograms by one
-``np.bincount`` each). Per crop:
+grouped by tile side (the crop's long side rounded up to 8 px, plus the zero margin), centred in that
+square tile and processed as one ``(N, T, T)`` stack per side (LBP bits by slicing the flattened stack,
+Gaussian smoothing by FFT, histograms by one ``np.bincount`` each); a crop's tile depends only on its own
+size, so its descriptors do not depend on the other crops of the call. Per crop:
 
 0. With ``cell_size`` set, the crop is first resized so the cell's equivalent side is ``cell_size`` pixels
    (:func:`normalise_size`): cells photographed at other magnifications give the same texture scale.
@@ -606,12 +607,13 @@ def _run(crops: Sequence[Crop], spec: DescriptorSpec) -> tuple[np.ndarray, list[
     if spec.cell_size:
         crops = normalise_size(crops, spec.cell_size)
     n = len(crops)
-    sizes = np.array([max(np.shape(img)[:2]) for img, _ in crops])
-    order = np.argsort(sizes, kind="stable")
+    sides = np.array([-(-max(np.shape(img)[:2]) // 8) * 8 for img, _ in crops], dtype=np.int64)
+    batches = [members[start:start + spec.batch_size]  # crops of one tile side: a crop's values are its own
+               for side in np.unique(sides) for members in [np.flatnonzero(sides == side)]
+               for start in range(0, len(members), spec.batch_size)]
     result: np.ndarray | None = None
     names: list[str] = []
-    for start in range(0, n, spec.batch_size):
-        idx = order[start:start + spec.batch_size]
+    for idx in batches:
         s, mk = _stack([crops[i] for i in idx], spec)
         out = _features(s, mk, spec)
         x = out.array()

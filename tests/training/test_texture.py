@@ -237,3 +237,12 @@ def test_field_copies_are_perturbed_deterministically() -> None:
     for (image, m), (orig, _) in zip(first, originals, strict=True):
         assert image.dtype == np.uint8 and m.dtype == bool and m.shape == image.shape and m.any()
         assert 0.75 * orig.shape[0] <= image.shape[0] <= 1.25 * orig.shape[0]
+
+
+def test_a_cells_descriptors_do_not_depend_on_the_other_cells_of_the_call() -> None:
+    """Tiles are per crop size, so a field's large merged object cannot change a small cell's values."""
+    rng = np.random.default_rng(5)
+    small, large = dotted(rng, 60, 58), ring(rng, 150, 140)
+    alone = extract([small], FULL)
+    together = extract([large, small, dotted(rng, 90, 80)], FULL)
+    assert np.array_equal(alone[0], together[1])
