@@ -36,6 +36,7 @@ from analysis.cells import crop_cell, measure_cells
 from analysis.config import load_config
 from analysis.decode import ImageLimits, decode_image
 from analysis.device import autocast_dtype, hardware
+from analysis.models.fused import cnn_of
 from db.migrate import upgrade
 from db.session import session_scope
 from hep2.jsonio import write_json
@@ -138,7 +139,7 @@ def sweep_crops(models: Any, fields: Callable[[], list[tuple[str, bytes]]], limi
                 ) -> tuple[np.ndarray, str]:
     """Up to ``limit`` real cells pre-processed for the classifier: I3A Task-1 crops, else cut from ``fields``."""
 
-    clf, root = models.classifier, i3a_root()
+    clf, root = cnn_of(models.classifier), i3a_root()
     if (root / "labels.csv").is_file():
         table = load_manifest(root)
         picked = np.linspace(0, len(table) - 1, min(limit, len(table))).round().astype(int)
@@ -206,13 +207,14 @@ def batch_sweep(classifier: Any, crops: np.ndarray, sizes: Sequence[int], repeat
 
 def run_batch_sweep(models: Any, fields: Callable[[], list[tuple[str, bytes]]],
                     slide_cells: int | None) -> dict[str, Any]:
-    """:func:`batch_sweep` of the worker's classifier on real crops; ``slide_cells`` None → 150."""
+    """:func:`batch_sweep` of the worker's classifier (a fused model's CNN member: the part whose batch size
+    matters) on real crops; ``slide_cells`` None → 150."""
     per_slide = slide_cells or DEFAULT_SLIDE_CELLS
     crops, source = sweep_crops(models, fields)
     if not len(crops):
         raise RuntimeError(f"no cells to time ({source})")
     sizes = [per_slide, *(b for b in SWEEP_BATCHES if b > per_slide)]
-    result = batch_sweep(models.classifier, crops, sizes)
+    result = batch_sweep(cnn_of(models.classifier), crops, sizes)
     return {"crops": source, "per_slide_batch_from": "median classified cells per field (models alone)"
             if slide_cells else f"default {DEFAULT_SLIDE_CELLS} (no models-alone run)", **result}
 

@@ -104,6 +104,17 @@ class FusedCellClassifier:
         return fuse(self.member_predictions(crops), self.weights)
 
 
+def cnn_of(classifier: Any) -> CellClassifier:
+    """The CNN of a cell classifier: itself, or a fused model's CNN member (what batch size and precision
+    apply to; the texture member computes per cell)."""
+    if isinstance(classifier, FusedCellClassifier):
+        cnn = [m for m in classifier.members if isinstance(m, CellClassifier)]
+        if not cnn:
+            raise ValueError(f"{classifier.path}: the fused model has no CNN member")
+        return cnn[0]
+    return classifier
+
+
 def fused_promoted(path: Path = DEFAULT_FUSED_MODEL) -> bool:
     """Whether the shipped fused model is the default: it exists and its card says ``"promoted": true`` (set
     only after whole fields are checked with ``hep2 evaluate fields``, not by the I3A cross-validation alone)."""

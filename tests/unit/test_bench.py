@@ -52,6 +52,24 @@ def test_sweep_without_i3a_cuts_crops_from_the_bench_fields(tiny_classifier: Any
     assert all(b["cells_per_s"] > 0 for b in sweep["batches"])
 
 
+def test_sweep_of_the_fused_default_times_its_cnn_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped default is a fused model; its batch sweep is that of its CNN (the texture member has no
+    batching effect) — it failed with AttributeError before."""
+    from analysis.analyze import Models
+    from analysis.models.fused import DEFAULT_FUSED_MODEL, FusedCellClassifier, cnn_of
+    from analysis.segmentation import ClassicalSegmenter
+
+    monkeypatch.setenv("HEP2_SHARED_DATA", str(tmp_path))  # no i3a-task1 there: crops cut from the field
+    monkeypatch.setattr(bench, "SWEEP_BATCHES", (8,))
+    monkeypatch.setattr(bench, "DEFAULT_SLIDE_CELLS", 4)
+    fused = FusedCellClassifier(DEFAULT_FUSED_MODEL, device="cpu")
+    models = Models(segmenter=ClassicalSegmenter(), classifier=fused)
+    fields = [("f.png", synthetic_png(Pattern.SPECKLED, seed=1, size=(256, 320), cells=12))]
+    sweep = bench.run_batch_sweep(models, lambda: fields, None)
+    assert sweep["weights"] == [p.name for p in cnn_of(fused).paths] and sweep["tta"] == fused.tta
+    assert [b["batch_size"] for b in sweep["batches"]] == [4, 8] and all(b["cells_per_s"] > 0 for b in sweep["batches"])
+
+
 def test_stage_stats_reports_median_p95_and_mean_per_stage_and_total() -> None:
     timings = [{"decode": 10.0, "segment": 100.0}, {"decode": 20.0, "segment": 300.0}, {"decode": 30.0}]
     stats = bench.stage_stats(timings)
