@@ -219,6 +219,11 @@ def run_batch_sweep(models: Any, fields: Callable[[], list[tuple[str, bytes]]],
             if slide_cells else f"default {DEFAULT_SLIDE_CELLS} (no models-alone run)", **result}
 
 
+END_TO_END_POLL_S = 0.1
+"""How often the end-to-end run reads the slides' states: at the default 0.5 s, polling alone added ~0.25 s
+on average (~7 %) to a 3.6 s run of 8 fields; 0.1 s costs ~0.05 s and little CPU."""
+
+
 def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float = 3600.0,
                processes: int = 1) -> dict[str, Any]:
     """The same fields through storage, broker, a real worker (``processes`` pool processes) and the database."""
@@ -239,7 +244,7 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
             keys.append(prefix + name)
             storage.put(keys[-1], data)
             app.send_task(TaskName.REGISTER_UPLOAD, args=[keys[-1]])  # what the S3 event triggers
-        statuses = wait_for_final(keys, timeout_s)
+        statuses = wait_for_final(keys, timeout_s, poll_s=END_TO_END_POLL_S)
         seconds = time.perf_counter() - started
     outcome: dict[str, int] = {}
     for status in statuses.values():
