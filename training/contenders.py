@@ -20,12 +20,13 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analysis.descriptors import DescriptorSpec, extract
+from analysis.descriptors import Crop, DescriptorSpec, extract
 from analysis.models.classifier import save_checkpoint
 from db.models import TrainingRun
 from db.session import session_scope
@@ -128,11 +129,16 @@ class RunData:
             self.image_cache[key] = self.table.load(p.img_size, p.use_mask)
         return self.image_cache[key]
 
+    @cached_property
+    def crops(self) -> list[Crop]:
+        """Every cell's crop and mask (the crops the CNN is trained on), read from storage once per run."""
+        return self.table.read_crops()
+
     def descriptors(self, spec: DescriptorSpec) -> np.ndarray:
-        """The texture descriptors of every cell's crop and mask (the crops the CNN is trained on)."""
+        """The texture descriptors of every cell's crop and mask."""
         key = spec_hash(spec)
         if key not in self.descriptor_cache:
-            self.descriptor_cache[key] = extract(self.table.read_crops(), spec)
+            self.descriptor_cache[key] = extract(self.crops, spec)
         return self.descriptor_cache[key]
 
 
@@ -197,7 +203,7 @@ def _texture_cv(p: CellRecipe, data: RunData, progress: RunProgress,
         summary = cross_validate_texture(data.table, spec, p.texture_params, tmp, seed=p.seed,
                                          n_splits=len(data.folds), split_seed=data.split_seed,
                                          x=data.descriptors(spec), data_hash=data.data_hash, on_fold=on_fold,
-                                         field_copies=p.texture_field_copies)
+                                         field_copies=p.texture_field_copies, crops=data.crops)
     folds = [{k: info[k] for k in ("mca", "accuracy", "recall")} for info in summary["fold_info"]]
     data.texture_cache[key] = (oof, folds)
     return oof, folds
@@ -221,6 +227,7 @@ def final_fit(p: CellRecipe, data: RunData, progress: RunProgress, start: float,
                                           "data_hash": data.data_hash})  # the CNN member's card
     spec = texture_spec(p)
     train_final(data.table, spec, p.texture_params, folder / "texture" / "texture", seed=p.seed,
-                x=data.descriptors(spec), field_copies=p.texture_field_copies)
+                x=data.descriptors(spec), field_copies=p.texture_field_copies, data_hash=data.data_hash,
+                crops=data.crops)
     progress.report(start + final_fits(p), "final")
     return write_fused_model(fusion, cnn, folder / "texture" / "texture.json", folder / "model.json", card)

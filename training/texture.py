@@ -206,13 +206,15 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
                            out_dir: str | Path, seed: int = 0, n_splits: int = 5, split_seed: int = 0,
                            x: np.ndarray | None = None, data_hash: str | None = None,
                            field_copies: int = 0, protocol: str = "grouped",
-                           on_fold: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> dict[str, Any]:
+                           on_fold: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                           crops: list[Crop] | None = None) -> dict[str, Any]:
     """Grouped K-fold CV (``grouped_kfold(y, groups, n_splits, split_seed)``) of the texture model; writes
     ``cv.json`` and ``oof.csv`` to ``out_dir`` and returns the summary. ``on_fold(k, test, probs)`` is
     called as each fold finishes (a training run's progress, cancellation and out-of-fold probabilities).
 
     ``field_copies``: also train on that many field-like copies of each training cell
-    (:func:`augmented_features`); test folds are always scored on the original crops. ``protocol="random"``:
+    (:func:`augmented_features`; ``crops``: the table's crops when the caller holds them already); test folds
+    are always scored on the original crops. ``protocol="random"``:
     stratified K-fold over cells instead (``random_kfold``, the folds of ``hep2 train cells --protocol
     random``), only to compare with published random-split numbers."""
     if protocol not in ("grouped", "random"):
@@ -224,7 +226,7 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
     feat_meta: dict[str, Any] = {}
     if x is None:
         x, feat_meta = cached_features(table, spec, data_hash)
-    copies = augmented_features(table, spec, field_copies, seed, data_hash) if field_copies else []
+    copies = augmented_features(table, spec, field_copies, seed, data_hash, crops) if field_copies else []
     folds = (grouped_kfold(y, groups, n_splits, split_seed) if protocol == "grouped"
              else random_kfold(y, n_splits, split_seed))
     oof = np.full((len(y), len(CLASS_NAMES)), np.nan, np.float32)
@@ -271,13 +273,15 @@ def cross_validate_texture(table: CellTable, spec: DescriptorSpec, params: dict[
 
 def train_final(table: CellTable, spec: DescriptorSpec, params: dict[str, Any] | None, path_stem: str | Path,
                 seed: int = 0, x: np.ndarray | None = None, meta: dict[str, Any] | None = None,
-                field_copies: int = 0) -> TextureModel:
+                field_copies: int = 0, data_hash: str | None = None, crops: list[Crop] | None = None,
+                ) -> TextureModel:
     """Fit on every cell of ``table`` (and ``field_copies`` field-like copies of each) and save with
-    :meth:`TextureModel.save` to ``<path_stem>.{txt,json}``."""
-    data_hash = table.data_hash()
+    :meth:`TextureModel.save` to ``<path_stem>.{txt,json}``. ``data_hash`` and ``crops``: the table's, when
+    the caller has them already (each costs a read of every crop)."""
+    data_hash = data_hash or table.data_hash()
     if x is None:
-        x, _ = cached_features(table, spec, data_hash)
-    copies = augmented_features(table, spec, field_copies, seed, data_hash) if field_copies else []
+        x, _ = cached_features(table, spec, data_hash, crops)
+    copies = augmented_features(table, spec, field_copies, seed, data_hash, crops) if field_copies else []
     t0 = time.perf_counter()
     booster = fit_texture(*with_copies(x, copies, table.labels, np.arange(len(x))), params, seed)
     model = TextureModel(booster, spec, CLASS_NAMES, feature_names(spec),
