@@ -86,9 +86,9 @@ class FusedCellClassifier:
         self.weights = np.array([entry["class_weights"] for entry in doc["members"]], dtype=np.float64)
         if self.weights.shape != (len(self.members), len(CELL_PATTERNS)) or (self.weights < 0).any():
             raise ValueError(f"{self.path}: class_weights must be non-negative, one per class and member")
-        cnn = [m for m in self.members if isinstance(m, CellClassifier)]
-        self.tta = cnn[0].tta if cnn else None
-        self.device = cnn[0].device if cnn else resolve_device("cpu")  # the texture member runs on the CPU
+        self.cnn: CellClassifier | None = next((m for m in self.members if isinstance(m, CellClassifier)), None)
+        self.tta = self.cnn.tta if self.cnn else None
+        self.device = self.cnn.device if self.cnn else resolve_device("cpu")  # the texture member runs on the CPU
 
     @property
     def classes(self) -> tuple[Pattern, ...]:
@@ -108,10 +108,9 @@ def cnn_of(classifier: Any) -> CellClassifier:
     """The CNN of a cell classifier: itself, or a fused model's CNN member (what batch size and precision
     apply to; the texture member computes per cell)."""
     if isinstance(classifier, FusedCellClassifier):
-        cnn = [m for m in classifier.members if isinstance(m, CellClassifier)]
-        if not cnn:
+        if classifier.cnn is None:
             raise ValueError(f"{classifier.path}: the fused model has no CNN member")
-        return cnn[0]
+        return classifier.cnn
     return classifier
 
 
