@@ -11,25 +11,18 @@ Golgi cells (564 of 11,611) weigh as much in total as each other class.
 
 Hyper-parameters are fixed a priori (:data:`DEFAULT_PARAMS`, :data:`DEFAULT_ROUNDS`), not tuned on any fold.
 
-Reproduce the cross-validation (grouped 5-fold by ``specimen_group``, the folds of
-``training.cv.grouped_kfold(y, groups, 5, seed=0)`` that the CNN experiments use)::
+Reproduce the cross-validation of the shipped member T3 (grouped 5-fold by ``specimen_group``, the folds of
+``training.cv.grouped_kfold(y, groups, 5, seed=0)`` that the CNN experiments use) and its final fit::
 
-    from pathlib import Path
-    from analysis.descriptors import DescriptorSpec
-    from training.datasets import i3a_root, load_manifest
-    from training.texture import cross_validate_texture, train_final
+    hep2 train texture --data ../shared/data/i3a-task1 --out ~/runs/tex/t3b
 
-    table = load_manifest(i3a_root())
-    spec = DescriptorSpec(lbp=((1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (6, 8)), lbp_sigmas=(0.0, 1.0, 2.0))
-    summary = cross_validate_texture(table, spec, None, Path.home() / "runs/texture/best")
-    model = train_final(table, spec, None, Path.home() / "runs/texture/best/texture-default")
-
-``cross_validate_texture`` writes ``cv.json`` (per-fold metrics with per-class recall, mean/std, pooled
-out-of-fold metrics, specimen-level metrics) and ``oof.csv`` (the format of :mod:`training.experiment`:
+(the descriptor :data:`SHIPPED_DESCRIPTOR` and ``RECIPE.texture_field_copies`` field-like copies are the
+defaults). ``cross_validate_texture`` writes ``cv.json`` (per-fold metrics with per-class recall, mean/std,
+pooled out-of-fold metrics, specimen-level metrics) and ``oof.csv`` (the format of :mod:`training.experiment`:
 ``cell_id, group, fold, true, pred`` and one probability column per class in ``CLASS_NAMES`` order).
-Measured on I3A (2026-12-01, this protocol, the spec above = texture-default): pooled cell MCA 0.708 (fold mean
-0.765 ± 0.069; five non-Golgi classes 0.840; Golgi recall 0.05: only 3 Golgi specimen groups), 55/62 specimens.
-The default ``DescriptorSpec()`` gives 0.702; CoALBP approximation, Gabor energies and Golgi cues were within ±0.003.
+Measured on I3A (2026-12-01, this protocol): T3 pooled cell MCA 0.722 (fold mean 0.767 ± 0.074; Golgi recall
+0.165: only 3 Golgi specimen groups), 55/62 specimens; the session-5 set (no size normalisation, no copies)
+0.708. The other descriptor sets compared: docs/benchmarks.md and docs/results/texture-experiments-2026-12-01.md.
 
 Descriptors are cached under ``$HEP2_TEXTURE_CACHE`` (default ``~/runs/texture/features``), keyed by the
 data hash and the descriptor spec.
