@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from analysis import stats
 from analysis.cells import measure_cells
-from analysis.preprocess import prepare_crop
+from analysis.preprocess import fit_square, prepare_crop
 from analysis.types import FieldImage
 
 QS = (90, 90.0, 10, 0.5, 0, 100, 99.8, 25.3, 50, [0.5, 99.0, 99.5], [1.0, 99.0], [1, 99], [0, 100], [0.5, 99.8])
@@ -118,26 +117,15 @@ def test_measure_cells_equals_reference(seed: int) -> None:
 
 # ------------------------------------------------------------------------------ classifier pre-processing
 def ref_prepare_crop(image: np.ndarray, mask: np.ndarray | None, size: int, use_mask: bool) -> np.ndarray:
-    def fit(img: np.ndarray, nearest: bool = False) -> np.ndarray:
-        img = np.asarray(img, dtype=np.float32)
-        hh, ww = img.shape
-        scale = size / max(hh, ww)
-        nh, nw = max(1, round(hh * scale)), max(1, round(ww * scale))
-        resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-        resized = np.asarray(Image.fromarray(img, mode="F").resize((nw, nh), resample), dtype=np.float32)
-        out = np.zeros((size, size), dtype=np.float32)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        out[top:top + nh, left:left + nw] = resized
-        return out
-
+    """The replaced code: percentiles by np.percentile (the resize, fit_square, is unchanged and shared)."""
     g = np.asarray(image)
     g = (g[..., :3].max(axis=-1) if g.ndim == 3 else g).astype(np.float32)
     p_lo, p_hi = np.percentile(g, [1.0, 99.0])
     stretched = np.zeros_like(g) if p_hi <= p_lo else np.clip((g - p_lo) / (p_hi - p_lo), 0.0, 1.0)
-    channels = [np.round(fit(stretched) * 255.0)]
+    channels = [np.round(fit_square(stretched, size) * 255.0)]
     if use_mask:
         m = np.ones(g.shape, np.float32) if mask is None else np.asarray(mask)
-        channels.append(fit((m > 0).astype(np.float32), nearest=True) * 255.0)
+        channels.append(fit_square((m > 0).astype(np.float32), size, nearest=True) * 255.0)
     return np.stack(channels).clip(0, 255).astype(np.uint8)
 
 
