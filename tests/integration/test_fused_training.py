@@ -14,10 +14,9 @@ from db.models import AnalysisAttempt, FoldMetrics, ModelStage, ModelTask, Model
 from db.session import session_scope
 from hep2.storage import storage_from_settings
 from tests.integration import uploads as up
-from tests.integration.test_training_runs import TINY, tiny_i3a, wait_run
+from tests.integration.test_training_runs import TINY, register_tiny_i3a, wait_run
 from training.metrics import CLASS_NAMES
 from training.retrain import start_training
-from training.snapshot import register_dataset
 from workers.celery_app import create_celery_app
 
 pytestmark = pytest.mark.integration
@@ -26,10 +25,7 @@ FUSED = {**TINY, "family": "fused", "texture_params": {"num_boost_round": 5, "nu
 
 @pytest.fixture(scope="module")
 def dataset(service_env: dict[str, str], shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tiny_i3a(shared_data, tmp_path_factory.mktemp("tiny-i3a-fused"))
-    with session_scope() as session:
-        register_dataset(session, storage_from_settings(), "tiny-i3a-fused", folder)
-    return "tiny-i3a-fused"
+    return register_tiny_i3a(shared_data, tmp_path_factory, "tiny-i3a-fused")
 
 
 def run(parameters: dict) -> TrainingRun:
@@ -78,9 +74,7 @@ def test_a_fused_run_registers_one_version_that_workers_load(dataset: str, celer
     assert b'"specimen_thresholds"' in card and b'"hep2-cell-ensemble/1"' in card
 
     key = "inbox/fused/field.png"
-    up.upload(storage, [(key, up.small_field(4))])
-    create_celery_app().send_task("hep2.register_upload", args=[key])
-    up.wait_final([key])
+    up.analyse_upload(storage, key, up.small_field(4))
     with session_scope() as session:
         attempt = session.scalar(select(AnalysisAttempt).join(SlideImage).where(SlideImage.key == key))
         assert attempt.finished_at is not None and attempt.error is None

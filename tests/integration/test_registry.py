@@ -23,7 +23,6 @@ from tests.training.test_texture import FAST, crops
 from training import registry
 from training.fusion import write_fused_model
 from training.texture import fit_texture
-from workers.celery_app import create_celery_app
 
 pytestmark = pytest.mark.integration
 CLASSES = ("homogeneous", "speckled", "nucleolar", "centromere", "nuclear_membrane", "golgi")
@@ -128,11 +127,8 @@ def test_promotion_policy_rollback_and_audit(clean_registry, weights: Path) -> N
 def test_worker_uses_the_new_production_version(clean_registry, weights: Path, celery_worker: str) -> None:
     version_id = publish(weights, {"cv": cv(0.8)})
     assert promote(version_id)[0]
-    storage = storage_from_settings()
     key = "inbox/registry/after-promotion.png"
-    up.upload(storage, [(key, up.small_field(3))])
-    create_celery_app().send_task("hep2.register_upload", args=[key])
-    up.wait_final([key])
+    up.analyse_upload(storage_from_settings(), key, up.small_field(3))
     with session_scope() as session:
         attempt = session.scalar(select(AnalysisAttempt).join(SlideImage).where(SlideImage.key == key))
         used = {(mv.task, mv.id) for mv in attempt.model_versions}

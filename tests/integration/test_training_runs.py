@@ -80,12 +80,17 @@ def latest_run_id() -> int:
         return session.scalar(select(TrainingRun.id).order_by(TrainingRun.id.desc()).limit(1))
 
 
+def register_tiny_i3a(shared_data: Path, tmp_path_factory: pytest.TempPathFactory, name: str) -> str:
+    """Register a :func:`tiny_i3a` folder as the dataset ``name``; returns the name."""
+    folder = tiny_i3a(shared_data, tmp_path_factory.mktemp(name))
+    with session_scope() as session:
+        register_dataset(session, storage_from_settings(), name, folder)
+    return name
+
+
 @pytest.fixture(scope="module")
 def dataset(service_env: dict[str, str], shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tiny_i3a(shared_data, tmp_path_factory.mktemp("tiny-i3a"))
-    with session_scope() as session:
-        register_dataset(session, storage_from_settings(), "tiny-i3a", folder)
-    return "tiny-i3a"
+    return register_tiny_i3a(shared_data, tmp_path_factory, "tiny-i3a")
 
 
 def test_cli_triggered_and_scheduled_runs_register_candidates(dataset: str, celery_worker: str,
@@ -120,9 +125,7 @@ def test_cli_triggered_and_scheduled_runs_register_candidates(dataset: str, cele
 def test_reviewed_corrections_enter_the_next_snapshot(dataset: str, celery_worker: str) -> None:
     storage = storage_from_settings()
     key = "inbox/reviews/field.png"
-    up.upload(storage, [(key, up.small_field(2))])
-    create_celery_app().send_task("hep2.register_upload", args=[key])
-    up.wait_final([key])
+    up.analyse_upload(storage, key, up.small_field(2))
     with session_scope() as session:
         cell = session.scalar(select(Cell).join(AnalysisAttempt).join(SlideImage).where(SlideImage.key == key)
                               .order_by(Cell.index).limit(1))

@@ -18,7 +18,9 @@ from db.models import Cell, SlideImage, SpecimenResult
 from db.session import session_scope
 from hep2.storage import ObjectStorage
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_field, synthetic_png
+from workers.celery_app import create_celery_app
 from workers.jobs import slide_statuses, wait_for_final
+from workers.routing import TaskName
 
 FINAL = {"done", "needs_review", "rejected", "failed"}
 WEBHOOK_TOKEN = "test-webhook-token"
@@ -54,6 +56,13 @@ def statuses(keys: Iterable[str]) -> dict[str, str]:
 def wait_final(keys: list[str], timeout_s: float = 300.0) -> dict[str, str]:
     """Wait until every key has a slide in a final state; return key -> status."""
     return {key: status.value for key, status in wait_for_final(keys, timeout_s).items()}
+
+
+def analyse_upload(storage: ObjectStorage, key: str, data: bytes) -> str:
+    """Upload one field, send ``register_upload`` as the S3 event does, wait for its analysis; its final status."""
+    upload(storage, [(key, data)])
+    create_celery_app().send_task(TaskName.REGISTER_UPLOAD, args=[key])
+    return wait_final([key])[key]
 
 
 def counts(keys: list[str]) -> dict[str, int]:
