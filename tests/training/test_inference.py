@@ -50,3 +50,22 @@ def test_bundled_model_recognises_real_cells(i3a_dir: Path, i3a_rows: list[dict[
     assert mean_class_accuracy(table.labels, pred) > 0.6
     card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
     assert card["n_cells"] == len(i3a_rows)
+
+
+def test_inference_models_have_their_batchnorm_folded_into_the_convolutions(i3a_dir: Path) -> None:
+    """The classifier runs BatchNorm-folded copies (fold_batchnorm): no BatchNorm module left, and in fp32 the
+    probabilities of the checkpoint as trained (max difference ~1e-6 on real cells)."""
+    import torch
+
+    from analysis.models.classifier import load_checkpoint
+    from analysis.models.inference import predict_proba
+
+    clf = CellClassifier(DEFAULT_MODEL, device="cpu")
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in clf.model.modules())
+    trained, config = load_checkpoint(DEFAULT_MODEL)
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in trained.modules())
+    x = load_manifest(i3a_dir).subset(range(48)).load(config.img_size, config.use_mask)
+    folded = predict_proba(clf.model, x, tta=8, precision="fp32")
+    reference = predict_proba(trained, x, tta=8, precision="fp32")
+    assert np.abs(folded - reference).max() < 1e-4
+    assert (folded.argmax(1) == reference.argmax(1)).all()
