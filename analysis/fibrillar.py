@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.cells import Cell
-from analysis.segmentation import distance_transform, gaussian_filter
+from analysis.segmentation import distance_transform, gaussian_filter32
 
 
 def fibrillar_index(image: np.ndarray, mask: np.ndarray, sigma: float = 1.5, core: float = 0.4) -> float | None:
@@ -29,9 +29,9 @@ def fibrillar_index(image: np.ndarray, mask: np.ndarray, sigma: float = 1.5, cor
     own = np.asarray(mask) > 0
     if own.sum() < 20:
         return None
-    hxx = gaussian_filter(x, sigma, (0, 2))
-    hyy = gaussian_filter(x, sigma, (2, 0))
-    hxy = gaussian_filter(x, sigma, (1, 1))
+    hxx = gaussian_filter32(x, sigma, (0, 2))
+    hyy = gaussian_filter32(x, sigma, (2, 0))
+    hxy = gaussian_filter32(x, sigma, (1, 1))
     half_trace = (hxx + hyy) / 2
     spread = np.sqrt(np.maximum(half_trace ** 2 - (hxx * hyy - hxy ** 2), 0))
     l1, l2 = half_trace - spread, half_trace + spread  # l1 <= l2

@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field
 from scipy import ndimage
 
 from analysis import stats
-from analysis.segmentation import dilate_cross, gaussian_filter, gaussian_kernel
+from analysis.segmentation import dilate_cross, gaussian_filter32
 from analysis.types import FieldImage, InvalidImageError
 
 
@@ -135,7 +135,7 @@ def measure(image: FieldImage) -> QualityReport:
     p_lo, p99, p_hi = stats.percentile(free, [0.5, 99.0, 99.5])  # = np.percentile
     sigma = noise_sigma(grey)
     small = grey[::2, ::2] if min(grey.shape) >= 512 else grey  # the band energies, at half the cost
-    smooth_std = float(np.std(gaussian_filter(grey, SMOOTH_SIGMA)))
+    smooth_std = float(np.std(gaussian_filter32(grey, SMOOTH_SIGMA), dtype=np.float64))
     structure = smooth_std / (sigma * np.sqrt(_GAIN_SMOOTH))
     focus = _focus(small, sigma)
     saturated = float(np.mean(image.signal[~image.annotation_mask] >= 0.999)) if free.size else 0.0
@@ -148,7 +148,7 @@ def measure(image: FieldImage) -> QualityReport:
 
 def _focus(grey: np.ndarray, sigma: float) -> float | None:
     """Fine-band energy / coarse-band energy, noise energy subtracted from each (None: no coarse detail)."""
-    g1, g25, g8 = (gaussian_filter(grey, s) for s in (FINE[0], FINE[1], COARSE[1]))
+    g1, g25, g8 = (gaussian_filter32(grey, s).astype(np.float64) for s in (FINE[0], FINE[1], COARSE[1]))
     fine = max(float(np.var(g1 - g25)) - sigma**2 * _GAIN_FINE, 0.0)
     coarse = max(float(np.var(g25 - g8)) - sigma**2 * _GAIN_COARSE, 0.0)
     return fine / coarse if coarse > 0 else None
@@ -200,7 +200,7 @@ def count_nuclei(image: FieldImage, config: QualityConfig | None = None) -> int:
     half32 = half.astype(np.float32)  # a count, not a measurement: float32 Gaussians (~3× faster, same counts)
     score = np.full(half.shape, -np.inf, np.float32)
     for s in (v / 2 for v in cfg.nucleus_sigmas):
-        dog = _blur32(half32, s) - _blur32(half32, 1.6 * s)
+        dog = gaussian_filter32(half32, s) - gaussian_filter32(half32, 1.6 * s)
         np.maximum(score, dog * np.float32(1.0 / (sigma * np.sqrt(_dog_gain(s)))), out=score)
     window = max(3, round(cfg.min_separation / 2)) | 1
     peaks = (score == _max_filter(score, window)) & (score >= cfg.nucleus_snr)
@@ -210,12 +210,6 @@ def count_nuclei(image: FieldImage, config: QualityConfig | None = None) -> int:
         near = dilate_cross(image.annotation_mask[:h:2, :w:2], margin)
         peaks &= ~near
     return int(peaks.sum())
-
-
-def _blur32(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian of a float32 image in float32 (scipy's kernel and ``reflect`` border, OpenCV's separable filter)."""
-    kernel = gaussian_kernel(sigma).astype(np.float32)
-    return cv2.sepFilter2D(image, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_REFLECT)
 
 
 @lru_cache(maxsize=16)

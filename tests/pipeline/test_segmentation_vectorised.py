@@ -244,3 +244,30 @@ def test_float32_h_maxima_equals_float64_on_real_fields(shared_data: Path) -> No
         img = np.where(components > 0, dist, 0.0)
         float64 = (components > 0) & (img - reconstruct(img - seg.h, img, components) >= seg.h - 1e-3) & (img > seg.h)
         np.testing.assert_array_equal(h_maxima(dist, seg.h, fg), float64)
+
+
+@pytest.mark.parametrize("order", [(0, 0), (0, 2), (2, 0), (1, 1)])
+def test_float32_gaussian_is_within_float32_rounding_of_scipys(order: tuple[int, int]) -> None:
+    from analysis.segmentation import gaussian_filter32
+
+    image = np.random.default_rng(3).random((70, 90)).astype(np.float32)
+    for sigma in (1.0, 2.0, 6.4):
+        fast = gaussian_filter32(image, sigma, order)
+        assert fast.dtype == np.float32
+        np.testing.assert_allclose(fast, ndimage.gaussian_filter(image.astype(np.float64), sigma, order=order),
+                                   atol=2e-6)
+
+
+def test_classical_labels_with_float32_smoothing_equal_float64_smoothing(shared_data: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The segmenter smooths in float32; on real AGH fields its labels are those of float64 smoothing."""
+    from analysis import segmentation
+    from analysis.decode import decode_image
+
+    fields = [decode_image(p.read_bytes()) for p in sorted((shared_data / "agh-fields").glob("*.png"))[:4]]
+    fast = [segmentation.ClassicalSegmenter().segment(f) for f in fields]
+    monkeypatch.setattr(segmentation, "gaussian_filter32",
+                        lambda image, sigma, order=(0, 0): gaussian_filter(image, sigma, order).astype(np.float32))
+    for field, labels in zip(fields, fast, strict=True):
+        assert labels.max() > 10
+        np.testing.assert_array_equal(segmentation.ClassicalSegmenter().segment(field), labels)
