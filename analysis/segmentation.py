@@ -90,21 +90,20 @@ def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndar
     if n == 0:
         return np.zeros(foreground.shape, np.int32)
     seeds, n_seeds = ndimage.label((markers > 0) & (components > 0))
-    seed_comp = np.zeros(n_seeds + 1, np.int64)
-    seed_comp[seeds.ravel()] = components.ravel()
-    seed_comp[0] = 0
+    seed_comp = _component_of(seeds, n_seeds, components)
     per_comp = np.bincount(seed_comp[1:], minlength=n + 1)
     flooded = per_comp >= 2
     flooded[0] = False
     region = flooded[components]
     grid = _Grid(np.where(region, components, 0))
-    labels = grid.pad(np.where(flooded[seed_comp[seeds]] & (seeds > 0), seeds, 0).astype(np.int32))
+    kept = np.where(flooded[seed_comp], np.arange(n_seeds + 1, dtype=np.int32), 0)  # seeds in flooded components
+    kept[0] = 0
+    labels = grid.pad(kept[seeds])
     if region.any():
         _flood(grid, grid.pad_where(height, ~region, -np.inf, np.float64), labels, levels)
     labels = grid.unpad(labels)
     rest, n_rest = ndimage.label(region & (labels == 0))
-    rest_comp = np.zeros(n_rest + 1, np.int64)
-    rest_comp[rest.ravel()] = components.ravel()
+    rest_comp = _component_of(rest, n_rest, components)
     # order of the instances: (component, kind: whole / marker 0, unreached 1, label within its kind)
     whole = np.flatnonzero(~flooded[1:]) + 1
     marker_ids = np.flatnonzero(flooded[seed_comp[1:]]) + 1
@@ -121,6 +120,15 @@ def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndar
     rest_lut = np.zeros(n_rest + 1, np.int32)
     rest_lut[rest_ids] = final[len(whole) + len(marker_ids):]
     return whole_lut[components] + marker_lut[labels] + rest_lut[rest]
+
+
+def _component_of(pieces: np.ndarray, n_pieces: int, components: np.ndarray) -> np.ndarray:
+    """Per label of ``pieces`` (each lying inside one component), its component's label (index 0: 0); read
+    at the labelled pixels only."""
+    out = np.zeros(n_pieces + 1, np.int64)
+    at = np.flatnonzero(pieces)
+    out[pieces.ravel()[at]] = components.ravel()[at]
+    return out
 
 
 def _diagonal_contacts(components: np.ndarray) -> np.ndarray:
