@@ -213,6 +213,12 @@ def _riu2_table(points: int) -> np.ndarray:
     return np.where(trans <= 2, bits.sum(1), points + 1).astype(np.uint8)
 
 
+@lru_cache(maxsize=64)
+def _lbp_names(sigma: float, radius: int, points: int) -> tuple[str, ...]:
+    """Column names of one LBP histogram block (whole, inner, rim × P+2 bins), built once per configuration."""
+    return tuple(f"lbp_s{sigma:g}_r{radius}p{points}_{reg}_{b}" for reg in REGIONS for b in range(points + 2))
+
+
 def _lbp_riu2(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
     """Rotation-invariant uniform LBP codes (0..P+1) on the grid ``[m:-m, m:-m]`` of each tile (a view of
     :func:`_lbp_riu2_full`; the same codes as :func:`_lbp_riu2_counting`)."""
@@ -402,7 +408,7 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
             if key_base is None:
                 key_base = key_bases[nb] = region_key * nb
             h = _region_hist(full, nb, key_base, flat_in_tile, counts)
-            out.add([f"lbp_s{sigma:g}_r{radius}p{points}_{reg}_{b}" for reg in REGIONS for b in range(nb)], h)
+            out.add(_lbp_names(sigma, radius, points), h)
 
     # co-occurrence of adjacent LBPs (rotation-invariant approximation of CoALBP: riu2 codes, H+V pairs)
     for radius, d in spec.coalbp:
