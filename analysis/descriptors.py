@@ -229,20 +229,39 @@ def _lbp_riu2(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
 
 def _lbp_riu2_full(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
     """:func:`_lbp_riu2`'s codes in ``(N, T, T)`` tiles: valid on each tile's grid ``[m:-m, m:-m]`` (elsewhere
-    undefined). The P comparison bits are packed into one integer and mapped by :func:`_riu2_table`; the
-    comparisons run on the flattened stack (a neighbour at (dy, dx) is at flat offset dy·T + dx: the margin
-    ``m`` > radius keeps every grid pixel's neighbours inside its own tile), so every pass is contiguous."""
+    undefined): :func:`_lbp_packed` mapped by :func:`_riu2_table`."""
     if points > 16 or m <= radius:
         t = q.shape[-1]
         out = np.zeros(q.shape, np.uint8)
         out[:, m:t - m, m:t - m] = _lbp_riu2_counting(q, radius, points, m)
         return out
+    packed = _lbp_packed(q, radius, points, m)
+    table = _riu2_table(points)
+    return (cv2.LUT(packed, table) if points <= 8 else table[packed]).reshape(q.shape)
+
+
+def _lbp_riu2_at(q: np.ndarray, radius: int, points: int, m: int, flat_idx: np.ndarray) -> np.ndarray:
+    """``_lbp_riu2_full(q, radius, points, m).ravel()[flat_idx]`` (pixels on their tiles' grids), looked up
+    only at those pixels."""
+    if points > 16 or m <= radius:
+        return _lbp_riu2_full(q, radius, points, m).ravel()[flat_idx]
+    packed = _lbp_packed(q, radius, points, m)[flat_idx]
+    table = _riu2_table(points)
+    return cv2.LUT(packed, table).reshape(-1) if points <= 8 else table[packed]
+
+
+def _lbp_packed(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
+    """The P comparison bits (bit k: sample point k >= centre) packed into one integer per pixel of the
+    flattened ``(N, T, T)`` stack (``points`` <= 16, ``m`` > ``radius``): valid on each tile's grid
+    ``[m:-m, m:-m]``, 0 elsewhere. A neighbour at (dy, dx) is at flat offset dy·T + dx (the margin keeps
+    every grid pixel's neighbours inside its own tile), so every pass is contiguous."""
     n, t, _ = q.shape
     flat = np.ascontiguousarray(q).reshape(-1)
     lo, hi = m * t + m, (n - 1) * t * t + (t - m - 1) * t + (t - m)  # first and past-the-last grid pixel
     centre = flat[lo:hi]
     dtype = np.uint8 if points <= 8 else np.uint16
-    packed = np.zeros(hi - lo, dtype)
+    out = np.zeros(n * t * t, dtype)
+    packed = out[lo:hi]
     bit = np.empty(hi - lo, bool)
     weighted = np.empty(hi - lo, dtype)
     for k in range(points):
@@ -253,10 +272,7 @@ def _lbp_riu2_full(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarra
         # bit << k as a multiplication (numpy's shift of small integers is not vectorised)
         np.multiply(bit.view(np.uint8), dtype(1 << k), out=weighted, dtype=dtype)
         np.bitwise_or(packed, weighted, out=packed)
-    out = np.empty(n * t * t, np.uint8)
-    table = _riu2_table(points)
-    out[lo:hi] = cv2.LUT(packed, table).reshape(-1) if points <= 8 else table[packed]
-    return out.reshape(n, t, t)
+    return out
 
 
 def _lbp_riu2_counting(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
@@ -280,11 +296,10 @@ def _lbp_riu2_counting(q: np.ndarray, radius: int, points: int, m: int) -> np.nd
     return np.where(trans <= 2, ones, np.uint8(points + 1))
 
 
-def _region_hist(codes: np.ndarray, nbins: int, key_base: np.ndarray, flat_in: np.ndarray,
-                 counts: np.ndarray) -> np.ndarray:
-    """(N, 3, nbins) normalised histograms (whole, inner, rim) of in-mask codes."""
+def _region_hist(codes_in: np.ndarray, nbins: int, key_base: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(N, 3, nbins) normalised histograms (whole, inner, rim) of the in-mask pixels' codes."""
     n = counts.shape[0]
-    h = np.bincount(key_base + codes.ravel()[flat_in], minlength=n * 2 * nbins).reshape(n, 2, nbins)
+    h = np.bincount(key_base + codes_in, minlength=n * 2 * nbins).reshape(n, 2, nbins)
     h = np.concatenate([h.sum(1, keepdims=True), h], axis=1).astype(np.float32)
     return h / np.maximum(counts[:, :, None], 1)
 
@@ -396,28 +411,22 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
     s = s_full[grid]
 
     # LBP histograms per region
-    code_cache: dict[tuple[float, int, int], np.ndarray] = {}
     region_key = cell_in * 2 + reg_in
     key_bases: dict[int, np.ndarray] = {}
     for sigma in spec.lbp_sigmas:
         q = _quantise(gs[sigma])
         for radius, points in spec.lbp:
             nb = points + 2
-            full = _lbp_riu2_full(q, radius, points, mg)
-            code_cache[(sigma, radius, points)] = full[grid]
             key_base = key_bases.get(nb)
             if key_base is None:
                 key_base = key_bases[nb] = region_key * nb
-            h = _region_hist(full, nb, key_base, flat_in_tile, counts)
+            h = _region_hist(_lbp_riu2_at(q, radius, points, mg, flat_in_tile), nb, key_base, counts)
             out.add(_lbp_names(sigma, radius, points), h)
 
     # co-occurrence of adjacent LBPs (rotation-invariant approximation of CoALBP: riu2 codes, H+V pairs)
     for radius, d in spec.coalbp:
         sigma0 = spec.lbp_sigmas[0] if spec.lbp_sigmas else 0.0
-        codes = code_cache.get((sigma0, radius, 8))
-        if codes is None:
-            q = _quantise(gs[sigma0])
-            codes = _lbp_riu2(q, radius, 8, mg)
+        codes = _lbp_riu2(_quantise(gs[sigma0]), radius, 8, mg)
         c = _cooc(codes, 10, m, d)
         iu = np.triu_indices(10)
         c = c[:, iu[0], iu[1]]

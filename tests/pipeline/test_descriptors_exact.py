@@ -19,6 +19,18 @@ def test_lbp_codes_equal_counting(radius: int, points: int) -> None:
         assert np.array_equal(D._lbp_riu2(q, radius, points, m), D._lbp_riu2_counting(q, radius, points, m))
 
 
+
+@pytest.mark.parametrize(("radius", "points", "m"), [(1, 8, 3), (6, 8, 7), (2, 12, 4), (3, 16, 4), (3, 8, 3)])
+def test_lbp_codes_at_pixels_equal_counting(radius: int, points: int, m: int) -> None:
+    """Codes looked up at chosen grid pixels only (the histograms' in-mask pixels) = the reference's there."""
+    rng = np.random.default_rng(radius * 10 + points)
+    q = rng.integers(0, 4, (4, 25, 25)).astype(np.uint8)
+    ref = D._lbp_riu2_counting(q, radius, points, m)
+    on_grid = np.zeros(q.shape, bool)
+    on_grid[:, m:-m, m:-m] = rng.random(ref.shape) < 0.4
+    idx = np.flatnonzero(on_grid)
+    assert np.array_equal(D._lbp_riu2_at(q, radius, points, m, idx), ref[on_grid[:, m:-m, m:-m]])
+
 def test_max3_equals_slices() -> None:
     rng = np.random.default_rng(0)
     for shape in ((4, 20, 17), (1, 2, 2), (3, 1, 5), (2, 9, 1)):
