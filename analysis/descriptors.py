@@ -306,15 +306,16 @@ def _region_hist(codes_in: np.ndarray, nbins: int, key_base: np.ndarray, counts:
 
 def _cooc(codes: np.ndarray, nbins: int, m: np.ndarray, d: int) -> np.ndarray:
     """(N, nbins, nbins) symmetric co-occurrence counts of codes at horizontal and vertical distance ``d``
-    (both pixels in the mask); invariant to 90° rotations."""
+    (both pixels in the mask); invariant to 90° rotations. Each pixel's key (its cell and code) is formed once
+    on the whole stack; the pairs' keys are then one addition and one gather (integer counts)."""
     n = codes.shape[0]
-    cell = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None, None] * (nbins * nbins), codes.shape)
+    kind = np.int32 if n * nbins * nbins < 2 ** 31 else np.int64
+    keyed = codes.astype(kind) * nbins
+    keyed += (np.arange(n, dtype=kind) * (nbins * nbins))[:, None, None]
     total = np.zeros(n * nbins * nbins, np.float64)
-    for a, b, c, va, vb in ((codes[:, :, :-d], codes[:, :, d:], cell[:, :, :-d], m[:, :, :-d], m[:, :, d:]),
-                            (codes[:, :-d, :], codes[:, d:, :], cell[:, :-d, :], m[:, :-d, :], m[:, d:, :])):
-        valid = va & vb  # the pairs' codes first, then their keys (integer counts: the same totals)
-        key = c[valid] + a[valid].astype(np.int64) * nbins + b[valid]
-        total += np.bincount(key, minlength=n * nbins * nbins)
+    for a, b, va, vb in ((keyed[:, :, :-d], codes[:, :, d:], m[:, :, :-d], m[:, :, d:]),
+                         (keyed[:, :-d, :], codes[:, d:, :], m[:, :-d, :], m[:, d:, :])):
+        total += np.bincount((a + b)[va & vb], minlength=n * nbins * nbins)
     c = total.reshape(n, nbins, nbins)
     return c + c.transpose(0, 2, 1)
 
