@@ -3,11 +3,12 @@ co-occurrence, intensity distribution, radial profile, dot (DoG blob) and bright
 shape, and optionally co-occurrence of adjacent LBPs, Gabor energies and Golgi-oriented asymmetry cues.
 
 numpy/scipy and OpenCV (resizing for ``cell_size``; exact integer and min/max operations: distance transforms,
-3×3 maxima, connected components, lookup tables). Everything is vectorised over a batch: crops are
-grouped by tile side (the crop's long side rounded up to 8 px, plus the zero margin), centred in that
-square tile and processed as one ``(N, T, T)`` stack per side (LBP bits by slicing the flattened stack,
-Gaussian smoothing by FFT, histograms by one ``np.bincount`` each); a crop's tile depends only on its own
-size, so its descriptors do not depend on the other crops of the call. Per crop:
+3×3 maxima, connected components, lookup tables). Everything is vectorised over a batch: crops are cut
+to their mask's bounding box (:func:`crop_to_mask`), grouped by tile side (the long side rounded up to 8 px,
+plus the zero margin), centred in that square tile and processed as one ``(N, T, T)`` stack per side (LBP
+bits by slicing the flattened stack, Gaussian smoothing by FFT, histograms by one ``np.bincount`` each); a
+crop's tile depends only on its own cell, so its descriptors do not depend on the other crops of the call.
+Per crop:
 
 0. With ``cell_size`` set, the crop is first resized so the cell's equivalent side is ``cell_size`` pixels
    (:func:`normalise_size`): cells photographed at other magnifications give the same texture scale.
@@ -213,6 +214,12 @@ def _riu2_table(points: int) -> np.ndarray:
     return np.where(trans <= 2, bits.sum(1), points + 1).astype(np.uint8)
 
 
+@lru_cache(maxsize=64)
+def _lbp_names(sigma: float, radius: int, points: int) -> tuple[str, ...]:
+    """Column names of one LBP histogram block (whole, inner, rim × P+2 bins), built once per configuration."""
+    return tuple(f"lbp_s{sigma:g}_r{radius}p{points}_{reg}_{b}" for reg in REGIONS for b in range(points + 2))
+
+
 def _lbp_riu2(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
     """Rotation-invariant uniform LBP codes (0..P+1) on the grid ``[m:-m, m:-m]`` of each tile (a view of
     :func:`_lbp_riu2_full`; the same codes as :func:`_lbp_riu2_counting`)."""
@@ -222,20 +229,39 @@ def _lbp_riu2(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
 
 def _lbp_riu2_full(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
     """:func:`_lbp_riu2`'s codes in ``(N, T, T)`` tiles: valid on each tile's grid ``[m:-m, m:-m]`` (elsewhere
-    undefined). The P comparison bits are packed into one integer and mapped by :func:`_riu2_table`; the
-    comparisons run on the flattened stack (a neighbour at (dy, dx) is at flat offset dy·T + dx: the margin
-    ``m`` > radius keeps every grid pixel's neighbours inside its own tile), so every pass is contiguous."""
+    undefined): :func:`_lbp_packed` mapped by :func:`_riu2_table`."""
     if points > 16 or m <= radius:
         t = q.shape[-1]
         out = np.zeros(q.shape, np.uint8)
         out[:, m:t - m, m:t - m] = _lbp_riu2_counting(q, radius, points, m)
         return out
+    packed = _lbp_packed(q, radius, points, m)
+    table = _riu2_table(points)
+    return (cv2.LUT(packed, table) if points <= 8 else table[packed]).reshape(q.shape)
+
+
+def _lbp_riu2_at(q: np.ndarray, radius: int, points: int, m: int, flat_idx: np.ndarray) -> np.ndarray:
+    """``_lbp_riu2_full(q, radius, points, m).ravel()[flat_idx]`` (pixels on their tiles' grids), looked up
+    only at those pixels."""
+    if points > 16 or m <= radius:
+        return _lbp_riu2_full(q, radius, points, m).ravel()[flat_idx]
+    packed = _lbp_packed(q, radius, points, m)[flat_idx]
+    table = _riu2_table(points)
+    return cv2.LUT(packed, table).reshape(-1) if points <= 8 else table[packed]
+
+
+def _lbp_packed(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
+    """The P comparison bits (bit k: sample point k >= centre) packed into one integer per pixel of the
+    flattened ``(N, T, T)`` stack (``points`` <= 16, ``m`` > ``radius``): valid on each tile's grid
+    ``[m:-m, m:-m]``, 0 elsewhere. A neighbour at (dy, dx) is at flat offset dy·T + dx (the margin keeps
+    every grid pixel's neighbours inside its own tile), so every pass is contiguous."""
     n, t, _ = q.shape
     flat = np.ascontiguousarray(q).reshape(-1)
     lo, hi = m * t + m, (n - 1) * t * t + (t - m - 1) * t + (t - m)  # first and past-the-last grid pixel
     centre = flat[lo:hi]
     dtype = np.uint8 if points <= 8 else np.uint16
-    packed = np.zeros(hi - lo, dtype)
+    out = np.zeros(n * t * t, dtype)
+    packed = out[lo:hi]
     bit = np.empty(hi - lo, bool)
     weighted = np.empty(hi - lo, dtype)
     for k in range(points):
@@ -246,10 +272,7 @@ def _lbp_riu2_full(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarra
         # bit << k as a multiplication (numpy's shift of small integers is not vectorised)
         np.multiply(bit.view(np.uint8), dtype(1 << k), out=weighted, dtype=dtype)
         np.bitwise_or(packed, weighted, out=packed)
-    out = np.empty(n * t * t, np.uint8)
-    table = _riu2_table(points)
-    out[lo:hi] = cv2.LUT(packed, table).reshape(-1) if points <= 8 else table[packed]
-    return out.reshape(n, t, t)
+    return out
 
 
 def _lbp_riu2_counting(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
@@ -273,26 +296,26 @@ def _lbp_riu2_counting(q: np.ndarray, radius: int, points: int, m: int) -> np.nd
     return np.where(trans <= 2, ones, np.uint8(points + 1))
 
 
-def _region_hist(codes: np.ndarray, nbins: int, key_base: np.ndarray, flat_in: np.ndarray,
-                 counts: np.ndarray) -> np.ndarray:
-    """(N, 3, nbins) normalised histograms (whole, inner, rim) of in-mask codes."""
+def _region_hist(codes_in: np.ndarray, nbins: int, key_base: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(N, 3, nbins) normalised histograms (whole, inner, rim) of the in-mask pixels' codes."""
     n = counts.shape[0]
-    h = np.bincount(key_base + codes.ravel()[flat_in], minlength=n * 2 * nbins).reshape(n, 2, nbins)
+    h = np.bincount(key_base + codes_in, minlength=n * 2 * nbins).reshape(n, 2, nbins)
     h = np.concatenate([h.sum(1, keepdims=True), h], axis=1).astype(np.float32)
     return h / np.maximum(counts[:, :, None], 1)
 
 
 def _cooc(codes: np.ndarray, nbins: int, m: np.ndarray, d: int) -> np.ndarray:
     """(N, nbins, nbins) symmetric co-occurrence counts of codes at horizontal and vertical distance ``d``
-    (both pixels in the mask); invariant to 90° rotations."""
+    (both pixels in the mask); invariant to 90° rotations. Each pixel's key (its cell and code) is formed once
+    on the whole stack; the pairs' keys are then one addition and one gather (integer counts)."""
     n = codes.shape[0]
-    cell = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None, None] * (nbins * nbins), codes.shape)
+    kind = np.int32 if n * nbins * nbins < 2 ** 31 else np.int64
+    keyed = codes.astype(kind) * nbins
+    keyed += (np.arange(n, dtype=kind) * (nbins * nbins))[:, None, None]
     total = np.zeros(n * nbins * nbins, np.float64)
-    for a, b, c, va, vb in ((codes[:, :, :-d], codes[:, :, d:], cell[:, :, :-d], m[:, :, :-d], m[:, :, d:]),
-                            (codes[:, :-d, :], codes[:, d:, :], cell[:, :-d, :], m[:, :-d, :], m[:, d:, :])):
-        valid = va & vb  # the pairs' codes first, then their keys (integer counts: the same totals)
-        key = c[valid] + a[valid].astype(np.int64) * nbins + b[valid]
-        total += np.bincount(key, minlength=n * nbins * nbins)
+    for a, b, va, vb in ((keyed[:, :, :-d], codes[:, :, d:], m[:, :, :-d], m[:, :, d:]),
+                         (keyed[:, :-d, :], codes[:, d:, :], m[:, :-d, :], m[:, d:, :])):
+        total += np.bincount((a + b)[va & vb], minlength=n * nbins * nbins)
     c = total.reshape(n, nbins, nbins)
     return c + c.transpose(0, 2, 1)
 
@@ -389,28 +412,22 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
     s = s_full[grid]
 
     # LBP histograms per region
-    code_cache: dict[tuple[float, int, int], np.ndarray] = {}
     region_key = cell_in * 2 + reg_in
     key_bases: dict[int, np.ndarray] = {}
     for sigma in spec.lbp_sigmas:
         q = _quantise(gs[sigma])
         for radius, points in spec.lbp:
             nb = points + 2
-            full = _lbp_riu2_full(q, radius, points, mg)
-            code_cache[(sigma, radius, points)] = full[grid]
             key_base = key_bases.get(nb)
             if key_base is None:
                 key_base = key_bases[nb] = region_key * nb
-            h = _region_hist(full, nb, key_base, flat_in_tile, counts)
-            out.add([f"lbp_s{sigma:g}_r{radius}p{points}_{reg}_{b}" for reg in REGIONS for b in range(nb)], h)
+            h = _region_hist(_lbp_riu2_at(q, radius, points, mg, flat_in_tile), nb, key_base, counts)
+            out.add(_lbp_names(sigma, radius, points), h)
 
     # co-occurrence of adjacent LBPs (rotation-invariant approximation of CoALBP: riu2 codes, H+V pairs)
     for radius, d in spec.coalbp:
         sigma0 = spec.lbp_sigmas[0] if spec.lbp_sigmas else 0.0
-        codes = code_cache.get((sigma0, radius, 8))
-        if codes is None:
-            q = _quantise(gs[sigma0])
-            codes = _lbp_riu2(q, radius, 8, mg)
+        codes = _lbp_riu2(_quantise(gs[sigma0]), radius, 8, mg)
         c = _cooc(codes, 10, m, d)
         iu = np.triu_indices(10)
         c = c[:, iu[0], iu[1]]
@@ -603,9 +620,27 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 # ------------------------------------------------------------------------------------------------ public
 
 
+def crop_to_mask(crops: Sequence[Crop]) -> list[Crop]:
+    """Each crop cut to its mask's bounding box (a crop without a mask, or with an empty one, is kept whole).
+    The descriptors see only the mask's pixels (the stretch zeroes the rest), so this changes no measured
+    quantity: the cell's tile is smaller (less work) and its FFT smoothing wraps around further away."""
+    out: list[Crop] = []
+    for image, mask in crops:
+        img = np.asarray(image)
+        m = None if mask is None else _cell_mask(mask, img.shape[:2])
+        if m is None or not m.any():
+            out.append((img, m))
+            continue
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+        out.append((img[box], m[box]))
+    return out
+
+
 def _run(crops: Sequence[Crop], spec: DescriptorSpec) -> tuple[np.ndarray, list[str]]:
     if spec.cell_size:
         crops = normalise_size(crops, spec.cell_size)
+    crops = crop_to_mask(crops)
     n = len(crops)
     sides = np.array([-(-max(np.shape(img)[:2]) // 8) * 8 for img, _ in crops], dtype=np.int64)
     batches = [members[start:start + spec.batch_size]  # crops of one tile side: a crop's values are its own

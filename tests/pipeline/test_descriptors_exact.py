@@ -19,6 +19,41 @@ def test_lbp_codes_equal_counting(radius: int, points: int) -> None:
         assert np.array_equal(D._lbp_riu2(q, radius, points, m), D._lbp_riu2_counting(q, radius, points, m))
 
 
+
+@pytest.mark.parametrize(("radius", "points", "m"), [(1, 8, 3), (6, 8, 7), (2, 12, 4), (3, 16, 4), (3, 8, 3)])
+def test_lbp_codes_at_pixels_equal_counting(radius: int, points: int, m: int) -> None:
+    """Codes looked up at chosen grid pixels only (the histograms' in-mask pixels) = the reference's there."""
+    rng = np.random.default_rng(radius * 10 + points)
+    q = rng.integers(0, 4, (4, 25, 25)).astype(np.uint8)
+    ref = D._lbp_riu2_counting(q, radius, points, m)
+    on_grid = np.zeros(q.shape, bool)
+    on_grid[:, m:-m, m:-m] = rng.random(ref.shape) < 0.4
+    idx = np.flatnonzero(on_grid)
+    assert np.array_equal(D._lbp_riu2_at(q, radius, points, m, idx), ref[on_grid[:, m:-m, m:-m]])
+
+
+def _cooc_reference(codes: np.ndarray, nbins: int, m: np.ndarray, d: int) -> np.ndarray:
+    """The previous ``_cooc``: each pair's cell, codes and key gathered and formed separately."""
+    n = codes.shape[0]
+    cell = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None, None] * (nbins * nbins), codes.shape)
+    total = np.zeros(n * nbins * nbins, np.float64)
+    for a, b, c, va, vb in ((codes[:, :, :-d], codes[:, :, d:], cell[:, :, :-d], m[:, :, :-d], m[:, :, d:]),
+                            (codes[:, :-d, :], codes[:, d:, :], cell[:, :-d, :], m[:, :-d, :], m[:, d:, :])):
+        valid = va & vb
+        key = c[valid] + a[valid].astype(np.int64) * nbins + b[valid]
+        total += np.bincount(key, minlength=n * nbins * nbins)
+    c = total.reshape(n, nbins, nbins)
+    return c + c.transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize(("nbins", "d"), [(16, 1), (16, 4), (10, 2), (255, 3)])
+def test_cooc_equals_reference(nbins: int, d: int) -> None:
+    rng = np.random.default_rng(nbins + d)
+    codes = rng.integers(0, nbins, (5, 23, 19)).astype(np.uint8)
+    m = rng.random(codes.shape) < 0.6
+    got = D._cooc(codes, nbins, m, d)
+    assert got.dtype == np.float64 and np.array_equal(got, _cooc_reference(codes, nbins, m, d))
+
 def test_max3_equals_slices() -> None:
     rng = np.random.default_rng(0)
     for shape in ((4, 20, 17), (1, 2, 2), (3, 1, 5), (2, 9, 1)):

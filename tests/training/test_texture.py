@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.descriptors import DescriptorSpec, extract, feature_names
+from analysis.descriptors import DescriptorSpec, crop_to_mask, extract, feature_names
 from analysis.texture_model import FORMAT, ModelFileError, TextureModel
 from training.datasets import load_manifest
 from training.metrics import CLASS_NAMES
@@ -246,3 +246,18 @@ def test_a_cells_descriptors_do_not_depend_on_the_other_cells_of_the_call() -> N
     alone = extract([small], FULL)
     together = extract([large, small, dotted(rng, 90, 80)], FULL)
     assert np.array_equal(alone[0], together[1])
+
+
+def test_the_background_around_the_mask_does_not_matter() -> None:
+    """Crops are cut to their mask's bounding box first: a wider crop box (other background, another cell's
+    pixels outside the mask) gives the same values; a crop without a mask is kept whole."""
+    rng = np.random.default_rng(6)
+    img, mask = dotted(rng, 60, 58)
+    wide_img = rng.integers(0, 255, (97, 83)).astype(np.uint8)
+    wide_mask = np.zeros((97, 83), np.uint8)
+    wide_img[20:80, 9:67], wide_mask[20:80, 9:67] = img, mask
+    assert np.array_equal(extract([(img, mask)], FULL), extract([(wide_img, wide_mask)], FULL))
+    cut = crop_to_mask([(wide_img, wide_mask), (img, None), (img, np.zeros_like(mask))])
+    assert cut[0][0].shape == cut[0][1].shape == (np.any(mask, 1).sum(), np.any(mask, 0).sum())
+    assert cut[1][0] is not None and cut[1][0].shape == img.shape and cut[1][1] is None
+    assert cut[2][0].shape == img.shape
