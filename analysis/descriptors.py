@@ -43,6 +43,9 @@ from analysis import stats
 
 Crop = tuple[np.ndarray, "np.ndarray | None"]
 REGIONS = ("whole", "inner", "rim")
+VALUES_REVISION = 2
+"""Raised whenever a code change moves descriptor values (2: crops cut to their mask's bounding box, session 7);
+caches of descriptors (``training.texture.cached_features``) are keyed by it, so stale values are not reused."""
 
 
 def _tuplify(value: Any) -> Any:

@@ -25,7 +25,7 @@ Measured on I3A (2026-12-01, this protocol): T3 pooled cell MCA 0.722 (fold mean
 0.708. The other descriptor sets compared: docs/benchmarks.md and docs/results/texture-experiments-2026-12-01.md.
 
 Descriptors are cached under ``$HEP2_TEXTURE_CACHE`` (default ``~/runs/texture/features``), keyed by the
-data hash and the descriptor spec.
+data hash, the descriptor spec and the descriptor code's ``VALUES_REVISION``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import cv2
 import lightgbm as lgb
 import numpy as np
 
-from analysis.descriptors import Crop, DescriptorSpec, extract, feature_names
+from analysis.descriptors import VALUES_REVISION, Crop, DescriptorSpec, extract, feature_names
 from analysis.texture_model import TextureModel
 from training.cv import grouped_kfold, random_kfold
 from training.datasets import CellTable
@@ -92,8 +92,9 @@ def cache_dir() -> Path:
 
 
 def spec_hash(spec: DescriptorSpec) -> str:
-    """Hash of the descriptor parameters, minus those that cannot change the values (batch size)."""
-    d = {k: v for k, v in spec.to_dict().items() if k != "batch_size"}
+    """Hash of the descriptor parameters, minus those that cannot change the values (batch size), and of the
+    code's :data:`analysis.descriptors.VALUES_REVISION`."""
+    d = {k: v for k, v in spec.to_dict().items() if k != "batch_size"} | {"values_revision": VALUES_REVISION}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

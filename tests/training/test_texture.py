@@ -261,3 +261,14 @@ def test_the_background_around_the_mask_does_not_matter() -> None:
     assert cut[0][0].shape == cut[0][1].shape == (np.any(mask, 1).sum(), np.any(mask, 0).sum())
     assert cut[1][0] is not None and cut[1][0].shape == img.shape and cut[1][1] is None
     assert cut[2][0].shape == img.shape
+
+
+def test_descriptor_cache_key_follows_the_code_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change of descriptor values (VALUES_REVISION raised) keys a new cache file: stale values are not reused."""
+    from analysis.descriptors import DescriptorSpec
+    from training import texture
+
+    spec = DescriptorSpec.from_dict(texture.SHIPPED_DESCRIPTOR)
+    before = texture.spec_hash(spec)
+    monkeypatch.setattr(texture, "VALUES_REVISION", texture.VALUES_REVISION + 1)
+    assert texture.spec_hash(spec) != before
