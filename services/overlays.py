@@ -6,7 +6,8 @@ dashboard and the report page; ``hep2 demo``) fetches the slide's registered obj
 slide's registered SHA-256 (a changed or deleted object is refused with the reason, never rendered), decodes
 it as the worker did, composes it with the layer and stores the PNG under ``overlay_key``
 (``overlays/<slide>/attempt-<n>.png``); later callers find it there. Results written before this change have
-no layer: their ``overlay_key`` holds the full overlay the worker made, served as it is.
+no layer: their ``overlay_key`` holds the full overlay the worker made, served as it is. Two first requests
+at once both render and store the same bytes (deterministic), which is harmless.
 """
 
 from __future__ import annotations
