@@ -1,7 +1,8 @@
 """The whole-field pipeline as one plain function: image bytes in, :class:`SlideAnalysis` out.
 
 decode → quality gate (unreadable fields rejected) → segment → measure cells (filters, mitoses) → intensity →
-classify cells → specimen (a negative call needs the gate's evidence of cells) → overlay. No queue, database
+classify cells → specimen (a negative call needs the gate's evidence of cells) → overlay layer (the full overlay
+is composed from the upload and the layer on request: :func:`analysis.overlay.overlay_of_upload`). No queue, database
 or storage inside; the worker task stores what comes out. The tunable rules are
 :class:`analysis.config.PipelineConfig`; the models come from :func:`analysis.build.build_models`.
 """
@@ -19,17 +20,17 @@ import numpy as np
 
 from analysis.cells import Cell, background_level, classify_cells, measure_cells
 from analysis.config import PipelineConfig
-from analysis.decode import ImageLimits, decode_image
+from analysis.decode import decode_upload
 from analysis.fibrillar import field_fibrillar_index
 from analysis.intensity import IntensityResult, measure_intensity
 from analysis.models import DEFAULT_SEGMENTER
 from analysis.models.files import combined_sha256
 from analysis.models.fused import load_cell_classifier
-from analysis.overlay import render_overlay
+from analysis.overlay import render_layer
 from analysis.quality import QualityReport, assess_field, count_nuclei, negative_needs_cells
 from analysis.segmentation import ClassicalSegmenter
 from analysis.specimen import SpecimenConfig, SpecimenResult, aggregate, cytoplasm_ratio, hold_for_review
-from analysis.types import FieldImage, InvalidImageError, Segmenter
+from analysis.types import InvalidImageError, Segmenter
 from hep2.vocabulary import NEGATIVE
 
 
@@ -111,7 +112,9 @@ class SlideAnalysis:
     intensity: IntensityResult
     specimen: SpecimenResult
     cells: list[Cell]
-    overlay_png: bytes = field(repr=False)
+    overlay_layer: bytes = field(repr=False)
+    """What the overlay needs beyond the upload (:func:`analysis.overlay.render_layer`); the overlay itself:
+    :func:`analysis.overlay.overlay_of_upload`."""
     timings_ms: dict[str, float]
     model_versions: dict[str, Any]
     image: dict[str, Any]
@@ -120,7 +123,7 @@ class SlideAnalysis:
     """The quality gate's measurements (:mod:`analysis.quality`), incl. the nuclei found."""
 
     def to_dict(self, with_cells: bool = True) -> dict[str, Any]:
-        """JSON-ready (the overlay is left out: store it as its own PNG)."""
+        """JSON-ready (the overlay layer is left out: store it as its own PNG)."""
         cells = [{k: v for k, v in asdict(c).items() if k != "crop_box"} for c in self.cells]
         out = {"intensity": asdict(self.intensity), "specimen": asdict(self.specimen),
                "n_cells": len(self.cells), "n_classified": sum(c.probabilities is not None for c in self.cells),
@@ -141,10 +144,6 @@ def specimen_rules(config: SpecimenConfig, classifier: Any) -> SpecimenConfig:
     return config.model_copy(update=calibrated) if calibrated else config
 
 
-def _decode(data: bytes, accept_16bit: bool) -> FieldImage:
-    return decode_image(data, ImageLimits(accept_16bit=accept_16bit))
-
-
 def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, config: PipelineConfig | None = None,
                   title: str = "", accept_16bit: bool = False) -> SlideAnalysis:
     """Run every stage on one image; raises :class:`InvalidImageError` for input that cannot be analysed.
@@ -161,7 +160,7 @@ def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, conf
         timings[name] = round((now - clock) * 1000.0, 1)
         clock = now
 
-    image = _decode(data, accept_16bit)
+    image = decode_upload(data, accept_16bit)
     lap("decode")
     quality = assess_field(image, cfg.quality)  # raises InvalidImageError for an unreadable field
     quality.nuclei = count_nuclei(image, cfg.quality)
@@ -190,15 +189,15 @@ def analyze_field(data: bytes, models: Models, sidecar: dict | None = None, conf
     hold_for_review(specimen, [*quality.review_reasons, *([no_cells] if no_cells else [])],
                     withdraw_negative=no_cells is not None)
     lap("specimen")
-    overlay = render_overlay(image, labels, cells, title=title, index=intensity.index,
-                             intensity_class=intensity.intensity_class)
+    layer = render_layer(image, labels, cells, title=title, index=intensity.index,
+                         intensity_class=intensity.intensity_class)
     lap("overlay")
     facts = {"height": image.shape[0], "width": image.shape[1], "bit_depth": image.bit_depth,
              "format": image.source_format, "channel_rule": image.channel_rule,
              "annotation_pixels": int(image.annotation_mask.sum())}
     versions = models.versions()
     lap("versions")  # every step of the work is inside one of the timings
-    return SlideAnalysis(intensity=intensity, specimen=specimen, cells=cells, overlay_png=overlay,
+    return SlideAnalysis(intensity=intensity, specimen=specimen, cells=cells, overlay_layer=layer,
                          timings_ms=timings, model_versions=versions, image=facts, quality=quality)
 
 

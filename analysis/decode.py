@@ -297,3 +297,9 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> FieldImage:
     annotations = find_annotations(signal) if limits.detect_annotations else np.zeros(signal.shape, bool)
     return FieldImage(signal=np.ascontiguousarray(signal, np.float32), bit_depth=bits, source_format=fmt,
                       channel_rule=rule, annotation_mask=annotations)
+
+
+def decode_upload(data: bytes, accept_16bit: bool = False) -> FieldImage:
+    """An uploaded field decoded as the service analyses it (default limits; ``accept_16bit``:
+    ``HEP2_ACCEPT_16BIT``): ``analyze_field`` and the overlay rendered on request both decode this way."""
+    return decode_image(data, ImageLimits(accept_16bit=accept_16bit))

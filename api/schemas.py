@@ -134,7 +134,10 @@ class SpecimenDetail(BaseModel):
                                                  "included, marked)")
     attempts: list[AttemptOut]
     model_versions: list[ModelVersionOut]
-    overlay_url: str | None = Field(None, description="Short-lived presigned URL of the overlay PNG")
+    overlay_url: str | None = Field(None, description="Short-lived presigned URL of the overlay PNG (rendered "
+                                                      "on the first request for it)")
+    overlay_problem: str | None = Field(None, description="Why there is no overlay_url although the result has "
+                                                          "an overlay (e.g. the uploaded image changed)")
     image_url: str | None = Field(None, description="Short-lived presigned URL of the uploaded image")
 
 

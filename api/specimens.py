@@ -34,8 +34,10 @@ from api.schemas import (
 )
 from db.base import utcnow
 from db.models import AnalysisAttempt, Cell, Patient, Review, SlideImage, SlideStatus, Specimen, SpecimenResult
-from hep2.storage import storage_from_settings
+from hep2.settings import get_settings
+from hep2.storage import ObjectStorage, storage_from_settings
 from hep2.vocabulary import icap_of_pattern
+from services import overlays
 
 router = APIRouter(prefix="/v1/specimens", tags=["specimens"])
 URL_TTL_S = 300
@@ -208,6 +210,7 @@ def detail(session: Session, slide_id: int) -> SpecimenDetail:
         (Review.specimen_result_id == result.id)
         | Review.cell_id.in_(select(Cell.id).where(Cell.attempt_id == result.attempt_id)))
         .order_by(Review.id)).all() if result else []
+    overlay, problem = _overlay(storage, slide, result)
     return SpecimenDetail(
         item=to_item(row), sidecar=slide.sidecar, exposure_ms=slide.exposure_ms, kit_lot=slide.kit_lot,
         scanner=slide.scanner, sha256=slide.sha256,
@@ -216,9 +219,19 @@ def detail(session: Session, slide_id: int) -> SpecimenDetail:
         reviews=[ReviewOut.model_validate(r) for r in reviews],
         attempts=[AttemptOut.model_validate(a) for a in slide.attempts],
         model_versions=[ModelVersionOut.model_validate(m) for m in (attempt.model_versions if attempt else [])],
-        overlay_url=storage.presigned_url(result.overlay_key, URL_TTL_S) if result and result.overlay_key else None,
+        overlay_url=storage.presigned_url(overlay, URL_TTL_S) if overlay else None, overlay_problem=problem,
         image_url=storage.presigned_url(slide.key, URL_TTL_S),
     )
+
+
+def _overlay(storage: ObjectStorage, slide: SlideImage, result: SpecimenResult | None) -> tuple[str | None, str | None]:
+    """(key of the overlay PNG, rendered now if needed; why there is none)."""
+    if result is None:
+        return None, None
+    try:
+        return overlays.overlay_key(storage, slide, result, get_settings().accept_16bit), None
+    except overlays.OverlayUnavailableError as exc:
+        return None, str(exc)
 
 
 @router.get("/{slide_id}", response_model=SpecimenDetail)

@@ -13,6 +13,7 @@ import typer
 
 from analysis.config import PipelineConfig, load_config
 from analysis.models import ModelWeights
+from analysis.overlay_files import write_overlay
 from cli.apps import app, evaluate_app
 from hep2.jsonio import write_json
 from hep2.settings import get_settings
@@ -54,7 +55,8 @@ def analyze_cmd(
     typer.echo(header)
     for path in files:
         try:
-            r = analyze_field(path.read_bytes(), models, config=cfg, title=path.name, accept_16bit=sixteen)
+            data = path.read_bytes()
+            r = analyze_field(data, models, config=cfg, title=path.name, accept_16bit=sixteen)
         except (InvalidImageError, OSError) as exc:
             typer.echo(f"{path.name:<28} REJECTED: {exc}")
             results[str(path)] = {"error": str(exc)}
@@ -63,10 +65,9 @@ def analyze_cmd(
         typer.echo(f"{path.name:<28} {i.intensity_class + f' ({i.index:.1f})':<22} {s.pattern:<17} "
                    f"{s.icap or '-':<10} {s.second_pattern or '-':<17} {s.cells_used:>5}  "
                    f"{'yes: ' + '; '.join(s.reasons) if s.needs_review else 'no'}")
-        results[str(path)] = r.to_dict(with_cells=cells)
         if overlay_dir:
-            overlay_dir.mkdir(parents=True, exist_ok=True)
-            (overlay_dir / f"{path.stem}.overlay.png").write_bytes(r.overlay_png)
+            write_overlay(overlay_dir / f"{path.stem}.overlay.png", data, r, sixteen)
+        results[str(path)] = r.to_dict(with_cells=cells)
     if json_out:
         write_json(json_out, results)
 

@@ -33,6 +33,7 @@ from hep2.jsonio import write_json
 from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
+from services import overlays
 from services import reports as report_service
 from services.keys import create_key
 from workers import reports
@@ -108,7 +109,7 @@ def run_demo(input_dir: Path | None, state_dir: Path | None = None, timeout_s: f
             storage.put(key, data)  # a scanner's upload; the event it would trigger is the task below
             app.send_task(TaskName.REGISTER_UPLOAD, args=[key])
         wait_for_final(keys, timeout_s)
-        rows = _results(keys)
+        rows = _results(keys, storage)
         specimen_reports = _specimen_reports(keys)
     report = {"inputs": str(input_dir) if input_dir else "SYNTHETIC fields made by hep2.synthetic",
               "synthetic": input_dir is None, "state_dir": str(state_dir.resolve()),
@@ -137,7 +138,7 @@ def _specimen_reports(keys: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _results(keys: list[str]) -> list[dict[str, Any]]:
+def _results(keys: list[str], storage: Any) -> list[dict[str, Any]]:
     rows = []
     with session_scope() as session:
         for slide in session.scalars(select(SlideImage).where(SlideImage.key.in_(keys)).order_by(SlideImage.key)):
@@ -151,9 +152,19 @@ def _results(keys: list[str]) -> list[dict[str, Any]]:
                 "second_pattern": result.second_pattern if result else None,
                 "cells": result.cell_count if result else 0,
                 "needs_review": result.review_reason if result and result.needs_review else None,
-                "overlay_key": result.overlay_key if result else None,
+                **_overlay(storage, slide, result),
             })
     return rows
+
+
+def _overlay(storage: Any, slide: SlideImage, result: Any) -> dict[str, str | None]:
+    """``overlay_key`` (the overlay rendered on request, as the dashboard gets it), or ``overlay_problem``."""
+    if result is None:
+        return {"overlay_key": None}
+    try:
+        return {"overlay_key": overlays.overlay_key(storage, slide, result, get_settings().accept_16bit)}
+    except overlays.OverlayUnavailableError as exc:
+        return {"overlay_key": None, "overlay_problem": str(exc)}
 
 
 def _copy_overlays(rows: list[dict[str, Any]], storage: Any, state_dir: Path) -> None:
@@ -171,7 +182,8 @@ def _html(report: dict[str, Any]) -> str:
     banner = synthetic if report["synthetic"] else ""
     cells = []
     for r in report["slides"]:
-        img = f'<img src="{html.escape(r["overlay"])}" width="480">' if r.get("overlay") else ""
+        img = (f'<img src="{html.escape(r["overlay"])}" width="480">' if r.get("overlay")
+               else html.escape(r.get("overlay_problem") or ""))
         cells.append(f"<tr><td>{html.escape(r['image'])}</td><td>{r['status']}</td><td>{r['intensity'] or ''} "
                      f"({r['intensity_index']})</td><td>{r['pattern'] or ''} {r['icap'] or ''}</td>"
                      f"<td>{r['second_pattern'] or ''}</td><td>{r['cells']}</td>"

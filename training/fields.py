@@ -16,6 +16,7 @@ from analysis.analyze import Models, analyze_field
 from analysis.config import PipelineConfig
 from analysis.device import hardware
 from analysis.fibrillar import fibrillar_index
+from analysis.overlay_files import write_overlay
 from analysis.specimen import calibrate_nuclear_max, crop_cytoplasm_ratio, group_medians
 from analysis.types import InvalidImageError
 from hep2.vocabulary import CELL_PATTERNS, NEGATIVE, parse_pattern
@@ -48,16 +49,16 @@ def evaluate_fields(data: Path, models: Models, config: PipelineConfig | None = 
     for row in rows:
         kind, want = expected_call(row["code"], row.get("pattern", ""), int(row["ana_positive"]))
         entry: dict[str, Any] = {"image": row["image"], "code": row["code"], "kind": kind, "expected": want}
+        image = (data / row["image"]).read_bytes()
         try:
-            result = analyze_field((data / row["image"]).read_bytes(), models, config=config, title=row["image"],
-                                   accept_16bit=accept_16bit)
+            result = analyze_field(image, models, config=config, title=row["image"], accept_16bit=accept_16bit)
         except InvalidImageError as exc:
             entry.update(error=str(exc))
             per_image.append(entry)
             continue
         if overlay_dir:
-            overlay_dir.mkdir(parents=True, exist_ok=True)
-            (overlay_dir / Path(row["image"]).with_suffix(".overlay.png").name).write_bytes(result.overlay_png)
+            write_overlay(overlay_dir / Path(row["image"]).with_suffix(".overlay.png").name, image, result,
+                          accept_16bit)
         s, i = result.specimen, result.intensity
         entry.update(intensity_index=i.index, intensity_class=i.intensity_class, pattern=s.pattern,
                      best_known_pattern=s.best_known_pattern, confidence=s.confidence,

@@ -23,7 +23,7 @@ from workers import jobs
 
 def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Models,
                          config: PipelineConfig) -> dict[str, Any]:
-    """Download the registered version, analyse, upload the overlay, then commit the results, or reject the
+    """Download the registered version, analyse, upload the overlay layer, then commit the results, or reject the
     slide with the reason (bad image, or not the bytes that were registered).
 
     Transient faults (storage, database) propagate so that the task retries.
@@ -46,12 +46,19 @@ def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Mode
     except InvalidImageError as exc:
         return _reject(claim, str(exc), download_ms)
 
-    overlay_key = f"overlays/{claim.slide_id}/attempt-{claim.attempt_number}.png"
-    storage.put(overlay_key, analysis.overlay_png, "image/png")
+    keys = overlay_keys(claim.slide_id, claim.attempt_number)
+    storage.put(keys[1], analysis.overlay_layer, "image/png")  # the overlay itself: rendered on request
     timings = {"download": download_ms, **analysis.timings_ms}
     with session_scope() as session:
-        status = save_analysis(session, claim, analysis, overlay_key, timings)
+        status = save_analysis(session, claim, analysis, keys, timings)
     return {"status": status.value if status else "superseded", "cells": len(analysis.cells)}
+
+
+def overlay_keys(slide_id: int, attempt_number: int) -> tuple[str, str]:
+    """(overlay, overlay layer) keys of an attempt: the worker stores the layer, the service renders the
+    overlay on first request (``services/overlays.py``)."""
+    base = f"overlays/{slide_id}/attempt-{attempt_number}"
+    return f"{base}.png", f"{base}.layer.png"
 
 
 def changed_since_registration(claim: jobs.Claim, stored: StoredObject) -> str | None:
@@ -76,9 +83,10 @@ def _reject(claim: jobs.Claim, reason: str, download_ms: float) -> dict[str, Any
     return {"status": SlideStatus.REJECTED.value, "reason": reason}
 
 
-def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, overlay_key: str,
+def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, overlay: tuple[str, str],
                   timings_ms: dict[str, float]) -> SlideStatus | None:
-    """Cells, the specimen result and the model versions of one attempt; None if the attempt lost the slide."""
+    """Cells, the specimen result and the model versions of one attempt; None if the attempt lost the slide.
+    ``overlay``: the (overlay, layer) keys from :func:`overlay_keys`."""
     owned = jobs.owned_attempt(session, claim)
     if owned is None:
         return None
@@ -91,8 +99,8 @@ def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, 
         attempt_id=claim.attempt_id, slide_image_id=claim.slide_id, intensity_class=intensity.intensity_class,
         intensity_index=intensity.index, pattern=spec.pattern, icap_code=spec.icap, confidence=spec.confidence,
         second_pattern=spec.second_pattern, second_confidence=spec.second_confidence, cell_count=len(classified),
-        needs_review=spec.needs_review, review_reason="; ".join(spec.reasons) or None, overlay_key=overlay_key,
-        quality=analysis.quality.to_dict() if analysis.quality else None))
+        needs_review=spec.needs_review, review_reason="; ".join(spec.reasons) or None, overlay_key=overlay[0],
+        overlay_layer_key=overlay[1], quality=analysis.quality.to_dict() if analysis.quality else None))
     status = SlideStatus.NEEDS_REVIEW if spec.needs_review else SlideStatus.DONE
     jobs.finish_attempt(session, claim, AttemptOutcome.SUCCEEDED, status, timings_ms=timings_ms)
     return status

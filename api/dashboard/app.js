@@ -143,7 +143,8 @@ async function specimenPage(id) {
     if (v === "stretched") img.src = stretched;
     else img.src = d.overlay_url || "";
     caption.replaceChildren(v === "fixed"
-      ? h("span", {}, h("b", {}, "As acquired: fixed scale"), " (0 = black, full scale of the camera = white; not stretched), coloured outlines = cells by class")
+      ? h("span", {}, h("b", {}, "As acquired: fixed scale"), " (0 = black, full scale of the camera = white; not stretched), coloured outlines = cells by class",
+        d.overlay_problem ? h("div", { class: "warn", id: "overlay-problem" }, `No overlay: ${d.overlay_problem}`) : "")
       : h("span", { class: "warn" }, h("b", {}, "Contrast-stretched copy"), " of the raw image (its own 0.5–99.5th percentiles): for reading the pattern only; brightness NOT comparable between images"));
     for (const b of tools.querySelectorAll("[data-view]")) b.classList.toggle("active", b.dataset.view === v);
   };

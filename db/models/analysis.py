@@ -97,7 +97,10 @@ class SpecimenResult(CreatedAt, Base):
     cell_count: Mapped[int]
     needs_review: Mapped[bool] = mapped_column(default=False, index=True)
     review_reason: Mapped[str | None] = mapped_column(Text)
-    overlay_key: Mapped[str | None] = mapped_column(String(1024))
+    overlay_key: Mapped[str | None] = mapped_column(
+        String(1024), comment="the overlay PNG; with overlay_layer_key: rendered there on first request")
+    overlay_layer_key: Mapped[str | None] = mapped_column(
+        String(1024), comment="the overlay layer (analysis/overlay.py); NULL: overlay_key was made by the worker")
     quality: Mapped[dict[str, Any] | None] = mapped_column(
         comment="image-quality gate: noise, focus, saturation, nuclei seen (analysis/quality.py)")
 

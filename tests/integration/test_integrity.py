@@ -28,6 +28,7 @@ from db.session import session_scope
 from hep2.settings import get_settings
 from hep2.storage import ObjectStorage, S3Storage, storage_from_settings
 from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
+from services import overlays
 from services.keys import create_key
 from training.retrain import claim_run
 from workers import jobs
@@ -80,8 +81,15 @@ def results_of(slide_id: int) -> list[SpecimenResult]:
 
 
 def overlay_size(storage: ObjectStorage, result: SpecimenResult) -> tuple[int, int]:
-    assert result.overlay_key
-    return Image.open(io.BytesIO(storage.get(result.overlay_key))).size  # (width, height)
+    """(width, height) of the worker's overlay layer and of the overlay rendered on request (the same), which
+    reads the slide's registered version and checks its SHA-256."""
+    assert result.overlay_layer_key
+    with session_scope() as session:
+        key = overlays.overlay_key(storage, session.get(SlideImage, result.slide_image_id), result, False)
+    assert key == result.overlay_key
+    size = Image.open(io.BytesIO(storage.get(result.overlay_layer_key))).size
+    assert Image.open(io.BytesIO(storage.get(key))).size == size
+    return size
 
 
 def patient_of(slide_id: int) -> str | None:

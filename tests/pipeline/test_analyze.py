@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from analysis.analyze import Models, analyze_field
 from analysis.cells import measure_cells
 from analysis.models import DEFAULT_CELL_MODEL
-from analysis.overlay import COLOURS, encode_png, render_overlay
+from analysis.overlay import COLOURS, compose_overlay, encode_png, overlay_of_upload, render_layer
 from analysis.segmentation import ClassicalSegmenter
 from analysis.types import InvalidImageError
 from hep2.synthetic import synthetic_field, synthetic_png
@@ -45,17 +45,19 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_synthetic_field_end_to_end_with_a_fake_classifier() -> None:
     models = Models(segmenter=ClassicalSegmenter(), classifier=RecordingClassifier(Pattern.NUCLEOLAR, 0.95))
-    result = analyze_field(synthetic_png(Pattern.NUCLEOLAR, seed=4, size=(384, 512), cells=20), models,
-                           sidecar={"exposure_ms": 100})
+    data = synthetic_png(Pattern.NUCLEOLAR, seed=4, size=(384, 512), cells=20)
+    result = analyze_field(data, models, sidecar={"exposure_ms": 100})
     assert result.intensity.intensity_class == "positive" and result.intensity.exposure_ms == 100
     assert result.specimen.pattern == "nucleolar" and result.specimen.icap == "AC-8,9,10"
     assert result.specimen.cells_used >= 10 and not result.specimen.needs_review
     assert set(result.timings_ms) == {"decode", "quality", "segment", "cells", "intensity", "classify", "specimen",
                                       "overlay", "versions"}  # every step of the work is inside one of them
-    overlay = Image.open(io.BytesIO(result.overlay_png))
+    layer = Image.open(io.BytesIO(result.overlay_layer))  # the worker's part of the overlay: a palette PNG
+    assert layer.size == (512, 384) and layer.mode == "P"
+    overlay = Image.open(io.BytesIO(overlay_of_upload(data, result.overlay_layer)))
     assert overlay.size == (512, 384) and overlay.mode == "RGB"
     blob = json.dumps(result.to_dict())
-    assert '"pattern": "nucleolar"' in blob and "overlay_png" not in blob
+    assert '"pattern": "nucleolar"' in blob and "overlay_layer" not in blob
 
 
 def test_negative_well_is_negative_without_classifying() -> None:
@@ -86,7 +88,7 @@ def test_overlay_colours_outlines_by_class() -> None:
     cells = measure_cells(field, labels)
     for c, pattern in zip(cells, ("speckled", "golgi", "speckled"), strict=True):
         c.pattern, c.probabilities = pattern, [0.0] * 6
-    rgb = np.asarray(Image.open(io.BytesIO(render_overlay(field, labels, cells))).convert("RGB"))
+    rgb = np.asarray(Image.open(io.BytesIO(compose_overlay(field, render_layer(field, labels, cells)))).convert("RGB"))
     edge = rgb[60, 40]  # the left edge of the first disk
     assert tuple(edge) == COLOURS["speckled"]
     assert tuple(rgb[60, 140]) == COLOURS["golgi"]
@@ -123,7 +125,8 @@ def test_analyze_cli_lists_bad_files_and_writes_json(tmp_path: Path, tiny_weight
     assert "REJECTED" in res.output and "broken.png" in res.output and "well.png" in res.output
     data = json.loads(out.read_text())
     assert "error" in data[str(bad)] and data[str(good)]["intensity"]["intensity_class"] == "positive"
-    assert (tmp_path / "ov" / "well.overlay.png").is_file()
+    assert Image.open(tmp_path / "ov" / "well.overlay.png").size == (320, 256)
+    assert data[str(good)]["timings_ms"]["overlay_render"] > 0  # the CLI's full overlay is timed too
 
 
 def test_analyze_cli_rejects_16_bit_unless_accepted(tmp_path: Path, tiny_weights: Path,
@@ -164,12 +167,15 @@ def test_evaluate_fields_cli_on_a_synthetic_set(tmp_path: Path, tiny_weights: Pa
     out = tmp_path / "eval.json"
     res = CliRunner().invoke(app, ["evaluate", "fields", "--data", str(tmp_path), "--json", str(out),
                                    "--classifier", str(tiny_weights), "--segmenter", "classical",
-                                   "--device", "cpu"])
+                                   "--device", "cpu", "--overlay-dir", str(tmp_path / "ov")])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     assert result["posneg"]["n"] == 3 and result["posneg"]["accuracy"] == 1.0
     assert result["in_vocab_pattern"]["n"] == 1 and result["out_of_vocab"]["n"] == 1
     assert [e["kind"] for e in result["images"]] == ["in_vocab", "negative", "oov"]
+    written = sorted(p.name for p in (tmp_path / "ov").iterdir())
+    assert written == [f"{n}.overlay.png" for n in ("AMA-1", "HOM-1", "NEG-1")]
+    assert all(e["timings_ms"]["overlay_render"] > 0 for e in result["images"])
 
 
 def test_score_counts() -> None:
