@@ -258,16 +258,17 @@ def test_float32_gaussian_is_within_float32_rounding_of_scipys(order: tuple[int,
                                    atol=2e-6)
 
 
-def test_classical_labels_with_float32_smoothing_equal_float64_smoothing(shared_data: Path,
+def test_classical_labels_in_float32_equal_the_float64_labels(shared_data: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """The segmenter smooths in float32; on real AGH fields its labels are those of float64 smoothing."""
+    """The segmenter smooths and measures distances in float32; on real AGH fields its labels are those of the
+    float64 code it replaced (scipy's dtypes: float32 smoothing of the signal, float64 distances)."""
     from analysis import segmentation
     from analysis.decode import decode_image
 
     fields = [decode_image(p.read_bytes()) for p in sorted((shared_data / "agh-fields").glob("*.png"))[:4]]
     fast = [segmentation.ClassicalSegmenter().segment(f) for f in fields]
-    monkeypatch.setattr(segmentation, "gaussian_filter32",
-                        lambda image, sigma, order=(0, 0): gaussian_filter(image, sigma, order).astype(np.float32))
+    monkeypatch.setattr(segmentation, "gaussian_filter32", gaussian_filter)
+    monkeypatch.setattr(segmentation, "distance_transform32", distance_transform)
     for field, labels in zip(fields, fast, strict=True):
         assert labels.max() > 10
         np.testing.assert_array_equal(segmentation.ClassicalSegmenter().segment(field), labels)
