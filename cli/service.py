@@ -104,12 +104,14 @@ def bench(
     processes: int | None = typer.Option(None, help="Analysing processes on this host (models alone and the "
                                                     "worker); default: as `hep2 worker` (1 with a GPU, else "
                                                     "one single-threaded process per core)."),
+    shared_worker: bool = typer.Option(False, help="End to end with one worker for every queue instead of an "
+                                                   "analysing worker + a service worker (docker-compose.yml)."),
 ) -> None:
     """Fields/s for the models alone and through queue, storage and database, classifier batch sweep; JSON."""
     from workers.bench import run_bench  # imports torch and the models: only for this command
 
     report = run_bench(count, (height, width), data, json_out, only.value if only else None, processes,
-                       train_img_size)
+                       train_img_size, shared_worker)
     if "training_throughput" in report:
         speed = report["training_throughput"]
         typer.echo(f"training cells/s: {speed['cells_per_s']}; vs fp32 {speed['speedup_vs_fp32']}; wrote {json_out}")

@@ -1,9 +1,11 @@
 """``hep2 bench``: pipeline throughput for the models alone and for the whole path through the service.
 
 * models alone: ``analyze_field`` in this process on fields held in memory (the limit);
-* end to end: the same fields uploaded to the configured storage, registered through the broker by a real
-  worker process, analysed, results committed to the database, overlays uploaded; timed from the first
-  upload to the last committed result, after one warm-up field so model loading is not counted.
+* end to end: the same fields uploaded to the configured storage, registered through the broker by real
+  worker processes (as docker-compose.yml runs them: an analysing worker and a service worker for
+  registrations and reports; ``--shared-worker``: one worker for every queue), analysed, results committed to
+  the database, overlay layers uploaded; timed from the first upload to the last committed result, after one
+  warm-up field per analysing process so model loading is not counted.
 
 Both run on the same hardware with the same fields; the ratio is end-to-end / models-alone.
 
@@ -15,6 +17,7 @@ Both run on the same hardware with the same fields; the ratio is end-to-end / mo
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -225,14 +228,27 @@ on average (~7 %) to a 3.6 s run of 8 fields; 0.1 s costs ~0.05 s and little CPU
 
 
 def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float = 3600.0,
-               processes: int = 1) -> dict[str, Any]:
-    """The same fields through storage, broker, a real worker (``processes`` pool processes) and the database."""
+               processes: int = 1, shared_worker: bool = False) -> dict[str, Any]:
+    """The same fields through storage, broker, real workers and the database, on this host.
+
+    Workers as docker-compose.yml runs them: an analysing worker (queue ``gpu``, ``processes`` pool processes)
+    and a service worker (queues ``cpu`` and ``lis``: registration of uploads, specimen reports; 1 process).
+    ``shared_worker``: one worker with ``processes`` pool processes for every queue instead (registrations and
+    reports then wait behind analyses in the same pool)."""
     storage, app = storage_from_settings(), create_celery_app()
     run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     prefix = f"{get_settings().inbox_prefix}bench-{run}/"
-    node = f"bench-{os.getpid()}@{socket.gethostname()}"
+    node, host = f"bench-{os.getpid()}", socket.gethostname()
     env = {k: v for k, v in os.environ.items() if k.startswith("HEP2_")}
-    with worker_process(app, env, node, log_dir / "bench-worker.log", concurrency=processes):
+    with contextlib.ExitStack() as workers:
+        if shared_worker:
+            workers.enter_context(worker_process(app, env, f"{node}@{host}", log_dir / "bench-worker.log",
+                                                 concurrency=processes))
+        else:
+            workers.enter_context(worker_process(app, env, f"{node}@{host}", log_dir / "bench-worker.log",
+                                                 queues="gpu", concurrency=processes))
+            workers.enter_context(worker_process(app, env, f"{node}-service@{host}",
+                                                 log_dir / "bench-service-worker.log", queues="cpu,lis"))
         warm = [f"{prefix}warm-up-{i}.png" for i in range(processes)]  # every pool process loads its models
         for key in warm:
             storage.put(key, fields[0][1])
@@ -251,7 +267,8 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
         outcome[status.value] = outcome.get(status.value, 0) + 1
     return {"fields": len(fields), "seconds": round(seconds, 3), "fields_per_s": round(len(fields) / seconds, 3),
             "worker_processes": processes, "torch_threads_per_process": threads_per_process(processes),
-            "statuses": outcome}
+            "workers": "one worker, every queue" if shared_worker else
+            "analysis worker (queue gpu) + service worker (queues cpu, lis; 1 process)", "statuses": outcome}
 
 
 def environment() -> dict[str, Any]:
@@ -276,7 +293,7 @@ def _prepare_state() -> None:
 
 def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Path,
               only: str | None = None, processes: int | None = None,
-              train_img_size: int = RECIPE.img_size) -> dict[str, Any]:
+              train_img_size: int = RECIPE.img_size, shared_worker: bool = False) -> dict[str, Any]:
     """Measure both paths and the batch sweep on the same fields (``only="batch-sweep"``: the sweep alone;
     ``only="train-precision"``: classifier training cells/s by precision on the I3A cells).
 
@@ -301,7 +318,7 @@ def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Pat
         report["inputs"] = str(data_dir) if data_dir else f"SYNTHETIC fields {size[0]}x{size[1]}"
         fields = bench_fields(count, size, data_dir)
         report["models_alone"] = models_alone(fields, models, processes)
-        report["end_to_end"] = end_to_end(fields, out.parent, processes=processes)
+        report["end_to_end"] = end_to_end(fields, out.parent, processes=processes, shared_worker=shared_worker)
         report["ratio"] = round(report["end_to_end"]["fields_per_s"] / report["models_alone"]["fields_per_s"], 3)
         report["classifier_batch_sweep"] = run_batch_sweep(
             models, lambda: fields, report["models_alone"]["median_classified_cells"])
