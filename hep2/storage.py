@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
@@ -246,12 +247,21 @@ def _sign(secret: bytes, bucket: str, key: str, expires: int) -> str:
 
 
 def storage_from_settings(settings: Settings | None = None) -> ObjectStorage:
-    """The storage backend the settings ask for."""
+    """The storage backend the settings ask for. An S3 backend is made once per process and set of S3
+    settings and then reused (a boto3 client costs ~8 ms to create, once per task before; clients are
+    thread-safe, and a forked process makes its own rather than share its parent's connections)."""
     settings = settings or get_settings()
     if settings.storage_backend == "s3":
         secret = settings.s3_secret_access_key
-        return S3Storage(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_region,
-                         settings.s3_access_key_id, secret.get_secret_value() if secret else None,
-                         settings.s3_public_endpoint_url)
+        return _s3_storage(os.getpid(), settings.s3_bucket, settings.s3_endpoint_url, settings.s3_region,
+                           settings.s3_access_key_id, secret.get_secret_value() if secret else None,
+                           settings.s3_public_endpoint_url)
     return LocalStorage(settings.resolved_storage_root, settings.s3_bucket,
                         settings.signing_key.get_secret_value().encode())
+
+
+@lru_cache(maxsize=8)
+def _s3_storage(pid: int, bucket: str, endpoint_url: str | None, region: str, access_key_id: str | None,
+                secret_access_key: str | None, public_endpoint_url: str | None) -> S3Storage:
+    """One :class:`S3Storage` per process (``pid``) and S3 settings."""
+    return S3Storage(bucket, endpoint_url, region, access_key_id, secret_access_key, public_endpoint_url)

@@ -7,7 +7,7 @@ import json
 from time import perf_counter
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from analysis.analyze import Models, SlideAnalysis, analyze_field
@@ -93,7 +93,8 @@ def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, 
     _, attempt = owned
     attempt.model_versions = model_version_rows(session, analysis.model_versions)
     classified = [c for c in analysis.cells if c.probabilities is not None]
-    session.add_all(_cell_row(claim, index, cell) for index, cell in enumerate(classified))
+    if classified:  # one executemany, no ORM objects (~4× less time than add_all for a field's ~60 cells)
+        session.execute(insert(Cell), [_cell_row(claim, index, cell) for index, cell in enumerate(classified)])
     spec, intensity = analysis.specimen, analysis.intensity
     session.add(SpecimenResult(
         attempt_id=claim.attempt_id, slide_image_id=claim.slide_id, intensity_class=intensity.intensity_class,
@@ -106,10 +107,11 @@ def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, 
     return status
 
 
-def _cell_row(claim: jobs.Claim, index: int, cell: Any) -> Cell:
+def _cell_row(claim: jobs.Claim, index: int, cell: Any) -> dict[str, Any]:
+    """The ``cells`` row of one classified cell."""
     y0, x0, y1, x1 = cell.bbox
     probabilities = dict(zip((p.value for p in CELL_PATTERNS), map(float, cell.probabilities), strict=True))
-    return Cell(attempt_id=claim.attempt_id, slide_image_id=claim.slide_id, index=index, bbox_x=x0, bbox_y=y0,
+    return dict(attempt_id=claim.attempt_id, slide_image_id=claim.slide_id, index=index, bbox_x=x0, bbox_y=y0,
                 bbox_w=x1 - x0, bbox_h=y1 - y0, centroid_x=float(cell.centroid[1]), centroid_y=float(cell.centroid[0]),
                 area_px=int(cell.area), mean_intensity=float(cell.mean_intensity), probabilities=probabilities,
                 predicted_pattern=cell.pattern or max(probabilities, key=probabilities.__getitem__),

@@ -121,3 +121,25 @@ def test_local_listing_hashes_each_object_version_once(tmp_path: Path, monkeypat
     assert [o.etag for o in store.list("inbox/")] == first and reads == []  # unchanged: not read again
     store.put("inbox/a.png", b"other")  # same size, new content
     assert [o.etag for o in store.list("inbox/")] == [hashlib.md5(b"other").hexdigest()]
+
+
+def test_s3_storage_is_made_once_per_process_and_settings(s3_endpoint: str) -> None:
+    """storage_from_settings reuses its S3 client (one per task cost ~8 ms) for the same settings in the same
+    process; other settings, or a forked child process, get their own."""
+    import os
+
+    from hep2.settings import Settings
+    from hep2.storage import storage_from_settings
+
+    settings = Settings(storage_backend="s3", s3_endpoint_url=s3_endpoint, s3_bucket="reuse-test",
+                        s3_access_key_id="testing", s3_secret_access_key="testing")
+    first = storage_from_settings(settings)
+    assert isinstance(first, S3Storage) and storage_from_settings(settings) is first
+    assert storage_from_settings(settings.model_copy(update={"s3_bucket": "other-bucket"})) is not first
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports whether it got its parent's object
+        os.write(write, b"same" if storage_from_settings(settings) is first else b"own")
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(read, 8) == b"own"
