@@ -95,7 +95,8 @@ def noise_sigma(grey: np.ndarray) -> float:
     """Camera-noise sigma (grey levels), Immerkær's estimator made robust: the median absolute response of
     the 3×3 kernel [[1,-2,1],[-2,4,-2],[1,-2,1]] (blind to planes and ramps, so to most of the image) /
     (0.6745 × 6). Floor: 0.15 (8-bit quantisation leaves at least that much)."""
-    response = cv2.filter2D(grey, cv2.CV_64F, _IMMERKAER)[1:-1, 1:-1]  # = ndimage.convolve (symmetric kernel)
+    depth = cv2.CV_32F if grey.dtype == np.float32 else cv2.CV_64F  # float32 grey levels: float32 responses
+    response = cv2.filter2D(grey, depth, _IMMERKAER)[1:-1, 1:-1]  # = ndimage.convolve (symmetric kernel)
     return max(float(stats.median(np.abs(response))) / (0.6745 * 6.0), 0.15)  # stats.median = np.median
 
 
@@ -125,7 +126,7 @@ _GAIN_COARSE = _white_noise_gain(_impulse(COARSE))
 
 
 def _grey(image: FieldImage) -> np.ndarray:
-    return image.grey_levels  # = image.filled.astype(np.float64) * 255.0, once per field (read-only)
+    return image.grey_levels  # = image.filled * np.float32(255), once per field (read-only)
 
 
 def measure(image: FieldImage) -> QualityReport:

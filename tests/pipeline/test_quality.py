@@ -150,10 +150,11 @@ def test_real_positive_fields_pass_the_gate(shared_data: Path) -> None:
 
 
 def _count_nuclei_float64(image: FieldImage, cfg: QualityConfig) -> int:
-    """count_nuclei as it was until session 7 (float64 Gaussians), the reference for its float32 version."""
-    from analysis.quality import _dog_gain, _grey, _max_filter
+    """count_nuclei as it was until session 7 (float64 grey levels and Gaussians), the reference for its
+    float32 version."""
+    from analysis.quality import _dog_gain, _max_filter
     from analysis.segmentation import dilate_cross, gaussian_filter
-    grey = _grey(image)
+    grey = image.filled.astype(np.float64) * 255.0
     h, w = grey.shape[0] // 2 * 2, grey.shape[1] // 2 * 2
     half = (grey[0:h:2, 0:w:2] + grey[0:h:2, 1:w:2] + grey[1:h:2, 0:w:2] + grey[1:h:2, 1:w:2]) / 4
     sigma = noise_sigma(half)
@@ -172,7 +173,7 @@ def _count_nuclei_float64(image: FieldImage, cfg: QualityConfig) -> int:
 
 def test_float32_nucleus_count_equals_the_float64_count(shared_data: Path) -> None:
     """The gate counts in float32 (~3× faster); on every AGH field and on synthetic negative, faint and empty
-    fields the count is the float64 code's."""
+    fields the count is the float64 code's, and so are the gate's measurements."""
     cfg = QualityConfig()
     fields = [decode_image((shared_data / "agh-fields" / row["image"]).read_bytes()) for row in _agh(shared_data)]
     fields += [decode_image(synthetic_png(pattern, brightness=brightness, size=SIZE, cells=25, noise_scale=0.3,
@@ -180,5 +181,12 @@ def test_float32_nucleus_count_equals_the_float64_count(shared_data: Path) -> No
                for seed, (pattern, brightness) in enumerate([(Pattern.HOMOGENEOUS, 0.0), (Pattern.SPECKLED, 0.3),
                                                              (Pattern.CENTROMERE, 1.0)])]
     fields += [decode_image(png(np.full((400, 400), 12, np.uint8)))]
-    for field in fields:
-        assert count_nuclei(field, cfg) == _count_nuclei_float64(field, cfg)
+    fast = [(measure(field), count_nuclei(field, cfg)) for field in fields]
+    from analysis import quality  # the float64 measurements: grey levels and Gaussians as until session 7
+    from analysis.segmentation import gaussian_filter
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quality, "_grey", lambda image: image.filled.astype(np.float64) * 255.0)
+        patch.setattr(quality, "gaussian_filter32", gaussian_filter)
+        for field, (report, count) in zip(fields, fast, strict=True):
+            assert count == _count_nuclei_float64(field, cfg)
+            assert measure(field) == report
