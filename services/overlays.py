@@ -30,9 +30,22 @@ class OverlayUnavailableError(Exception):
 
 def overlay_key(storage: ObjectStorage, slide: SlideImage, result: SpecimenResult, accept_16bit: bool) -> str | None:
     """The key of ``result``'s overlay PNG, rendered and stored first if it is not there yet (None: the result
-    has no overlay). Raises :class:`OverlayUnavailableError` when it cannot be rendered."""
+    has no overlay). Raises :class:`OverlayUnavailableError` when it cannot be rendered, also when the object
+    storage cannot be reached (the overlay is an aid: the result it belongs to is still shown)."""
     if result.overlay_key is None or result.overlay_layer_key is None:
         return result.overlay_key  # None, or the full overlay the worker made (results before the layer)
+    try:
+        return _cached_or_rendered(storage, slide, result, accept_16bit)
+    except OverlayUnavailableError:
+        raise
+    except Exception as exc:  # storage down or refusing: each backend raises its own errors
+        log.exception("overlay of slide %s could not be fetched or stored", slide.id)
+        raise OverlayUnavailableError(f"the overlay cannot be shown now: the object storage did not answer "
+                                      f"({type(exc).__name__}); try again later") from exc
+
+
+def _cached_or_rendered(storage: ObjectStorage, slide: SlideImage, result: SpecimenResult,
+                        accept_16bit: bool) -> str:
     try:
         storage.head(result.overlay_key)
         return result.overlay_key

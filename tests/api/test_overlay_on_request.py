@@ -86,3 +86,19 @@ def test_old_result_without_layer_serves_the_workers_overlay(client: TestClient,
     body = detail(client, keys["viewer"], seeded.slide_id)
     assert body["overlay_problem"] is None
     assert httpx.get(body["overlay_url"]).content == storage.get(overlay_key)
+
+
+def test_specimen_opens_with_a_reason_when_the_storage_cannot_be_reached(client: TestClient, keys: dict[str, str],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The overlay is an aid: with the object storage down the specimen page still opens, the result shown,
+    the overlay missing with the reason (before rendering on request, the page needed no storage call)."""
+    slide_id, _, _, _ = seed_with_layer()
+    storage = storage_from_settings()
+
+    def unreachable(*_args: object, **_kwargs: object) -> None:
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(type(storage), "head", unreachable)
+    body = detail(client, keys["viewer"], slide_id)
+    assert body["overlay_url"] is None and "object storage did not answer" in body["overlay_problem"]
+    assert body["result"] is not None
