@@ -28,6 +28,7 @@ yaml = pytest.importorskip("yaml")
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 MULTI_GPU_FILE = REPO / "infra" / "compose.multi-gpu.yml"
+CPU_FILE = REPO / "infra" / "compose.cpu.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 INIT_SCRIPT = REPO / "infra" / "minio" / "init.sh"
 
@@ -182,6 +183,22 @@ def test_multi_gpu_overlay(docker_compose: str, project: Path) -> None:
     assert len(set(gpus.values())) == len(gpus), f"two workers on one GPU: {gpus}"
 
 
+def test_cpu_overlay(docker_compose: str, project: Path) -> None:
+    """A host without a GPU: analysis and training workers without a GPU reservation; analysis with the
+    worker's CPU default (one single-threaded process per core: no -c)."""
+    config = resolved(docker_compose, project, "docker-compose.yml", "infra/compose.cpu.yml")
+    services = config["services"]
+    base = services["worker-gpu"]
+    analysis, training = services["worker-analysis-cpu"], services["worker-training-cpu"]
+    assert analysis["command"] == ["hep2", "worker", "-Q", "gpu"]
+    assert training["command"] == ["hep2", "worker", "-Q", "training", "-c", "1"]
+    for name, svc in (("worker-analysis-cpu", analysis), ("worker-training-cpu", training)):
+        assert "deploy" not in svc, f"{name} must not reserve a GPU"
+        assert svc["environment"] == base["environment"], f"{name} drifted from x-hep2 in docker-compose.yml"
+        assert svc["depends_on"] == base["depends_on"]
+        assert "healthcheck" in svc
+
+
 # ------------------------------------------------------------------------------------------ structure
 
 
@@ -325,7 +342,7 @@ def _walk_env(node: Any, path: str = "") -> list[tuple[str, str, Any]]:
     return found
 
 
-@pytest.mark.parametrize("path", [COMPOSE_FILE, MULTI_GPU_FILE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE_FILE, MULTI_GPU_FILE, CPU_FILE], ids=lambda p: p.name)
 def test_no_literal_secrets(path: Path) -> None:
     text = path.read_text()
     raw = yaml.safe_load(text)
@@ -343,7 +360,7 @@ def test_no_literal_secrets(path: Path) -> None:
 def test_env_example_documents_every_variable() -> None:
     documented = ENV_EXAMPLE.read_text()
     used = set()
-    for path in (COMPOSE_FILE, MULTI_GPU_FILE):
+    for path in (COMPOSE_FILE, MULTI_GPU_FILE, CPU_FILE):
         code = "\n".join(ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#"))
         used |= set(re.findall(r"\$\{([A-Z0-9_]+)", code))
     undocumented = sorted(v for v in used if not re.search(rf"(?m)^#?\s*{v}=", documented))
