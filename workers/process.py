@@ -17,16 +17,24 @@ THREADS_ENV = "HEP2_WORKER_THREADS"
 """Torch threads per worker process, set by ``hep2 worker`` for its pool processes."""
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), else the host's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
 def default_processes(cuda: bool) -> int:
-    """Worker processes per host: 1 with a CUDA GPU (one process owns it), else one per core, each
+    """Worker processes per host: 1 with a CUDA GPU (one process owns it), else one per usable core, each
     single-threaded (on a 2-core CPU two 1-thread processes give more fields/s than one 2-thread process:
     most stages are single-threaded numpy/scipy; docs/performance.md)."""
-    return 1 if cuda else max(1, os.cpu_count() or 1)
+    return 1 if cuda else usable_cores()
 
 
 def threads_per_process(processes: int) -> int:
-    """Torch threads per process so that ``processes`` processes use every core once."""
-    return max(1, (os.cpu_count() or 1) // max(1, processes))
+    """Torch threads per process so that ``processes`` processes use every usable core once."""
+    return max(1, usable_cores() // max(1, processes))
 
 
 class WorkerStartError(RuntimeError):

@@ -79,12 +79,14 @@ def test_stage_stats_reports_median_p95_and_mean_per_stage_and_total() -> None:
     assert stats["total"]["median"] == 110.0 and stats["total"]["mean"] == round((110 + 320 + 30) / 3, 1)
 
 
-def test_cpu_hosts_run_one_single_threaded_process_per_core() -> None:
+def test_cpu_hosts_run_one_single_threaded_process_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     from workers.process import default_processes, threads_per_process
 
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     assert default_processes(cuda=True) == 1
     assert default_processes(cuda=False) == cores and threads_per_process(cores) == 1
     assert threads_per_process(1) == cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})  # e.g. a container pinned to one core
+    assert default_processes(cuda=False) == 1 and threads_per_process(1) == 1
