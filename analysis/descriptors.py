@@ -625,8 +625,10 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 
 def crop_to_mask(crops: Sequence[Crop]) -> list[Crop]:
     """Each crop cut to its mask's bounding box (a crop without a mask, or with an empty one, is kept whole).
-    The descriptors see only the mask's pixels (the stretch zeroes the rest), so this changes no measured
-    quantity: the cell's tile is smaller (less work) and its FFT smoothing wraps around further away."""
+    The descriptors see only the mask's pixels (the stretch zeroes the rest), so what they measure is
+    unchanged; the cell's tile is smaller (less work), which moves values by float rounding and the FFT
+    smoothing's wrap-around (not bit-identical: ``VALUES_REVISION`` 2; I3A texture argmax unchanged on every cell,
+    docs/performance.md "Texture member, session 7")."""
     out: list[Crop] = []
     for image, mask in crops:
         img = np.asarray(image)
