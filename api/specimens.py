@@ -34,8 +34,7 @@ from api.schemas import (
 )
 from db.base import utcnow
 from db.models import AnalysisAttempt, Cell, Patient, Review, SlideImage, SlideStatus, Specimen, SpecimenResult
-from hep2.settings import get_settings
-from hep2.storage import ObjectStorage, storage_from_settings
+from hep2.storage import storage_from_settings
 from hep2.vocabulary import icap_of_pattern
 from services import overlays
 
@@ -210,7 +209,7 @@ def detail(session: Session, slide_id: int) -> SpecimenDetail:
         (Review.specimen_result_id == result.id)
         | Review.cell_id.in_(select(Cell.id).where(Cell.attempt_id == result.attempt_id)))
         .order_by(Review.id)).all() if result else []
-    overlay, problem = _overlay(storage, slide, result)
+    overlay, problem = overlays.overlay_or_problem(storage, slide, result)
     return SpecimenDetail(
         item=to_item(row), sidecar=slide.sidecar, exposure_ms=slide.exposure_ms, kit_lot=slide.kit_lot,
         scanner=slide.scanner, sha256=slide.sha256,
@@ -222,16 +221,6 @@ def detail(session: Session, slide_id: int) -> SpecimenDetail:
         overlay_url=storage.presigned_url(overlay, URL_TTL_S) if overlay else None, overlay_problem=problem,
         image_url=storage.presigned_url(slide.key, URL_TTL_S),
     )
-
-
-def _overlay(storage: ObjectStorage, slide: SlideImage, result: SpecimenResult | None) -> tuple[str | None, str | None]:
-    """(key of the overlay PNG, rendered now if needed; why there is none)."""
-    if result is None:
-        return None, None
-    try:
-        return overlays.overlay_key(storage, slide, result, get_settings().accept_16bit), None
-    except overlays.OverlayUnavailableError as exc:
-        return None, str(exc)
 
 
 @router.get("/{slide_id}", response_model=SpecimenDetail)

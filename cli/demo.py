@@ -143,6 +143,7 @@ def _results(keys: list[str], storage: Any) -> list[dict[str, Any]]:
     with session_scope() as session:
         for slide in session.scalars(select(SlideImage).where(SlideImage.key.in_(keys)).order_by(SlideImage.key)):
             result = slide.results[-1] if slide.results else None
+            overlay_key, overlay_problem = overlays.overlay_or_problem(storage, slide, result)
             rows.append({
                 "image": slide.key.rsplit("/", 1)[-1], "status": slide.status.value, "reason": slide.status_reason,
                 "intensity": result.intensity_class if result else None,
@@ -152,19 +153,9 @@ def _results(keys: list[str], storage: Any) -> list[dict[str, Any]]:
                 "second_pattern": result.second_pattern if result else None,
                 "cells": result.cell_count if result else 0,
                 "needs_review": result.review_reason if result and result.needs_review else None,
-                **_overlay(storage, slide, result),
+                "overlay_key": overlay_key, "overlay_problem": overlay_problem,
             })
     return rows
-
-
-def _overlay(storage: Any, slide: SlideImage, result: Any) -> dict[str, str | None]:
-    """``overlay_key`` (the overlay rendered on request, as the dashboard gets it), or ``overlay_problem``."""
-    if result is None:
-        return {"overlay_key": None}
-    try:
-        return {"overlay_key": overlays.overlay_key(storage, slide, result, get_settings().accept_16bit)}
-    except overlays.OverlayUnavailableError as exc:
-        return {"overlay_key": None, "overlay_problem": str(exc)}
 
 
 def _copy_overlays(rows: list[dict[str, Any]], storage: Any, state_dir: Path) -> None:

@@ -19,6 +19,7 @@ import time
 from analysis.overlay import overlay_of_upload
 from analysis.types import InvalidImageError
 from db.models import SlideImage, SpecimenResult
+from hep2.settings import get_settings
 from hep2.storage import ObjectNotFoundError, ObjectStorage
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 
 class OverlayUnavailableError(Exception):
     """The overlay cannot be rendered; the message says why."""
+
+
+def overlay_or_problem(storage: ObjectStorage, slide: SlideImage,
+                       result: SpecimenResult | None) -> tuple[str | None, str | None]:
+    """(key of ``result``'s overlay PNG, rendered first if needed; why there is none) for the callers that show
+    it (the specimen detail, ``hep2 demo``), decoding as the workers do (``HEP2_ACCEPT_16BIT``)."""
+    if result is None:
+        return None, None
+    try:
+        return overlay_key(storage, slide, result, get_settings().accept_16bit), None
+    except OverlayUnavailableError as exc:
+        return None, str(exc)
 
 
 def overlay_key(storage: ObjectStorage, slide: SlideImage, result: SpecimenResult, accept_16bit: bool) -> str | None:
