@@ -376,7 +376,7 @@ def distance_transform32(foreground: np.ndarray) -> np.ndarray:
     """Euclidean distance of each foreground pixel to the background, float32 (OpenCV's exact transform; the
     float32 rounding of :func:`distance_transform`'s values)."""
     if foreground.all() or not foreground.any():
-        return distance_transform(foreground).astype(np.float32)
+        return ndimage.distance_transform_edt(foreground).astype(np.float32)
     return cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
@@ -386,8 +386,7 @@ def distance_transform(foreground: np.ndarray) -> np.ndarray:
     distances, whose float64 square roots are scipy's values."""
     if foreground.all() or not foreground.any():
         return ndimage.distance_transform_edt(foreground)
-    d = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return np.sqrt(np.rint(np.square(d, dtype=np.float64)))
+    return np.sqrt(np.rint(np.square(distance_transform32(foreground), dtype=np.float64)))
 
 
 def gaussian_kernel(sigma: float, order: int = 0, truncate: float = 4.0) -> np.ndarray:
