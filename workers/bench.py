@@ -241,12 +241,10 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
     node, host = f"bench-{os.getpid()}", socket.gethostname()
     env = {k: v for k, v in os.environ.items() if k.startswith("HEP2_")}
     with contextlib.ExitStack() as workers:
-        if shared_worker:
-            workers.enter_context(worker_process(app, env, f"{node}@{host}", log_dir / "bench-worker.log",
-                                                 concurrency=processes))
-        else:
-            workers.enter_context(worker_process(app, env, f"{node}@{host}", log_dir / "bench-worker.log",
-                                                 queues="gpu", concurrency=processes))
+        only_analysis = {} if shared_worker else {"queues": "gpu"}  # else worker_process's default: every queue
+        workers.enter_context(worker_process(app, env, f"{node}@{host}", log_dir / "bench-worker.log",
+                                             concurrency=processes, **only_analysis))
+        if not shared_worker:
             workers.enter_context(worker_process(app, env, f"{node}-service@{host}",
                                                  log_dir / "bench-service-worker.log", queues="cpu,lis"))
         warm = [f"{prefix}warm-up-{i}.png" for i in range(processes)]  # every pool process loads its models
