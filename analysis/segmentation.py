@@ -7,8 +7,8 @@ background level before segmenting, and any instance that touches the (dilated) 
 
 * :class:`ClassicalSegmenter`: bright-dot suppression (grey opening), Gaussian smoothing, Otsu threshold,
   distance-transform watershed to split touching nuclei (markers = h-maxima of the smoothed distance map),
-  then size filters. scipy.ndimage and OpenCV (the same values as scipy where OpenCV is faster); no Python
-  loop over objects.
+  then size filters. scipy.ndimage and OpenCV (the same values as scipy where OpenCV is faster), the flood
+  and the h-maxima reconstruction compiled (:mod:`analysis.geodesic`); no Python loop over objects.
 * U-Net: foreground and distance maps predicted by a network, instances by :func:`labels_from_maps`.
 
 :func:`analysis.build.default_segmenter` chooses between them.
@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from analysis import stats
+from analysis.geodesic import flood_levels_in_place, reconstruct_in_place
 from analysis.types import FieldImage
 
 
@@ -72,6 +73,11 @@ def size_filter(labels: np.ndarray, min_area: int, max_area: int | None = None) 
     return relabel(labels, drop=bad, counts=areas)  # = relabel(np.where(bad[labels], 0, labels))
 
 
+_MAX_FLOOD_STEPS = 500
+"""Growth steps per level at most (a level that needs more stops there; its unreached pixels go on at the
+next level, and after the last they form instances of their own)."""
+
+
 def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray, levels: int = 16) -> np.ndarray:
     """Marker-controlled watershed of ``height`` (higher = more central, [0, 1]) inside ``foreground``.
 
@@ -82,9 +88,8 @@ def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndar
     of their first pixel), within one component markers first (raster order), then the unreached pieces.
     (scipy's ``watershed_ift`` was not used: it lets one marker flood another's basin on plateaus.)
 
-    All components are flooded at once (:class:`_Grid`: each growth step touches only the pixels next to
-    the previous step's new pixels, and a pixel only takes labels of its own component), so the result is
-    the per-component flood's, without a Python loop over objects.
+    All components are flooded at once by :func:`analysis.geodesic.flood_levels_in_place` (compiled; a pixel
+    only takes labels of its own component), so the result is the per-component flood's.
     """
     components, n = ndimage.label(foreground)
     if n == 0:
@@ -94,16 +99,19 @@ def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndar
     per_comp = np.bincount(seed_comp[1:], minlength=n + 1)
     flooded = per_comp >= 2
     flooded[0] = False
-    region = flooded[components]
-    grid = _Grid(np.where(region, components, 0))
     kept = np.where(flooded[seed_comp], np.arange(n_seeds + 1, dtype=np.int32), 0)  # seeds in flooded components
     kept[0] = 0
-    labels = grid.pad(kept[seeds])
-    if region.any():
-        _flood(grid, grid.pad_where(height, ~region, -np.inf, np.float64), labels, levels)
-    labels = grid.unpad(labels)
-    rest, n_rest = ndimage.label(region & (labels == 0))
-    rest_comp = _component_of(rest, n_rest, components)
+    labels = kept[seeds]
+    unreached = 0
+    if flooded.any():
+        thresholds = np.linspace(1.0, 0.0, levels + 1)[1:]
+        unreached = flood_levels_in_place(labels, np.ascontiguousarray(height), components, flooded, thresholds,
+                                          _MAX_FLOOD_STEPS)
+    if unreached:  # pieces no marker reached (levels stopped at _MAX_FLOOD_STEPS): instances of their own
+        rest, n_rest = ndimage.label(flooded[components] & (labels == 0))
+        rest_comp = _component_of(rest, n_rest, components)
+    else:
+        rest, n_rest, rest_comp = None, 0, np.zeros(1, np.int64)
     # order of the instances: (component, kind: whole / marker 0, unreached 1, label within its kind)
     whole = np.flatnonzero(~flooded[1:]) + 1
     marker_ids = np.flatnonzero(flooded[seed_comp[1:]]) + 1
@@ -117,9 +125,13 @@ def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndar
     whole_lut[whole] = final[:len(whole)]
     marker_lut = np.zeros(n_seeds + 1, np.int32)
     marker_lut[marker_ids] = final[len(whole):len(whole) + len(marker_ids)]
-    rest_lut = np.zeros(n_rest + 1, np.int32)
-    rest_lut[rest_ids] = final[len(whole) + len(marker_ids):]
-    return whole_lut[components] + marker_lut[labels] + rest_lut[rest]
+    out = whole_lut[components]
+    out += marker_lut[labels]
+    if rest is not None:
+        rest_lut = np.zeros(n_rest + 1, np.int32)
+        rest_lut[rest_ids] = final[len(whole) + len(marker_ids):]
+        out += rest_lut[rest]
+    return out
 
 
 def _component_of(pieces: np.ndarray, n_pieces: int, components: np.ndarray) -> np.ndarray:
@@ -131,181 +143,26 @@ def _component_of(pieces: np.ndarray, n_pieces: int, components: np.ndarray) -> 
     return out
 
 
-def _diagonal_contacts(components: np.ndarray) -> np.ndarray:
-    """Bool mask of the labelled pixels that have an 8-neighbour with another non-zero label (diagonal:
-    4-neighbours would be one component)."""
-    out = np.zeros(components.shape, bool)
-    head, tail = np.s_[:-1], np.s_[1:]
-    for ya, xa, yb, xb in ((head, head, tail, tail), (head, tail, tail, head)):
-        a, b = components[ya, xa], components[yb, xb]
-        touch = (a != b) & (a > 0) & (b > 0)
-        out[ya, xa] |= touch
-        out[yb, xb] |= touch
-    return out
-
-
-_OFFSETS_3X3 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-
-
-class _Grid:
-    """An image padded by one pixel and flattened, with the flat offsets of the 8 neighbours and the
-    component of every pixel (0: not in any). The geodesic operations below work on a frontier (the pixels
-    that can still change) and let a pixel see only neighbours of its own component, so that all components
-    are processed at once exactly as if each were processed alone."""
-
-    def __init__(self, components: np.ndarray) -> None:
-        self.shape = components.shape
-        self.width = components.shape[1] + 2
-        self.comp = self.pad(components)
-        self.offsets = np.array([dy * self.width + dx for dy, dx in _OFFSETS_3X3], np.int32)  # int32: less
-        self._stamp = np.empty(self.comp.size, np.int32)  # memory traffic in the gathers below
-        # 4-connected components can still touch diagonally: at those pixels neighbours must be checked
-        self.contact = self.pad(_diagonal_contacts(components))
-        self.contacts = self.where(self.contact)
-
-    def pad(self, values: np.ndarray, fill: float = 0) -> np.ndarray:
-        out = np.full((self.shape[0] + 2, self.width), fill, values.dtype)
-        out[1:-1, 1:-1] = values
-        return out.ravel()
-
-    def pad_where(self, values: np.ndarray, blank: np.ndarray, fill: float, dtype: type) -> np.ndarray:
-        """``pad(np.where(blank, fill, values).astype(dtype), fill)`` without the intermediate copies."""
-        out = np.full((self.shape[0] + 2, self.width), fill, dtype)
-        inner = out[1:-1, 1:-1]
-        inner[...] = values
-        np.copyto(inner, dtype(fill), where=blank)
-        return out.ravel()
-
-    @staticmethod
-    def where(flat: np.ndarray) -> np.ndarray:
-        """Flat int32 indices of the true pixels."""
-        return np.flatnonzero(flat).astype(np.int32)
-
-    def unpad(self, flat: np.ndarray) -> np.ndarray:
-        return flat.reshape(self.shape[0] + 2, self.width)[1:-1, 1:-1]
-
-    def inside(self, index: np.ndarray) -> np.ndarray:
-        """The 8-neighbours of the flat ``index`` pixels that lie in a component (each once, any order)."""
-        near = self.neighbours(index)
-        return self.once(near[self.comp[near] > 0])
-
-    def neighbours(self, index: np.ndarray) -> np.ndarray:
-        """The 8-neighbours of the flat ``index`` pixels (with repeats)."""
-        return (index[:, None] + self.offsets[None, :]).ravel()
-
-    def once(self, near: np.ndarray) -> np.ndarray:
-        """``near`` with every pixel kept once (its last occurrence, in order). Filtering by a per-pixel test
-        before or after this gives the same array, so callers filter first (fewer pixels to deduplicate)."""
-        order = np.arange(near.size, dtype=np.int32)
-        self._stamp[near] = order  # duplicates: the last write wins, so each pixel is kept once
-        return near[self._stamp[near] == order]
-
-    def neighbour_max(self, values: np.ndarray, index: np.ndarray, floor: float) -> np.ndarray:
-        """Per pixel of ``index``: the max of ``values`` over its 8 neighbours in its own component
-        (``floor`` where there are none)."""
-        best = np.full(index.shape, floor, values.dtype)
-        for offset in self.offsets:  # a neighbour is in the pixel's component or in none (value ≤ floor)...
-            np.maximum(best, values[index + offset], out=best)
-        if self.contacts.size:  # ...except at diagonal contacts, where the neighbours are checked
-            at = np.flatnonzero(self.contact[index])  # positions in index
-            if at.size:
-                best[at] = self.checked_max(values, index[at], floor)
-        return best
-
-    def checked_max(self, values: np.ndarray, index: np.ndarray, floor: float) -> np.ndarray:
-        """:meth:`neighbour_max` with every neighbour's component compared to the pixel's."""
-        comp = self.comp[index]
-        best = np.full(index.shape, floor, values.dtype)
-        for offset in self.offsets:
-            near = index + offset
-            np.maximum(best, np.where(self.comp[near] == comp, values[near], floor), out=best)
-        return best
-
-
-def _flood(grid: _Grid, height: np.ndarray, labels: np.ndarray, levels: int, max_steps: int = 500) -> None:
-    """Level-wise geodesic growth of ``labels`` (flat, padded; in place) within ``grid``'s components.
-
-    Equivalent to, per level from the top: ``allowed = component & (height >= level)``; repeat (at most
-    ``max_steps`` times) ``grown = 3×3 max of labels``, label the unlabelled allowed pixels with ``grown > 0``
-    until none is added. A pixel can only be reached in a step if a neighbour was labelled in the step
-    before, so each step looks at the previous step's new pixels' neighbours only.
-    """
-    inside = grid.where(grid.comp > 0)
-    thresholds = np.linspace(1.0, 0.0, levels + 1)[1:]
-    # the first level at which each pixel is allowed (``levels``: never); pixels grouped by it
-    first = np.searchsorted(-thresholds, -height[inside], side="left")  # = #(h < threshold)
-    first = first.astype(np.uint8 if levels < 255 else np.int64)
-    order = np.argsort(first, kind="stable")  # radix sort on uint8
-    bounds = np.searchsorted(first[order], np.arange(levels + 1))
-    allowed = np.zeros(labels.shape, bool)
-    steps_left_over = False
-    for level in range(levels):
-        newly = inside[order[bounds[level]:bounds[level + 1]]]
-        allowed[newly] = True
-        # at a level's start only newly allowed pixels can have a labelled neighbour (the last level ran to
-        # stability), unless the last level stopped at max_steps: then every unlabelled allowed pixel
-        candidates = inside[allowed[inside] & (labels[inside] == 0)] if steps_left_over else newly[
-            labels[newly] == 0]
-        steps = 0
-        while candidates.size and steps < max_steps:
-            grown = grid.neighbour_max(labels, candidates, 0)
-            new = candidates[grown > 0]
-            if not new.size:
-                break
-            labels[new] = grown[grown > 0]
-            steps += 1
-            near = grid.neighbours(new)  # allowed pixels lie in a component: = inside(new), filtered
-            candidates = grid.once(near[allowed[near] & (labels[near] == 0)])
-        steps_left_over = steps >= max_steps
-
-
 def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | None = None) -> np.ndarray:
     """Grey-level reconstruction by dilation of ``seed`` under ``image`` (8-neighbourhood), to stability.
 
     With ``components`` (a label image), within each component separately: a pixel is reached only along
     paths inside its own component; pixels outside every component keep ``min(seed, image)``. Without it,
     the whole image is one component. Equivalent to iterating ``min(3×3 grey dilation, image)`` to
-    stability, but each step visits only the neighbours of the pixels that rose in the step before.
+    stability (compiled, :func:`analysis.geodesic.reconstruct_in_place`; exact: only comparisons).
     """
-    current = np.minimum(seed, image)
+    image = np.asarray(image)
+    exact = np.minimum(seed, image)
+    work = np.float32 if image.dtype == np.float32 else np.float64
+    current = exact.astype(work)  # a fresh array, raised in place
     if components is None:
         components = np.ones(image.shape, np.int32)
-    grid = _Grid(components)
-    outside = components == 0  # outside the components nothing changes: -inf there (restored at the end)
-    work = np.float32 if image.dtype == np.float32 else np.float64
-    cur = grid.pad_where(current, outside, -np.inf, work)
-    top = grid.pad_where(image, outside, -np.inf, work)
-    candidates = grid.where(grid.comp > 0)
-    # the first steps raise most pixels: whole-image steps (OpenCV's dilation; the diagonal contacts
-    # recomputed with checked neighbours) until few pixels rise, then steps on the frontier only
-    cur2, top2, square = cur.reshape(-1, grid.width), top.reshape(-1, grid.width), np.ones((3, 3), np.uint8)
-    contacts = grid.contacts
-    grown2 = np.empty_like(cur2)  # buffers reused by every whole-image step (no fresh 10 MB per step)
-    grown, rose = grown2.ravel(), np.empty(cur.shape, bool)
-    while True:
-        cv2.dilate(cur2, square, dst=grown2, borderType=cv2.BORDER_REPLICATE)
-        np.minimum(grown2, top2, out=grown2)
-        if contacts.size:
-            grown[contacts] = np.minimum(np.maximum(cur[contacts], grid.checked_max(cur, contacts, -np.inf)),
-                                         top[contacts])
-        np.greater(grown, cur, out=rose)
-        count = int(np.count_nonzero(rose))
-        np.copyto(cur, grown)
-        if count * 16 < candidates.size:
-            break
-    near = grid.inside(grid.where(rose))
-    candidates = near[cur[near] < top[near]]
-    while candidates.size:
-        value = np.minimum(grid.neighbour_max(cur, candidates, -np.inf), top[candidates])
-        rose = value > cur[candidates]
-        if not rose.any():
-            break
-        changed = candidates[rose]
-        cur[changed] = value[rose]
-        near = grid.neighbours(changed)  # top is -inf outside the components: = inside(changed), filtered
-        candidates = grid.once(near[cur[near] < top[near]])
-    out = grid.unpad(cur).astype(current.dtype)  # = np.where(outside, current, unpad(cur)), in one buffer
-    np.copyto(out, current, where=outside)
+    components = np.ascontiguousarray(components, np.int32)
+    reconstruct_in_place(current, np.ascontiguousarray(image, work), components)
+    if current.dtype == exact.dtype:
+        return current
+    out = current.astype(exact.dtype)  # outside the components: min(seed, image) unrounded
+    np.copyto(out, exact, where=components == 0)
     return out
 
 
