@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -118,8 +119,14 @@ class S3Storage:
             self.client.create_bucket(Bucket=self.bucket)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
-        self.client.put_object(Bucket=self.bucket, Key=validate_key(key), Body=data, ContentType=content_type)
-        return self.head(key)
+        """Store ``data``; its ETag and version come from the PUT's own response (no second request), the
+        time from the response's ``Date`` (when the server stored it; S3 keeps that as Last-Modified)."""
+        response = self.client.put_object(Bucket=self.bucket, Key=validate_key(key), Body=data,
+                                          ContentType=content_type)
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        return ObjectInfo(key=key, size=len(data), etag=response["ETag"].strip('"'),
+                          last_modified=parsedate_to_datetime(date) if date else datetime.now(UTC),
+                          version_id=response.get("VersionId"))
 
     def get(self, key: str) -> bytes:
         return self.fetch(key).data
