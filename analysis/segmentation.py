@@ -78,7 +78,8 @@ _MAX_FLOOD_STEPS = 500
 next level, and after the last they form instances of their own)."""
 
 
-def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray, levels: int = 16) -> np.ndarray:
+def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray, levels: int = 16,
+                    components: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """Marker-controlled watershed of ``height`` (higher = more central, [0, 1]) inside ``foreground``.
 
     Per foreground component (4-connected): with at most one marker it is one instance; otherwise it is
@@ -89,9 +90,11 @@ def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndar
     (scipy's ``watershed_ift`` was not used: it lets one marker flood another's basin on plateaus.)
 
     All components are flooded at once by :func:`analysis.geodesic.flood_levels_in_place` (compiled; a pixel
-    only takes labels of its own component), so the result is the per-component flood's.
+    only takes labels of its own component), so the result is the per-component flood's. ``markers``: a
+    label image or a bool mask (only ``markers > 0`` counts: markers are its 4-connected pieces);
+    ``components``: ``ndimage.label(foreground)`` when the caller has it.
     """
-    components, n = ndimage.label(foreground)
+    components, n = components if components is not None else ndimage.label(foreground)
     if n == 0:
         return np.zeros(foreground.shape, np.int32)
     seeds, n_seeds = ndimage.label((markers > 0) & (components > 0))
@@ -166,7 +169,8 @@ def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | No
     return out
 
 
-def h_maxima(image: np.ndarray, h: float, foreground: np.ndarray) -> np.ndarray:
+def h_maxima(image: np.ndarray, h: float, foreground: np.ndarray,
+             components: np.ndarray | None = None) -> np.ndarray:
     """Bool mask of the regional maxima of dynamic ≥ ``h`` (one plateau per dome), per foreground component.
 
     Per 4-connected component (the image set to 0 outside it): ``dome = image − reconstruct(image − h,
@@ -175,8 +179,10 @@ def h_maxima(image: np.ndarray, h: float, foreground: np.ndarray) -> np.ndarray:
     pixels above ``h``, where paths leaving the component, which pass through 0, cannot matter). In float32
     (half the memory traffic of float64; the domes are compared with a 1e-3 tolerance, float32 rounding of
     distances ≤ ~100 px is ~1e-5): the same markers as float64 on every AGH and uobcs-edges field.
+    ``components``: ``ndimage.label(foreground)[0]`` when the caller has it.
     """
-    components, _ = ndimage.label(foreground)
+    if components is None:
+        components, _ = ndimage.label(foreground)
     img = np.where(components > 0, image, 0.0).astype(np.float32)
     dome = img - reconstruct(img - np.float32(h), img, components)
     return (components > 0) & (dome >= h - 1e-3) & (img > h)
@@ -352,8 +358,9 @@ class ClassicalSegmenter:
             threshold = otsu_threshold(smooth[::2, ::2].ravel())
         foreground = fill_holes(binary_opening_cross(smooth > threshold))
         dist = gaussian_filter32(distance_transform32(foreground), 1.0) * foreground
-        markers, _ = ndimage.label(h_maxima(dist, self.h, foreground))
-        labels = watershed_split(foreground, dist / max(float(dist.max()), 1e-6), markers)
+        components = ndimage.label(foreground)  # shared by the markers and the watershed
+        markers = h_maxima(dist, self.h, foreground, components[0])
+        labels = watershed_split(foreground, dist / max(float(dist.max()), 1e-6), markers, components=components)
         labels = size_filter(labels, self.min_area, int(self.max_area_fraction * signal.size))
         return drop_annotated(labels, field.annotation_mask)
 

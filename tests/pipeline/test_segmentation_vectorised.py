@@ -139,6 +139,8 @@ def test_watershed_split_equals_the_per_component_reference(index: int) -> None:
         got = watershed_split(fg, height, markers)
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, ref_watershed_split(fg, height, markers))
+        # a bool marker mask and the caller's components give the same
+        np.testing.assert_array_equal(watershed_split(fg, height, markers > 0, components=ndimage.label(fg)), got)
 
 
 def test_diagonal_contact_does_not_let_labels_or_domes_cross() -> None:
