@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.base import db_now, utcnow
@@ -93,12 +93,18 @@ def finish_attempt(session: Session, claim_: Claim, outcome: AttemptOutcome, sta
     owned = owned_attempt(session, claim_)
     if owned is None:
         return False
-    slide, attempt = owned
+    close_owned(*owned, outcome, status, reason, timings_ms)
+    return True
+
+
+def close_owned(slide: SlideImage, attempt: AnalysisAttempt, outcome: AttemptOutcome, status: SlideStatus,
+                reason: str | None = None, timings_ms: dict[str, float] | None = None) -> None:
+    """:func:`finish_attempt` for a caller that holds ``(slide, attempt)`` from :func:`owned_attempt` in this
+    transaction (the rows stay locked until it commits)."""
     _close(attempt, outcome, reason if outcome is not AttemptOutcome.SUCCEEDED else None)
     if timings_ms is not None:
         attempt.stage_timings_ms = timings_ms
     slide.transition(status, reason)
-    return True
 
 
 def abort(session: Session, slide_id: int, task_id: str, error: str, to: SlideStatus) -> bool:
@@ -144,12 +150,8 @@ def stale_slides(session: Session, queued_after: timedelta, running_after: timed
 
 
 def _latest_attempt(session: Session, slide_id: int) -> AnalysisAttempt | None:
-    number = session.scalar(select(func.max(AnalysisAttempt.number))
-                            .where(AnalysisAttempt.slide_image_id == slide_id))
-    if number is None:
-        return None
-    return session.scalar(select(AnalysisAttempt).where(AnalysisAttempt.slide_image_id == slide_id,
-                                                        AnalysisAttempt.number == number))
+    return session.scalar(select(AnalysisAttempt).where(AnalysisAttempt.slide_image_id == slide_id)
+                          .order_by(AnalysisAttempt.number.desc()).limit(1))
 
 
 def _close(attempt: AnalysisAttempt, outcome: AttemptOutcome, error: str | None,

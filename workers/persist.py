@@ -90,7 +90,7 @@ def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, 
     owned = jobs.owned_attempt(session, claim)
     if owned is None:
         return None
-    _, attempt = owned
+    slide, attempt = owned
     attempt.model_versions = model_version_rows(session, analysis.model_versions)
     classified = [c for c in analysis.cells if c.probabilities is not None]
     if classified:  # one executemany, no ORM objects (~4× less time than add_all for a field's ~60 cells)
@@ -103,7 +103,7 @@ def save_analysis(session: Session, claim: jobs.Claim, analysis: SlideAnalysis, 
         needs_review=spec.needs_review, review_reason="; ".join(spec.reasons) or None, overlay_key=overlay[0],
         overlay_layer_key=overlay[1], quality=analysis.quality.to_dict() if analysis.quality else None))
     status = SlideStatus.NEEDS_REVIEW if spec.needs_review else SlideStatus.DONE
-    jobs.finish_attempt(session, claim, AttemptOutcome.SUCCEEDED, status, timings_ms=timings_ms)
+    jobs.close_owned(slide, attempt, AttemptOutcome.SUCCEEDED, status, timings_ms=timings_ms)
     return status
 
 
