@@ -307,14 +307,23 @@ def _region_hist(codes_in: np.ndarray, nbins: int, key_base: np.ndarray, counts:
     return h / np.maximum(counts[:, :, None], 1)
 
 
-def _cooc(codes: np.ndarray, nbins: int, m: np.ndarray, d: int) -> np.ndarray:
-    """(N, nbins, nbins) symmetric co-occurrence counts of codes at horizontal and vertical distance ``d``
-    (both pixels in the mask); invariant to 90° rotations. Each pixel's key (its cell and code) is formed once
-    on the whole stack; the pairs' keys are then one addition and one gather (integer counts)."""
+def _cooc_keys(codes: np.ndarray, nbins: int) -> np.ndarray:
+    """Each pixel's first-member key for :func:`_cooc`: its cell and code (``cell * nbins² + code * nbins``)."""
     n = codes.shape[0]
     kind = np.int32 if n * nbins * nbins < 2 ** 31 else np.int64
     keyed = codes.astype(kind) * nbins
     keyed += (np.arange(n, dtype=kind) * (nbins * nbins))[:, None, None]
+    return keyed
+
+
+def _cooc(codes: np.ndarray, nbins: int, m: np.ndarray, d: int, keyed: np.ndarray | None = None) -> np.ndarray:
+    """(N, nbins, nbins) symmetric co-occurrence counts of codes at horizontal and vertical distance ``d``
+    (both pixels in the mask); invariant to 90° rotations. Each pixel's key (its cell and code,
+    :func:`_cooc_keys`; pass it to reuse it across distances) is formed once on the whole stack; the pairs'
+    keys are then one addition and one gather (integer counts)."""
+    n = codes.shape[0]
+    if keyed is None:
+        keyed = _cooc_keys(codes, nbins)
     total = np.zeros(n * nbins * nbins, np.float64)
     for a, b, va, vb in ((keyed[:, :, :-d], codes[:, :, d:], m[:, :, :-d], m[:, :, d:]),
                          (keyed[:, :-d, :], codes[:, d:, :], m[:, :-d, :], m[:, d:, :])):
@@ -376,8 +385,33 @@ def _count(b: np.ndarray) -> np.ndarray:
     return np.count_nonzero(b.reshape(b.shape[0], -1), axis=1).astype(np.int64, copy=False)
 
 
+def _cell_sum(cell: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per-cell sums (float64) of the values of the in-mask pixels of cells ``cell``."""
+    return np.bincount(cell, values, minlength=n)
+
+
 def _msum(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.einsum("nij,nij->n", x, m, dtype=np.float64) if x.dtype != bool else _count(x & m)
+
+
+def _dog_band(r: np.ndarray, m: np.ndarray, mf: np.ndarray, area1: np.ndarray,
+              thresholds: Sequence[float]) -> np.ndarray:
+    """One difference-of-Gaussian band ``r`` (grid): dots per 1000 px above each threshold, the mean peak,
+    the positive mean and energy and the absolute mean. The peaks (positive in-mask 3×3 maxima) are few: their
+    counts and sum come from their values alone (the same integers; the sum in float64 as before)."""
+    n = r.shape[0]
+    peak = r >= _max3(r)
+    peak &= m
+    peak &= r > 0
+    at = np.flatnonzero(peak)
+    cell = at // (r.shape[1] * r.shape[2])
+    rk = r.ravel()[at]
+    cols = [np.bincount(cell[rk > th], minlength=n) / area1 * 1000.0 for th in thresholds]
+    npk = np.maximum(np.bincount(cell, minlength=n), 1)
+    rp = np.maximum(r, 0) * mf
+    cols += [np.bincount(cell, rk.astype(np.float64), minlength=n) / npk, rp.sum((1, 2)) / area1,
+             np.einsum("nij,nij->n", rp, rp, dtype=np.float64) / area1, _msum(np.abs(r), mf) / area1]
+    return np.column_stack(cols)
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -441,8 +475,9 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
     lv = spec.glcm_levels
     g = np.minimum((s * lv).astype(np.uint8 if lv <= 255 else np.int64), lv - 1)  # s in [0, 1]: 0..lv-1
     ii, jj = np.meshgrid(np.arange(lv), np.arange(lv), indexing="ij")
+    keyed = _cooc_keys(g, lv)
     for d in spec.glcm_distances:
-        p = _cooc(g, lv, m, d)
+        p = _cooc(g, lv, m, d, keyed)
         p /= np.maximum(p.sum((1, 2), keepdims=True), 1)
         mu = (p * ii).sum((1, 2))
         var = (p * (ii - mu[:, None, None]) ** 2).sum((1, 2))
@@ -462,12 +497,14 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
     cdf = np.cumsum(hist, 1) / area1[:, None]
     pcts = (5, 10, 25, 50, 75, 90, 95)
     qs = np.stack([(cdf < p / 100).sum(1) / nbq for p in pcts], axis=1)
-    mean = _msum(s, mf) / area1
-    dev = (s - mean[:, None, None].astype(np.float32)) * mf
-    var = np.einsum("nij,nij->n", dev, dev, dtype=np.float64) / area1
+    # moments from the in-mask pixels alone (the pixels outside contribute zeros)
+    mean = _cell_sum(cell_in, s_in.astype(np.float64), n) / area1
+    dev = (s_in - mean.astype(np.float32)[cell_in]).astype(np.float64)
+    dev2 = dev * dev
+    var = _cell_sum(cell_in, dev2, n) / area1
     std = np.sqrt(var)
-    skew = np.einsum("nij,nij,nij->n", dev, dev, dev, dtype=np.float64) / area1 / np.maximum(std, 1e-6) ** 3
-    kurt = np.einsum("nij,nij,nij,nij->n", dev, dev, dev, dev, dtype=np.float64) / area1 / np.maximum(var, 1e-9) ** 2
+    skew = _cell_sum(cell_in, dev2 * dev, n) / area1 / np.maximum(std, 1e-6) ** 3
+    kurt = _cell_sum(cell_in, dev2 * dev * dev, n) / area1 / np.maximum(var, 1e-9) ** 2
     out.add([f"int_p{p}" for p in pcts] + ["int_mean", "int_std", "int_skew", "int_kurt"],
             np.column_stack([qs, mean, std, skew, kurt]))
 
@@ -485,19 +522,9 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 
     # dots: difference-of-Gaussian bands, local maxima counts and strengths, band energy
     for a, b in itertools.pairwise(spec.dog_sigmas):
-        r = (gs[a] - gs[b])[grid]
-        peak = (r >= _max3(r)) & m & (r > 0)
-        names, vals = [], []
-        for th in spec.dot_thresholds:
-            names.append(f"dog_{a:g}_{b:g}_dots{th:g}")
-            vals.append(_msum(peak & (r > th), m) / area1 * 1000.0)
-        npk = np.maximum(_count(peak), 1)
-        rp = np.maximum(r, 0) * mf
-        vals += [np.einsum("nij,nij->n", r, peak.astype(np.float32), dtype=np.float64) / npk,
-                 rp.sum((1, 2)) / area1, np.einsum("nij,nij->n", rp, rp, dtype=np.float64) / area1,
-                 _msum(np.abs(r), mf) / area1]
+        names = [f"dog_{a:g}_{b:g}_dots{th:g}" for th in spec.dot_thresholds]
         names += [f"dog_{a:g}_{b:g}_{k}" for k in ("peak_mean", "pos_mean", "pos_energy", "abs_mean")]
-        out.add(names, np.column_stack(vals))
+        out.add(names, _dog_band(gs[a][grid] - gs[b][grid], m, mf, area1, spec.dot_thresholds))
 
     # bright spots on the sigma-1 smoothed cell: connected components above a threshold
     g1 = gs[1.0]
@@ -527,25 +554,27 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
                                  total / area1]))
 
     # gradients of the sigma-1 smoothed cell
-    # central differences on the grid only (margin >= 1: the same values as on the whole tile, cropped)
-    gy = (g1[:, mg + 1:t - mg + 1, mg:t - mg] - g1[:, mg - 1:t - mg - 1, mg:t - mg]) * 0.5
-    gx = (g1[:, mg:t - mg, mg + 1:t - mg + 1] - g1[:, mg:t - mg, mg - 1:t - mg - 1]) * 0.5
-    mag = np.hypot(gy, gx)
-    gm = [_msum(mag, reg.astype(np.float32)) / np.maximum(c, 1) for reg, c in
-          ((m, area), (inner, counts[:, 1]), (rim, counts[:, 2]))]
-    g2 = np.einsum("nij,nij,nij->n", mag, mag, mf, dtype=np.float64) / area1
+    # central differences at the in-mask pixels only (margin >= 1: their neighbours are in their own tile)
+    g1f = g1.ravel()
+    gy = (g1f[flat_in_tile + t] - g1f[flat_in_tile - t]) * 0.5
+    gx = (g1f[flat_in_tile + 1] - g1f[flat_in_tile - 1]) * 0.5
+    mag = np.hypot(gy, gx).astype(np.float64)
+    by_region = np.bincount(region_key, mag, minlength=2 * n).reshape(n, 2)  # inner, rim
+    gm = [_cell_sum(cell_in, mag, n) / np.maximum(area, 1), by_region[:, 0] / np.maximum(counts[:, 1], 1),
+          by_region[:, 1] / np.maximum(counts[:, 2], 1)]
+    g2 = _cell_sum(cell_in, mag * mag, n) / area1
     out.add(["grad_mean_whole", "grad_mean_inner", "grad_mean_rim", "grad_std", "grad_rel"],
             np.column_stack([*gm, np.sqrt(np.maximum(g2 - gm[0] ** 2, 0)), gm[0] / np.maximum(mean, 1e-3)]))
 
     # shape
-    yy, xx = np.mgrid[:m.shape[1], :m.shape[2]].astype(np.float32)
-    cy = _msum(np.broadcast_to(yy, m.shape), mf) / area1
-    cx = _msum(np.broadcast_to(xx, m.shape), mf) / area1
-    dy = (yy[None] - cy[:, None, None].astype(np.float32))
-    dx = (xx[None] - cx[:, None, None].astype(np.float32))
-    myy = np.einsum("nij,nij,nij->n", dy, dy, mf, dtype=np.float64) / area1
-    mxx = np.einsum("nij,nij,nij->n", dx, dx, mf, dtype=np.float64) / area1
-    mxy = np.einsum("nij,nij,nij->n", dy, dx, mf, dtype=np.float64) / area1
+    y_in, x_in = (flat_in % hw // gw).astype(np.float32), (flat_in % gw).astype(np.float32)
+    cy = _cell_sum(cell_in, y_in.astype(np.float64), n) / area1
+    cx = _cell_sum(cell_in, x_in.astype(np.float64), n) / area1
+    dy_in = (y_in - cy.astype(np.float32)[cell_in]).astype(np.float64)
+    dx_in = (x_in - cx.astype(np.float32)[cell_in]).astype(np.float64)
+    myy = _cell_sum(cell_in, dy_in * dy_in, n) / area1
+    mxx = _cell_sum(cell_in, dx_in * dx_in, n) / area1
+    mxy = _cell_sum(cell_in, dy_in * dx_in, n) / area1
     root = np.sqrt(((myy - mxx) / 2) ** 2 + mxy ** 2)
     l1, l2 = (myy + mxx) / 2 + root, np.maximum((myy + mxx) / 2 - root, 1e-9)
     eq_r = np.sqrt(area1 / math.pi)
@@ -573,6 +602,9 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 
     # Golgi-oriented asymmetry: where the signal sits relative to the mask centroid
     if spec.golgi:
+        yy, xx = np.mgrid[:m.shape[1], :m.shape[2]].astype(np.float32)
+        dy = (yy[None] - cy[:, None, None].astype(np.float32))
+        dx = (xx[None] - cx[:, None, None].astype(np.float32))
         w = s * mf
         sw = np.maximum(w.sum((1, 2)), 1e-6)
         r = np.sqrt(dy * dy + dx * dx) + 1e-3
