@@ -263,19 +263,32 @@ def _lbp_packed(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
     lo, hi = m * t + m, (n - 1) * t * t + (t - m - 1) * t + (t - m)  # first and past-the-last grid pixel
     centre = flat[lo:hi]
     dtype = np.uint8 if points <= 8 else np.uint16
-    out = np.zeros(n * t * t, dtype)
+    out = np.empty(n * t * t, dtype)
+    out[:lo], out[hi:] = 0, 0
     packed = out[lo:hi]
     bit = np.empty(hi - lo, bool)
     weighted = np.empty(hi - lo, dtype)
-    for k in range(points):
-        a = 2.0 * math.pi * k / points
-        dy, dx = round(-radius * math.sin(a)), round(radius * math.cos(a))
-        off = dy * t + dx
+    for k, off in enumerate(_lbp_offsets(radius, points, t)):
+        if k == 0 and dtype == np.uint8:  # bit 0: the comparison itself (0/1), written in place
+            np.greater_equal(flat[lo + off:hi + off], centre, out=packed.view(bool))
+            continue
+        if k == 0:
+            packed[:] = 0
         np.greater_equal(flat[lo + off:hi + off], centre, out=bit)
         # bit << k as a multiplication (numpy's shift of small integers is not vectorised)
         np.multiply(bit.view(np.uint8), dtype(1 << k), out=weighted, dtype=dtype)
         np.bitwise_or(packed, weighted, out=packed)
     return out
+
+
+@lru_cache(maxsize=256)
+def _lbp_offsets(radius: int, points: int, t: int) -> tuple[int, ...]:
+    """Flat offsets (dy·T + dx) of the P sample points of radius ``radius`` in ``T``-wide tiles."""
+    out = []
+    for k in range(points):
+        a = 2.0 * math.pi * k / points
+        out.append(round(-radius * math.sin(a)) * t + round(radius * math.cos(a)))
+    return tuple(out)
 
 
 def _lbp_riu2_counting(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
@@ -430,18 +443,16 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
     # regions from the distance to the mask edge (mosaic: tiles are separated by their zero margins)
     mosaic = mk_full.reshape(n * t, t)
     dist = (_cdt(mosaic, "chessboard").astype(np.float32) + _cdt(mosaic, "taxicab")) * 0.5
-    dist = dist.reshape(n, t, t)[grid]
-    dmax = np.maximum(dist.reshape(n, -1).max(1), 1.0)
-    rd = dist / dmax[:, None, None]
-    rim = m & (rd <= spec.rim_fraction)
-    inner = m & ~rim
-    counts = np.stack([area, _count(inner), _count(rim)], axis=1)
+    dmax = np.maximum(dist.reshape(n, -1).max(1), 1.0)  # 0 outside the masks: the grid's maximum
     hw = m.shape[1] * m.shape[2]
     flat_in = np.flatnonzero(m)
     cell_in = flat_in // hw
-    reg_in = rim.ravel()[flat_in].astype(np.int64)
     gw = m.shape[2]  # the same in-mask pixels as flat indices into the (N, T, T) tiles
     flat_in_tile = cell_in * (t * t) + (flat_in % hw // gw + mg) * t + (flat_in % gw + mg)
+    rd_in = dist.ravel()[flat_in_tile] / dmax[cell_in]  # relative depth of the in-mask pixels
+    reg_in = (rd_in <= spec.rim_fraction).astype(np.int64)  # 1: rim, 0: inner
+    n_rim = np.bincount(cell_in, reg_in, minlength=n)
+    counts = np.stack([area, area - n_rim, n_rim], axis=1)
 
     # smoothed copies
     sig = set(spec.lbp_sigmas) | set(spec.dog_sigmas) | {1.0}
@@ -510,7 +521,7 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 
     # radial profile (rim → centre), relative to the cell mean
     nbr = spec.radial_bins
-    rb = np.minimum((rd.ravel()[flat_in] * nbr).astype(np.int64), nbr - 1)
+    rb = np.minimum((rd_in * nbr).astype(np.int64), nbr - 1)
     sv = s_in.astype(np.float64)
     key = cell_in * nbr + rb
     cnt = np.maximum(np.bincount(key, minlength=n * nbr), 1).reshape(n, nbr)
@@ -602,6 +613,8 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 
     # Golgi-oriented asymmetry: where the signal sits relative to the mask centroid
     if spec.golgi:
+        rd = dist.reshape(n, t, t)[grid] / dmax[:, None, None]
+        rim = m & (rd <= spec.rim_fraction)
         yy, xx = np.mgrid[:m.shape[1], :m.shape[2]].astype(np.float32)
         dy = (yy[None] - cy[:, None, None].astype(np.float32))
         dx = (xx[None] - cx[:, None, None].astype(np.float32))
