@@ -427,6 +427,51 @@ def _dog_band(r: np.ndarray, m: np.ndarray, mf: np.ndarray, area1: np.ndarray,
     return np.column_stack(cols)
 
 
+def _moments(s_in: np.ndarray, cell_in: np.ndarray, area1: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-cell mean, std, skewness and kurtosis of the in-mask values ``s_in`` (float32, cells ``cell_in``
+    ascending): float64 sums over the in-mask pixels alone (outside the mask the full-grid sums added zeros)."""
+    n = len(area1)
+    mean = _cell_sum(cell_in, s_in.astype(np.float64), n) / area1
+    dev = (s_in - mean.astype(np.float32)[cell_in]).astype(np.float64)
+    dev2 = dev * dev
+    var = _cell_sum(cell_in, dev2, n) / area1
+    std = np.sqrt(var)
+    skew = _cell_sum(cell_in, dev2 * dev, n) / area1 / np.maximum(std, 1e-6) ** 3
+    kurt = _cell_sum(cell_in, dev2 * dev * dev, n) / area1 / np.maximum(var, 1e-9) ** 2
+    return mean, std, skew, kurt
+
+
+def _gradients(g1: np.ndarray, flat_in_tile: np.ndarray, region_key: np.ndarray,
+               counts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Mean gradient magnitude of ``g1`` (N, T, T) per cell over whole / inner / rim, and the mean squared
+    magnitude: central differences at the in-mask pixels only (flat tile indices; a margin >= 1 keeps their
+    neighbours in their own tile). ``region_key``: cell × 2 + (1 rim, 0 inner); ``counts``: (N, 3) pixels."""
+    n, t = g1.shape[0], g1.shape[-1]
+    g1f = g1.ravel()
+    gy = (g1f[flat_in_tile + t] - g1f[flat_in_tile - t]) * 0.5
+    gx = (g1f[flat_in_tile + 1] - g1f[flat_in_tile - 1]) * 0.5
+    mag = np.hypot(gy, gx).astype(np.float64)
+    by_region = np.bincount(region_key, mag, minlength=2 * n).reshape(n, 2)  # inner, rim
+    whole = np.bincount(region_key // 2, mag, minlength=n)
+    gm = [whole / np.maximum(counts[:, 0], 1), by_region[:, 0] / np.maximum(counts[:, 1], 1),
+          by_region[:, 1] / np.maximum(counts[:, 2], 1)]
+    return gm, np.bincount(region_key // 2, mag * mag, minlength=n) / np.maximum(counts[:, 0], 1)
+
+
+def _shape_moments(flat_in: np.ndarray, shape: tuple[int, ...], area1: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Centroid (cy, cx) and second central moments (yy, xx, xy) per cell of the in-mask pixels ``flat_in``
+    (flat indices into the ``shape`` = (N, H, W) grid), from those pixels alone."""
+    n, hw, gw = shape[0], shape[1] * shape[2], shape[2]
+    cell = flat_in // hw
+    y_in, x_in = (flat_in % hw // gw).astype(np.float32), (flat_in % gw).astype(np.float32)
+    cy = _cell_sum(cell, y_in.astype(np.float64), n) / area1
+    cx = _cell_sum(cell, x_in.astype(np.float64), n) / area1
+    dy = (y_in - cy.astype(np.float32)[cell]).astype(np.float64)
+    dx = (x_in - cx.astype(np.float32)[cell]).astype(np.float64)
+    return (cy, cx, _cell_sum(cell, dy * dy, n) / area1, _cell_sum(cell, dx * dx, n) / area1,
+            _cell_sum(cell, dy * dx, n) / area1)
+
+
 # ----------------------------------------------------------------------------------------------- features
 
 
@@ -508,14 +553,7 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
     cdf = np.cumsum(hist, 1) / area1[:, None]
     pcts = (5, 10, 25, 50, 75, 90, 95)
     qs = np.stack([(cdf < p / 100).sum(1) / nbq for p in pcts], axis=1)
-    # moments from the in-mask pixels alone (the pixels outside contribute zeros)
-    mean = _cell_sum(cell_in, s_in.astype(np.float64), n) / area1
-    dev = (s_in - mean.astype(np.float32)[cell_in]).astype(np.float64)
-    dev2 = dev * dev
-    var = _cell_sum(cell_in, dev2, n) / area1
-    std = np.sqrt(var)
-    skew = _cell_sum(cell_in, dev2 * dev, n) / area1 / np.maximum(std, 1e-6) ** 3
-    kurt = _cell_sum(cell_in, dev2 * dev * dev, n) / area1 / np.maximum(var, 1e-9) ** 2
+    mean, std, skew, kurt = _moments(s_in, cell_in, area1)
     out.add([f"int_p{p}" for p in pcts] + ["int_mean", "int_std", "int_skew", "int_kurt"],
             np.column_stack([qs, mean, std, skew, kurt]))
 
@@ -565,27 +603,12 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
                                  total / area1]))
 
     # gradients of the sigma-1 smoothed cell
-    # central differences at the in-mask pixels only (margin >= 1: their neighbours are in their own tile)
-    g1f = g1.ravel()
-    gy = (g1f[flat_in_tile + t] - g1f[flat_in_tile - t]) * 0.5
-    gx = (g1f[flat_in_tile + 1] - g1f[flat_in_tile - 1]) * 0.5
-    mag = np.hypot(gy, gx).astype(np.float64)
-    by_region = np.bincount(region_key, mag, minlength=2 * n).reshape(n, 2)  # inner, rim
-    gm = [_cell_sum(cell_in, mag, n) / np.maximum(area, 1), by_region[:, 0] / np.maximum(counts[:, 1], 1),
-          by_region[:, 1] / np.maximum(counts[:, 2], 1)]
-    g2 = _cell_sum(cell_in, mag * mag, n) / area1
+    gm, g2 = _gradients(g1, flat_in_tile, region_key, counts)
     out.add(["grad_mean_whole", "grad_mean_inner", "grad_mean_rim", "grad_std", "grad_rel"],
             np.column_stack([*gm, np.sqrt(np.maximum(g2 - gm[0] ** 2, 0)), gm[0] / np.maximum(mean, 1e-3)]))
 
     # shape
-    y_in, x_in = (flat_in % hw // gw).astype(np.float32), (flat_in % gw).astype(np.float32)
-    cy = _cell_sum(cell_in, y_in.astype(np.float64), n) / area1
-    cx = _cell_sum(cell_in, x_in.astype(np.float64), n) / area1
-    dy_in = (y_in - cy.astype(np.float32)[cell_in]).astype(np.float64)
-    dx_in = (x_in - cx.astype(np.float32)[cell_in]).astype(np.float64)
-    myy = _cell_sum(cell_in, dy_in * dy_in, n) / area1
-    mxx = _cell_sum(cell_in, dx_in * dx_in, n) / area1
-    mxy = _cell_sum(cell_in, dy_in * dx_in, n) / area1
+    cy, cx, myy, mxx, mxy = _shape_moments(flat_in, m.shape, area1)
     root = np.sqrt(((myy - mxx) / 2) ** 2 + mxy ** 2)
     l1, l2 = (myy + mxx) / 2 + root, np.maximum((myy + mxx) / 2 - root, 1e-9)
     eq_r = np.sqrt(area1 / math.pi)

@@ -29,6 +29,8 @@ import numpy as np
 MIN_SIZE = 50_000
 """Below this many values numpy's introselect is as fast (and this module just calls it)."""
 _BUCKETS = 4096
+_HIST_MAX = 2 ** 24
+"""Up to this many values the buckets are counted by OpenCV (float32 counts: exact below 2**24)."""
 
 
 def _order_stats(a: np.ndarray, ks: Sequence[int]) -> list[np.floating] | None:
@@ -64,7 +66,7 @@ def _buckets(a: np.ndarray, lo: np.floating, scale: np.floating) -> tuple[np.nda
     numpy's ``bincount`` would first copy them to ``intp``): the same buckets and counts, in half the time."""
     t = np.subtract(a, lo)
     np.multiply(t, scale, out=t)
-    if a.size >= 2 ** 24:
+    if a.size >= _HIST_MAX:
         idx = t.astype(np.intp)
         return idx, np.bincount(idx, minlength=_BUCKETS + 1)
     idx = t.astype(np.uint16)

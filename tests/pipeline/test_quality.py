@@ -190,3 +190,19 @@ def test_float32_nucleus_count_equals_the_float64_count(shared_data: Path) -> No
         for field, (report, count) in zip(fields, fast, strict=True):
             assert count == _count_nuclei_float64(field, cfg)
             assert measure(field) == report
+
+
+def test_fft_differences_of_gaussians_equal_separable_filters() -> None:
+    """count_nuclei's differences of Gaussians by FFT (reflect padding) = the separable float32 filters within
+    float32 rounding, on a large field and on one too small for the padding (the separable fallback)."""
+    from analysis.quality import _dogs, _std
+    from analysis.segmentation import gaussian_filter32
+    rng = np.random.default_rng(5)
+    for shape in ((241, 333), (40, 52)):
+        image = (rng.random(shape) * 50 + np.linspace(0, 80, shape[1])[None]).astype(np.float32)
+        scales = (4.0, 6.0, 9.0)
+        for s, got in zip(scales, _dogs(image, scales), strict=True):
+            want = gaussian_filter32(image, s) - gaussian_filter32(image, 1.6 * s)
+            assert got.dtype == np.float32 and got.shape == shape
+            np.testing.assert_allclose(got, want, atol=1e-4 * float(np.abs(image).max()))
+        assert _std(image) == pytest.approx(float(np.std(image, dtype=np.float64)), rel=1e-12)

@@ -45,7 +45,7 @@ def _texture_crops(fields: list[Path]) -> list[list]:
     got: list[list] = []
     orig = fused.TextureMember.predict
 
-    def spy(self, crops):  # noqa: ANN001, ANN202
+    def spy(self: object, crops: list) -> object:
         got.append(list(crops))
         return orig(self, crops)
 
