@@ -387,6 +387,9 @@ def _quantise(x: np.ndarray) -> np.ndarray:
     """``np.round(x * 255.0).clip(0, 255).astype(np.uint8)`` for float32 ``x``, in one buffer."""
     if x.dtype != np.float32:
         return np.round(x * 255.0).clip(0, 255).astype(np.uint8)
+    if x.ndim >= 2 and x.size and np.float32(x.min()) * np.float32(255.0) >= -0.5:
+        # OpenCV: round-half-even(|255 x|) saturated, in one pass; = clip(round(255 x)) while 255 x >= -0.5
+        return cv2.convertScaleAbs(x.reshape(-1, x.shape[-1]), alpha=255.0).reshape(x.shape)
     y = np.multiply(x, 255.0, dtype=np.float32)
     np.round(y, out=y)
     np.clip(y, 0, 255, out=y)

@@ -81,6 +81,9 @@ def test_quantise_and_count() -> None:
     x = (rng.normal(0.5, 0.5, (3, 16, 16)).astype(np.float32))
     x[0, 0, :4] = [0.5 / 255, 1.5 / 255, -0.1, 2.0]  # halves round to even
     assert np.array_equal(D._quantise(x), np.round(x * 255.0).clip(0, 255).astype(np.uint8))
+    y = np.abs(x)  # OpenCV's path (no value below -0.5 / 255): halves, tiny negatives, above 1
+    y[0, 1, :5] = [2.5 / 255, 254.5 / 255, -1e-7, np.float32(-0.5) / np.float32(255), 1.7]
+    assert np.array_equal(D._quantise(y), np.round(y * 255.0).clip(0, 255).astype(np.uint8))
     b = rng.random((4, 9, 7)) < 0.4
     assert np.array_equal(D._count(b), b.sum((1, 2))) and D._count(b).dtype == b.sum((1, 2)).dtype
     assert np.array_equal(D._count(b[:, 1:-1, 2:]), b[:, 1:-1, 2:].sum((1, 2)))
