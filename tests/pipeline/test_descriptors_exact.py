@@ -175,7 +175,7 @@ def test_in_mask_sums_equal_full_grid(seed: int) -> None:
     dy, dx = yy[None] - cy[:, None, None].astype(np.float32), xx[None] - cx[:, None, None].astype(np.float32)
     ref = [cy, cx] + [np.einsum("nij,nij,nij->n", a, b, mf, dtype=np.float64) / area1
                       for a, b in ((dy, dy), (dx, dx), (dy, dx))]
-    for got, want in zip(D._shape_moments(flat_in, m.shape, area1), ref, strict=True):
+    for got, want in zip(D._shape_moments(*np.nonzero(m), area1), ref, strict=True):
         _same32(got, want)
     # one DoG band
     r = (s_full - g1 * 0.4)[grid] - 0.1
