@@ -383,6 +383,18 @@ def _cdt(mask: np.ndarray, metric: str) -> np.ndarray:
     return ndi.distance_transform_cdt(mask, metric)  # no background pixel: scipy's own convention
 
 
+def _edge_depth(mask: np.ndarray) -> np.ndarray:
+    """Mean of the chessboard and taxicab distances to the background (:func:`_cdt`) as float32 (exact: integers
+    and halves), from OpenCV's float32 distances directly when the 2-D mask has a background pixel."""
+    src = np.ascontiguousarray(mask, dtype=np.uint8)
+    if src.ndim != 2 or not src.size or src.all():
+        return (_cdt(mask, "chessboard").astype(np.float32) + _cdt(mask, "taxicab").astype(np.float32)) * 0.5
+    out = cv2.distanceTransform(src, cv2.DIST_C, 3)
+    out += cv2.distanceTransform(src, cv2.DIST_L1, 3)
+    out *= 0.5
+    return out
+
+
 def _quantise(x: np.ndarray) -> np.ndarray:
     """``np.round(x * 255.0).clip(0, 255).astype(np.uint8)`` for float32 ``x``, in one buffer."""
     if x.dtype != np.float32:
@@ -489,13 +501,13 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 
     # regions from the distance to the mask edge (mosaic: tiles are separated by their zero margins)
     mosaic = mk_full.reshape(n * t, t)
-    dist = (_cdt(mosaic, "chessboard").astype(np.float32) + _cdt(mosaic, "taxicab")) * 0.5
-    dmax = np.maximum(dist.reshape(n, -1).max(1), 1.0)  # 0 outside the masks: the grid's maximum
+    dist = _edge_depth(mosaic)
+    dmax = np.maximum(dist.reshape(n, -1).max(1).astype(np.float64), 1.0)  # 0 outside the masks: the grid's max
     flat_in = np.flatnonzero(m)  # the in-mask pixels: cells and grid coordinates (np.nonzero: 10× slower)
     cell_in, rest = np.divmod(flat_in, m.shape[1] * m.shape[2])
     y_in, x_in = np.divmod(rest, m.shape[2])
     flat_in_tile = (cell_in * t + (y_in + mg)) * t + (x_in + mg)  # the same pixels in the (N, T, T) tiles
-    rd_in = dist.ravel()[flat_in_tile] / dmax[cell_in]  # relative depth of the in-mask pixels
+    rd_in = dist.ravel()[flat_in_tile].astype(np.float64) / dmax[cell_in]  # relative depth of in-mask pixels
     reg_in = (rd_in <= spec.rim_fraction).astype(np.int64)  # 1: rim, 0: inner
     n_rim = np.bincount(cell_in, reg_in, minlength=n)
     counts = np.stack([area, area - n_rim, n_rim], axis=1)

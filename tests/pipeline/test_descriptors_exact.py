@@ -188,3 +188,12 @@ def test_in_mask_sums_equal_full_grid(seed: int) -> None:
     got = D._dog_band(np.ascontiguousarray(r), m, mf, area1, (0.03, 0.2))
     for k, want in enumerate(ref):
         _same32(got[:, k], want)
+
+
+def test_edge_depth_equals_cdt_mean() -> None:
+    rng = np.random.default_rng(8)
+    for mask in (rng.random((40, 33)) < 0.8, np.ones((5, 6), bool), np.zeros((4, 4), bool)):
+        want = (ndi.distance_transform_cdt(mask, "chessboard").astype(np.float32)
+                + ndi.distance_transform_cdt(mask, "taxicab")) * 0.5
+        got = D._edge_depth(mask)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
