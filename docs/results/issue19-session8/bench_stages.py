@@ -5,7 +5,8 @@
 OLD_TREE: a checkout of the old code (e.g. ``git archive e888416 analysis | tar -x -C /tmp/old``); its
 ``analysis/descriptors.py``, ``quality.py`` and ``stats.py`` are loaded beside the new ones. Fields: the first
 8 AGH fields; texture input: the crops the pipeline gives the texture member there (captured once with the new
-tree's ``analyze_field``). One thread (torch, OpenCV); ``time.process_time`` per stage call; per round, old and
+tree's ``analyze_field``); ``texture`` = descriptors + LightGBM (the member), ``descriptors`` = ``extract``
+alone. One thread (torch, OpenCV); ``time.process_time`` per stage call; per round, old and
 new alternate field by field (order swapped every round). The JSON holds per-field ms and the ratios new/old.
 """
 
@@ -76,14 +77,17 @@ def main(old_tree: str, out: str, rounds: int = 3) -> None:
     def tex(mod: ModuleType, c: list) -> None:
         texture.predict_features(mod.extract(c, texture.spec))
 
+    def desc(mod: ModuleType, c: list) -> None:
+        mod.extract(c, texture.spec)
+
     def qual(mod: ModuleType, image: object) -> None:
         fresh = dataclasses.replace(image)  # type: ignore[type-var]  # no cached filled / grey_levels
         report = mod.assess_field(fresh)
         report.nuclei = mod.count_nuclei(fresh)
 
-    stages = {"texture": (tex, crops), "quality": (qual, images)}
-    variants = {"old": {"texture": old_desc, "quality": old_quality},
-                "new": {"texture": descriptors, "quality": quality}}
+    stages = {"texture": (tex, crops), "descriptors": (desc, crops), "quality": (qual, images)}
+    variants = {"old": {"texture": old_desc, "descriptors": old_desc, "quality": old_quality},
+                "new": {"texture": descriptors, "descriptors": descriptors, "quality": quality}}
     ms: dict[str, dict[str, list[list[float]]]] = {s: {"old": [], "new": []} for s in stages}
     for stage, (fn, inputs) in stages.items():
         for v in variants:
