@@ -422,11 +422,13 @@ def _msum(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.einsum("nij,nij->n", x, m, dtype=np.float64) if x.dtype != bool else _count(x & m)
 
 
-def _dog_band(r: np.ndarray, m: np.ndarray, mf: np.ndarray, area1: np.ndarray,
-              thresholds: Sequence[float]) -> np.ndarray:
+def _dog_band(r: np.ndarray, m: np.ndarray, mf: np.ndarray, area1: np.ndarray, thresholds: Sequence[float],
+              flat_in: np.ndarray, cell_in: np.ndarray) -> np.ndarray:
     """One difference-of-Gaussian band ``r`` (grid): dots per 1000 px above each threshold, the mean peak,
     the positive mean and energy and the absolute mean. The peaks (positive in-mask 3×3 maxima) are few: their
-    counts and sum come from their values alone (the same integers; the sum in float64 as before)."""
+    counts and sum come from their values alone (the same integers; the sum in float64 as before); the energy
+    and absolute mean from the in-mask pixels ``flat_in`` (cells ``cell_in``); the positive mean stays a
+    float32 sum over the grid, as before."""
     n = r.shape[0]
     peak = r >= _max3(r)
     peak &= m
@@ -436,9 +438,12 @@ def _dog_band(r: np.ndarray, m: np.ndarray, mf: np.ndarray, area1: np.ndarray,
     rk = r.ravel()[at]
     cols = [np.bincount(cell[rk > th], minlength=n) / area1 * 1000.0 for th in thresholds]
     npk = np.maximum(np.bincount(cell, minlength=n), 1)
-    rp = np.maximum(r, 0) * mf
+    rp = np.maximum(r, 0)
+    rp *= mf
+    r_in = r.ravel()[flat_in].astype(np.float64)
+    pos = np.maximum(r_in, 0.0)
     cols += [np.bincount(cell, rk.astype(np.float64), minlength=n) / npk, rp.sum((1, 2)) / area1,
-             np.einsum("nij,nij->n", rp, rp, dtype=np.float64) / area1, _msum(np.abs(r), mf) / area1]
+             _cell_sum(cell_in, pos * pos, n) / area1, _cell_sum(cell_in, np.abs(r_in), n) / area1]
     return np.column_stack(cols)
 
 
@@ -586,7 +591,8 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
     for a, b in itertools.pairwise(spec.dog_sigmas):
         names = [f"dog_{a:g}_{b:g}_dots{th:g}" for th in spec.dot_thresholds]
         names += [f"dog_{a:g}_{b:g}_{k}" for k in ("peak_mean", "pos_mean", "pos_energy", "abs_mean")]
-        out.add(names, _dog_band(gs[a][grid] - gs[b][grid], m, mf, area1, spec.dot_thresholds))
+        out.add(names, _dog_band(gs[a][grid] - gs[b][grid], m, mf, area1, spec.dot_thresholds, flat_in,
+                                       cell_in))
 
     # bright spots on the sigma-1 smoothed cell: connected components above a threshold
     g1 = gs[1.0]

@@ -185,7 +185,7 @@ def test_in_mask_sums_equal_full_grid(seed: int) -> None:
     ref += [np.einsum("nij,nij->n", r, peak.astype(np.float32), dtype=np.float64) / np.maximum(D._count(peak), 1),
             rp.sum((1, 2)) / area1, np.einsum("nij,nij->n", rp, rp, dtype=np.float64) / area1,
             D._msum(np.abs(r), mf) / area1]
-    got = D._dog_band(np.ascontiguousarray(r), m, mf, area1, (0.03, 0.2))
+    got = D._dog_band(np.ascontiguousarray(r), m, mf, area1, (0.03, 0.2), flat_in, cell)
     for k, want in enumerate(ref):
         _same32(got[:, k], want)
 
