@@ -133,19 +133,31 @@ def _grey(image: FieldImage) -> np.ndarray:
 def measure(image: FieldImage) -> QualityReport:
     """The gate's measurements of one field (no decision)."""
     grey = _grey(image)
-    free = grey[~image.annotation_mask] if (~image.annotation_mask).any() else grey.ravel()
+    free_mask = ~image.annotation_mask
+    n_free = int(np.count_nonzero(free_mask))
+    free = grey.ravel() if n_free in (0, grey.size) else grey[free_mask]  # (no copy without annotations)
     p_lo, p99, p_hi = stats.percentile(free, [0.5, 99.0, 99.5])  # = np.percentile
     sigma = noise_sigma(grey)
     small = grey[::2, ::2] if min(grey.shape) >= 512 else grey  # the band energies, at half the cost
     smooth_std = _std(gaussian_filter32(grey, SMOOTH_SIGMA))
     structure = smooth_std / (sigma * np.sqrt(_GAIN_SMOOTH))
     focus = _focus(small, sigma)
-    saturated = float(np.mean(image.signal[~image.annotation_mask] >= 0.999)) if free.size else 0.0
+    saturated = _saturated(image.signal, free_mask, n_free) if free.size else 0.0
     return QualityReport(p99=round(float(p99), 3), dynamic_range=round(float(p_hi - p_lo), 3),
                          noise=round(float(sigma), 3), structure=round(float(structure), 3),
                          saturated_fraction=round(saturated, 5),
                          focus=None if focus is None else round(float(focus), 4),
                          height=int(grey.shape[0]), width=int(grey.shape[1]))
+
+
+def _saturated(signal: np.ndarray, free_mask: np.ndarray, n_free: int) -> float:
+    """``np.mean(signal[free_mask] >= 0.999)``, the share of full-scale pixels outside the annotations, by one
+    count (the same float: an exact count over the same divisor)."""
+    if not n_free:
+        return float(np.mean(signal[free_mask] >= 0.999))
+    full = signal >= 0.999
+    full &= free_mask
+    return np.count_nonzero(full) / n_free
 
 
 def _focus(grey: np.ndarray, sigma: float) -> float | None:

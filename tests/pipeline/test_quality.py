@@ -219,3 +219,11 @@ def test_near_annotations_equals_whole_field_dilation() -> None:
         for margin in (1, 9, 30):
             assert np.array_equal(_near(mask, margin), dilate_cross(mask, margin))
     assert not _near(np.zeros((5, 5), bool), 3).any()
+
+
+def test_saturated_share_equals_mean() -> None:
+    from analysis.quality import _saturated
+    rng = np.random.default_rng(9)
+    signal = np.minimum(rng.random((60, 70)).astype(np.float32) * 1.2, 1.0)
+    for free in (rng.random(signal.shape) < 0.9, np.ones(signal.shape, bool)):
+        assert _saturated(signal, free, int(free.sum())) == float(np.mean(signal[free] >= 0.999))
