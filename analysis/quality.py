@@ -162,10 +162,17 @@ def _saturated(signal: np.ndarray, free_mask: np.ndarray, n_free: int) -> float:
 
 def _focus(grey: np.ndarray, sigma: float) -> float | None:
     """Fine-band energy / coarse-band energy, noise energy subtracted from each (None: no coarse detail)."""
-    g1, g25, g8 = (gaussian_filter32(grey, s).astype(np.float64) for s in (FINE[0], FINE[1], COARSE[1]))
-    fine = max(_std(g1 - g25) ** 2 - sigma**2 * _GAIN_FINE, 0.0)
-    coarse = max(_std(g25 - g8) ** 2 - sigma**2 * _GAIN_COARSE, 0.0)
+    grey = np.ascontiguousarray(grey, np.float32)  # one copy of a strided view, not one per filter
+    g1, g25, g8 = (gaussian_filter32(grey, s) for s in (FINE[0], FINE[1], COARSE[1]))
+    fine = max(_std(_diff64(g1, g25)) ** 2 - sigma**2 * _GAIN_FINE, 0.0)
+    coarse = max(_std(_diff64(g25, g8)) ** 2 - sigma**2 * _GAIN_COARSE, 0.0)
     return fine / coarse if coarse > 0 else None
+
+
+def _diff64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a.astype(np.float64) - b.astype(np.float64)`` of two float32 images in one OpenCV pass (exact in
+    float64 either way)."""
+    return cv2.subtract(a, b, dtype=cv2.CV_64F)
 
 
 def _std(image: np.ndarray) -> float:

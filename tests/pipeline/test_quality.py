@@ -227,3 +227,11 @@ def test_saturated_share_equals_mean() -> None:
     signal = np.minimum(rng.random((60, 70)).astype(np.float32) * 1.2, 1.0)
     for free in (rng.random(signal.shape) < 0.9, np.ones(signal.shape, bool)):
         assert _saturated(signal, free, int(free.sum())) == float(np.mean(signal[free] >= 0.999))
+
+
+def test_float64_difference_equals_numpy() -> None:
+    from analysis.quality import _diff64
+    rng = np.random.default_rng(10)
+    a, b = (rng.normal(50, 30, (37, 41)).astype(np.float32) for _ in range(2))
+    got = _diff64(a, b)
+    assert got.dtype == np.float64 and np.array_equal(got, a.astype(np.float64) - b.astype(np.float64))
