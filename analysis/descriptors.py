@@ -263,19 +263,32 @@ def _lbp_packed(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
     lo, hi = m * t + m, (n - 1) * t * t + (t - m - 1) * t + (t - m)  # first and past-the-last grid pixel
     centre = flat[lo:hi]
     dtype = np.uint8 if points <= 8 else np.uint16
-    out = np.zeros(n * t * t, dtype)
+    out = np.empty(n * t * t, dtype)
+    out[:lo], out[hi:] = 0, 0
     packed = out[lo:hi]
     bit = np.empty(hi - lo, bool)
     weighted = np.empty(hi - lo, dtype)
-    for k in range(points):
-        a = 2.0 * math.pi * k / points
-        dy, dx = round(-radius * math.sin(a)), round(radius * math.cos(a))
-        off = dy * t + dx
+    for k, off in enumerate(_lbp_offsets(radius, points, t)):
+        if k == 0 and dtype == np.uint8:  # bit 0: the comparison itself (0/1), written in place
+            np.greater_equal(flat[lo + off:hi + off], centre, out=packed.view(bool))
+            continue
+        if k == 0:
+            packed[:] = 0
         np.greater_equal(flat[lo + off:hi + off], centre, out=bit)
         # bit << k as a multiplication (numpy's shift of small integers is not vectorised)
         np.multiply(bit.view(np.uint8), dtype(1 << k), out=weighted, dtype=dtype)
         np.bitwise_or(packed, weighted, out=packed)
     return out
+
+
+@lru_cache(maxsize=256)
+def _lbp_offsets(radius: int, points: int, t: int) -> tuple[int, ...]:
+    """Flat offsets (dy·T + dx) of the P sample points of radius ``radius`` in ``T``-wide tiles."""
+    out = []
+    for k in range(points):
+        a = 2.0 * math.pi * k / points
+        out.append(round(-radius * math.sin(a)) * t + round(radius * math.cos(a)))
+    return tuple(out)
 
 
 def _lbp_riu2_counting(q: np.ndarray, radius: int, points: int, m: int) -> np.ndarray:
@@ -307,14 +320,23 @@ def _region_hist(codes_in: np.ndarray, nbins: int, key_base: np.ndarray, counts:
     return h / np.maximum(counts[:, :, None], 1)
 
 
-def _cooc(codes: np.ndarray, nbins: int, m: np.ndarray, d: int) -> np.ndarray:
-    """(N, nbins, nbins) symmetric co-occurrence counts of codes at horizontal and vertical distance ``d``
-    (both pixels in the mask); invariant to 90° rotations. Each pixel's key (its cell and code) is formed once
-    on the whole stack; the pairs' keys are then one addition and one gather (integer counts)."""
+def _cooc_keys(codes: np.ndarray, nbins: int) -> np.ndarray:
+    """Each pixel's first-member key for :func:`_cooc`: its cell and code (``cell * nbins² + code * nbins``)."""
     n = codes.shape[0]
     kind = np.int32 if n * nbins * nbins < 2 ** 31 else np.int64
     keyed = codes.astype(kind) * nbins
     keyed += (np.arange(n, dtype=kind) * (nbins * nbins))[:, None, None]
+    return keyed
+
+
+def _cooc(codes: np.ndarray, nbins: int, m: np.ndarray, d: int, keyed: np.ndarray | None = None) -> np.ndarray:
+    """(N, nbins, nbins) symmetric co-occurrence counts of codes at horizontal and vertical distance ``d``
+    (both pixels in the mask); invariant to 90° rotations. Each pixel's key (its cell and code,
+    :func:`_cooc_keys`; pass it to reuse it across distances) is formed once on the whole stack; the pairs'
+    keys are then one addition and one gather (integer counts)."""
+    n = codes.shape[0]
+    if keyed is None:
+        keyed = _cooc_keys(codes, nbins)
     total = np.zeros(n * nbins * nbins, np.float64)
     for a, b, va, vb in ((keyed[:, :, :-d], codes[:, :, d:], m[:, :, :-d], m[:, :, d:]),
                          (keyed[:, :-d, :], codes[:, d:, :], m[:, :-d, :], m[:, d:, :])):
@@ -361,10 +383,25 @@ def _cdt(mask: np.ndarray, metric: str) -> np.ndarray:
     return ndi.distance_transform_cdt(mask, metric)  # no background pixel: scipy's own convention
 
 
+def _edge_depth(mask: np.ndarray) -> np.ndarray:
+    """Mean of the chessboard and taxicab distances to the background (:func:`_cdt`) as float32 (exact: integers
+    and halves), from OpenCV's float32 distances directly when the 2-D mask has a background pixel."""
+    src = np.ascontiguousarray(mask, dtype=np.uint8)
+    if src.ndim != 2 or not src.size or src.all():
+        return (_cdt(mask, "chessboard").astype(np.float32) + _cdt(mask, "taxicab").astype(np.float32)) * 0.5
+    out = cv2.distanceTransform(src, cv2.DIST_C, 3)
+    out += cv2.distanceTransform(src, cv2.DIST_L1, 3)
+    out *= 0.5
+    return out
+
+
 def _quantise(x: np.ndarray) -> np.ndarray:
     """``np.round(x * 255.0).clip(0, 255).astype(np.uint8)`` for float32 ``x``, in one buffer."""
     if x.dtype != np.float32:
         return np.round(x * 255.0).clip(0, 255).astype(np.uint8)
+    if x.ndim >= 2 and x.size and np.float32(x.min()) * np.float32(255.0) >= -0.5:
+        # OpenCV: round-half-even(|255 x|) saturated, in one pass; = clip(round(255 x)) while 255 x >= -0.5
+        return cv2.convertScaleAbs(x.reshape(-1, x.shape[-1]), alpha=255.0).reshape(x.shape)
     y = np.multiply(x, 255.0, dtype=np.float32)
     np.round(y, out=y)
     np.clip(y, 0, 255, out=y)
@@ -376,8 +413,82 @@ def _count(b: np.ndarray) -> np.ndarray:
     return np.count_nonzero(b.reshape(b.shape[0], -1), axis=1).astype(np.int64, copy=False)
 
 
+def _cell_sum(cell: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per-cell sums (float64) of the values of the in-mask pixels of cells ``cell``."""
+    return np.bincount(cell, values, minlength=n)
+
+
 def _msum(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.einsum("nij,nij->n", x, m, dtype=np.float64) if x.dtype != bool else _count(x & m)
+
+
+def _dog_band(r: np.ndarray, m: np.ndarray, mf: np.ndarray, area1: np.ndarray, thresholds: Sequence[float],
+              flat_in: np.ndarray, cell_in: np.ndarray) -> np.ndarray:
+    """One difference-of-Gaussian band ``r`` (grid): dots per 1000 px above each threshold, the mean peak,
+    the positive mean and energy and the absolute mean. The peaks (positive in-mask 3×3 maxima) are few: their
+    counts and sum come from their values alone (the same integers; the sum in float64 as before); the energy
+    and absolute mean from the in-mask pixels ``flat_in`` (cells ``cell_in``); the positive mean stays a
+    float32 sum over the grid, as before."""
+    n = r.shape[0]
+    peak = r >= _max3(r)
+    peak &= m
+    peak &= r > 0
+    at = np.flatnonzero(peak)
+    cell = at // (r.shape[1] * r.shape[2])
+    rk = r.ravel()[at]
+    cols = [np.bincount(cell[rk > th], minlength=n) / area1 * 1000.0 for th in thresholds]
+    npk = np.maximum(np.bincount(cell, minlength=n), 1)
+    rp = np.maximum(r, 0)
+    rp *= mf
+    r_in = r.ravel()[flat_in].astype(np.float64)
+    pos = np.maximum(r_in, 0.0)
+    cols += [np.bincount(cell, rk.astype(np.float64), minlength=n) / npk, rp.sum((1, 2)) / area1,
+             _cell_sum(cell_in, pos * pos, n) / area1, _cell_sum(cell_in, np.abs(r_in), n) / area1]
+    return np.column_stack(cols)
+
+
+def _moments(s_in: np.ndarray, cell_in: np.ndarray, area1: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-cell mean, std, skewness and kurtosis of the in-mask values ``s_in`` (float32, cells ``cell_in``
+    ascending): float64 sums over the in-mask pixels alone (outside the mask the full-grid sums added zeros)."""
+    n = len(area1)
+    mean = _cell_sum(cell_in, s_in.astype(np.float64), n) / area1
+    dev = (s_in - mean.astype(np.float32)[cell_in]).astype(np.float64)
+    dev2 = dev * dev
+    var = _cell_sum(cell_in, dev2, n) / area1
+    std = np.sqrt(var)
+    skew = _cell_sum(cell_in, dev2 * dev, n) / area1 / np.maximum(std, 1e-6) ** 3
+    kurt = _cell_sum(cell_in, dev2 * dev * dev, n) / area1 / np.maximum(var, 1e-9) ** 2
+    return mean, std, skew, kurt
+
+
+def _gradients(g1: np.ndarray, flat_in_tile: np.ndarray, region_key: np.ndarray,
+               counts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Mean gradient magnitude of ``g1`` (N, T, T) per cell over whole / inner / rim, and the mean squared
+    magnitude: central differences at the in-mask pixels only (flat tile indices; a margin >= 1 keeps their
+    neighbours in their own tile). ``region_key``: cell × 2 + (1 rim, 0 inner); ``counts``: (N, 3) pixels."""
+    n, t = g1.shape[0], g1.shape[-1]
+    g1f = g1.ravel()
+    gy = (g1f[flat_in_tile + t] - g1f[flat_in_tile - t]) * 0.5
+    gx = (g1f[flat_in_tile + 1] - g1f[flat_in_tile - 1]) * 0.5
+    mag = np.hypot(gy, gx).astype(np.float64)
+    by_region = np.bincount(region_key, mag, minlength=2 * n).reshape(n, 2)  # inner, rim
+    whole = np.bincount(region_key // 2, mag, minlength=n)
+    gm = [whole / np.maximum(counts[:, 0], 1), by_region[:, 0] / np.maximum(counts[:, 1], 1),
+          by_region[:, 1] / np.maximum(counts[:, 2], 1)]
+    return gm, np.bincount(region_key // 2, mag * mag, minlength=n) / np.maximum(counts[:, 0], 1)
+
+
+def _shape_moments(cell: np.ndarray, y: np.ndarray, x: np.ndarray, area1: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Centroid (cy, cx) and second central moments (yy, xx, xy) per cell of the in-mask pixels (their cells
+    ``cell`` ascending and grid coordinates ``y``, ``x``), from those pixels alone."""
+    n = len(area1)
+    y_in, x_in = y.astype(np.float32), x.astype(np.float32)
+    cy = _cell_sum(cell, y_in.astype(np.float64), n) / area1
+    cx = _cell_sum(cell, x_in.astype(np.float64), n) / area1
+    dy = (y_in - cy.astype(np.float32)[cell]).astype(np.float64)
+    dx = (x_in - cx.astype(np.float32)[cell]).astype(np.float64)
+    return (cy, cx, _cell_sum(cell, dy * dy, n) / area1, _cell_sum(cell, dx * dx, n) / area1,
+            _cell_sum(cell, dy * dx, n) / area1)
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -395,19 +506,16 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 
     # regions from the distance to the mask edge (mosaic: tiles are separated by their zero margins)
     mosaic = mk_full.reshape(n * t, t)
-    dist = (_cdt(mosaic, "chessboard").astype(np.float32) + _cdt(mosaic, "taxicab")) * 0.5
-    dist = dist.reshape(n, t, t)[grid]
-    dmax = np.maximum(dist.reshape(n, -1).max(1), 1.0)
-    rd = dist / dmax[:, None, None]
-    rim = m & (rd <= spec.rim_fraction)
-    inner = m & ~rim
-    counts = np.stack([area, _count(inner), _count(rim)], axis=1)
-    hw = m.shape[1] * m.shape[2]
-    flat_in = np.flatnonzero(m)
-    cell_in = flat_in // hw
-    reg_in = rim.ravel()[flat_in].astype(np.int64)
-    gw = m.shape[2]  # the same in-mask pixels as flat indices into the (N, T, T) tiles
-    flat_in_tile = cell_in * (t * t) + (flat_in % hw // gw + mg) * t + (flat_in % gw + mg)
+    dist = _edge_depth(mosaic)
+    dmax = np.maximum(dist.reshape(n, -1).max(1).astype(np.float64), 1.0)  # 0 outside the masks: the grid's max
+    flat_in = np.flatnonzero(m)  # the in-mask pixels: cells and grid coordinates (np.nonzero: 10× slower)
+    cell_in, rest = np.divmod(flat_in, m.shape[1] * m.shape[2])
+    y_in, x_in = np.divmod(rest, m.shape[2])
+    flat_in_tile = (cell_in * t + (y_in + mg)) * t + (x_in + mg)  # the same pixels in the (N, T, T) tiles
+    rd_in = dist.ravel()[flat_in_tile].astype(np.float64) / dmax[cell_in]  # relative depth of in-mask pixels
+    reg_in = (rd_in <= spec.rim_fraction).astype(np.int64)  # 1: rim, 0: inner
+    n_rim = np.bincount(cell_in, reg_in, minlength=n)
+    counts = np.stack([area, area - n_rim, n_rim], axis=1)
 
     # smoothed copies
     sig = set(spec.lbp_sigmas) | set(spec.dog_sigmas) | {1.0}
@@ -441,8 +549,9 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
     lv = spec.glcm_levels
     g = np.minimum((s * lv).astype(np.uint8 if lv <= 255 else np.int64), lv - 1)  # s in [0, 1]: 0..lv-1
     ii, jj = np.meshgrid(np.arange(lv), np.arange(lv), indexing="ij")
+    keyed = _cooc_keys(g, lv)
     for d in spec.glcm_distances:
-        p = _cooc(g, lv, m, d)
+        p = _cooc(g, lv, m, d, keyed)
         p /= np.maximum(p.sum((1, 2), keepdims=True), 1)
         mu = (p * ii).sum((1, 2))
         var = (p * (ii - mu[:, None, None]) ** 2).sum((1, 2))
@@ -462,18 +571,13 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
     cdf = np.cumsum(hist, 1) / area1[:, None]
     pcts = (5, 10, 25, 50, 75, 90, 95)
     qs = np.stack([(cdf < p / 100).sum(1) / nbq for p in pcts], axis=1)
-    mean = _msum(s, mf) / area1
-    dev = (s - mean[:, None, None].astype(np.float32)) * mf
-    var = np.einsum("nij,nij->n", dev, dev, dtype=np.float64) / area1
-    std = np.sqrt(var)
-    skew = np.einsum("nij,nij,nij->n", dev, dev, dev, dtype=np.float64) / area1 / np.maximum(std, 1e-6) ** 3
-    kurt = np.einsum("nij,nij,nij,nij->n", dev, dev, dev, dev, dtype=np.float64) / area1 / np.maximum(var, 1e-9) ** 2
+    mean, std, skew, kurt = _moments(s_in, cell_in, area1)
     out.add([f"int_p{p}" for p in pcts] + ["int_mean", "int_std", "int_skew", "int_kurt"],
             np.column_stack([qs, mean, std, skew, kurt]))
 
     # radial profile (rim → centre), relative to the cell mean
     nbr = spec.radial_bins
-    rb = np.minimum((rd.ravel()[flat_in] * nbr).astype(np.int64), nbr - 1)
+    rb = np.minimum((rd_in * nbr).astype(np.int64), nbr - 1)
     sv = s_in.astype(np.float64)
     key = cell_in * nbr + rb
     cnt = np.maximum(np.bincount(key, minlength=n * nbr), 1).reshape(n, nbr)
@@ -485,19 +589,10 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 
     # dots: difference-of-Gaussian bands, local maxima counts and strengths, band energy
     for a, b in itertools.pairwise(spec.dog_sigmas):
-        r = (gs[a] - gs[b])[grid]
-        peak = (r >= _max3(r)) & m & (r > 0)
-        names, vals = [], []
-        for th in spec.dot_thresholds:
-            names.append(f"dog_{a:g}_{b:g}_dots{th:g}")
-            vals.append(_msum(peak & (r > th), m) / area1 * 1000.0)
-        npk = np.maximum(_count(peak), 1)
-        rp = np.maximum(r, 0) * mf
-        vals += [np.einsum("nij,nij->n", r, peak.astype(np.float32), dtype=np.float64) / npk,
-                 rp.sum((1, 2)) / area1, np.einsum("nij,nij->n", rp, rp, dtype=np.float64) / area1,
-                 _msum(np.abs(r), mf) / area1]
+        names = [f"dog_{a:g}_{b:g}_dots{th:g}" for th in spec.dot_thresholds]
         names += [f"dog_{a:g}_{b:g}_{k}" for k in ("peak_mean", "pos_mean", "pos_energy", "abs_mean")]
-        out.add(names, np.column_stack(vals))
+        out.add(names, _dog_band(gs[a][grid] - gs[b][grid], m, mf, area1, spec.dot_thresholds, flat_in,
+                                       cell_in))
 
     # bright spots on the sigma-1 smoothed cell: connected components above a threshold
     g1 = gs[1.0]
@@ -527,25 +622,12 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
                                  total / area1]))
 
     # gradients of the sigma-1 smoothed cell
-    # central differences on the grid only (margin >= 1: the same values as on the whole tile, cropped)
-    gy = (g1[:, mg + 1:t - mg + 1, mg:t - mg] - g1[:, mg - 1:t - mg - 1, mg:t - mg]) * 0.5
-    gx = (g1[:, mg:t - mg, mg + 1:t - mg + 1] - g1[:, mg:t - mg, mg - 1:t - mg - 1]) * 0.5
-    mag = np.hypot(gy, gx)
-    gm = [_msum(mag, reg.astype(np.float32)) / np.maximum(c, 1) for reg, c in
-          ((m, area), (inner, counts[:, 1]), (rim, counts[:, 2]))]
-    g2 = np.einsum("nij,nij,nij->n", mag, mag, mf, dtype=np.float64) / area1
+    gm, g2 = _gradients(g1, flat_in_tile, region_key, counts)
     out.add(["grad_mean_whole", "grad_mean_inner", "grad_mean_rim", "grad_std", "grad_rel"],
             np.column_stack([*gm, np.sqrt(np.maximum(g2 - gm[0] ** 2, 0)), gm[0] / np.maximum(mean, 1e-3)]))
 
     # shape
-    yy, xx = np.mgrid[:m.shape[1], :m.shape[2]].astype(np.float32)
-    cy = _msum(np.broadcast_to(yy, m.shape), mf) / area1
-    cx = _msum(np.broadcast_to(xx, m.shape), mf) / area1
-    dy = (yy[None] - cy[:, None, None].astype(np.float32))
-    dx = (xx[None] - cx[:, None, None].astype(np.float32))
-    myy = np.einsum("nij,nij,nij->n", dy, dy, mf, dtype=np.float64) / area1
-    mxx = np.einsum("nij,nij,nij->n", dx, dx, mf, dtype=np.float64) / area1
-    mxy = np.einsum("nij,nij,nij->n", dy, dx, mf, dtype=np.float64) / area1
+    cy, cx, myy, mxx, mxy = _shape_moments(cell_in, y_in, x_in, area1)
     root = np.sqrt(((myy - mxx) / 2) ** 2 + mxy ** 2)
     l1, l2 = (myy + mxx) / 2 + root, np.maximum((myy + mxx) / 2 - root, 1e-9)
     eq_r = np.sqrt(area1 / math.pi)
@@ -573,6 +655,11 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
 
     # Golgi-oriented asymmetry: where the signal sits relative to the mask centroid
     if spec.golgi:
+        rd = dist.reshape(n, t, t)[grid] / dmax[:, None, None]
+        rim = m & (rd <= spec.rim_fraction)
+        yy, xx = np.mgrid[:m.shape[1], :m.shape[2]].astype(np.float32)
+        dy = (yy[None] - cy[:, None, None].astype(np.float32))
+        dx = (xx[None] - cx[:, None, None].astype(np.float32))
         w = s * mf
         sw = np.maximum(w.sum((1, 2)), 1e-6)
         r = np.sqrt(dy * dy + dx * dx) + 1e-3

@@ -81,6 +81,9 @@ def test_quantise_and_count() -> None:
     x = (rng.normal(0.5, 0.5, (3, 16, 16)).astype(np.float32))
     x[0, 0, :4] = [0.5 / 255, 1.5 / 255, -0.1, 2.0]  # halves round to even
     assert np.array_equal(D._quantise(x), np.round(x * 255.0).clip(0, 255).astype(np.uint8))
+    y = np.abs(x)  # OpenCV's path (no value below -0.5 / 255): halves, tiny negatives, above 1
+    y[0, 1, :5] = [2.5 / 255, 254.5 / 255, -1e-7, np.float32(-0.5) / np.float32(255), 1.7]
+    assert np.array_equal(D._quantise(y), np.round(y * 255.0).clip(0, 255).astype(np.uint8))
     b = rng.random((4, 9, 7)) < 0.4
     assert np.array_equal(D._count(b), b.sum((1, 2))) and D._count(b).dtype == b.sum((1, 2)).dtype
     assert np.array_equal(D._count(b[:, 1:-1, 2:]), b[:, 1:-1, 2:].sum((1, 2)))
@@ -100,3 +103,97 @@ def test_extract_rot90_and_permutation_invariant() -> None:
     x = D.extract(crops)
     order = rng.permutation(len(crops))
     assert np.array_equal(D.extract([crops[i] for i in order]), x[order])
+
+
+def _stack_case(seed: int, n: int = 6, t: int = 30, mg: int = 4) -> tuple[np.ndarray, np.ndarray, int]:
+    """Random stretched tiles ``(N, T, T)`` with blob masks inside the grid ``[mg:-mg, mg:-mg]``."""
+    rng = np.random.default_rng(seed)
+    s = rng.random((n, t, t)).astype(np.float32)
+    yy, xx = np.mgrid[:t, :t]
+    mk = np.zeros((n, t, t), bool)
+    for i in range(n):
+        cy, cx, r = [*rng.uniform(t / 2 - 3, t / 2 + 3, 2).tolist(), rng.uniform(5, t / 2 - mg)]
+        mk[i] = (yy - cy) ** 2 + ((xx - cx) * rng.uniform(0.7, 1.3)) ** 2 < r * r
+    mk[:, :mg], mk[:, -mg:], mk[:, :, :mg], mk[:, :, -mg:] = False, False, False, False
+    return s * mk, mk, mg
+
+
+def _in_mask(mk: np.ndarray, mg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(grid mask, its flat in-mask indices, their cells, the same pixels as flat tile indices)."""
+    t = mk.shape[-1]
+    m = mk[:, mg:t - mg, mg:t - mg]
+    flat_in = np.flatnonzero(m)
+    hw, gw = m.shape[1] * m.shape[2], m.shape[2]
+    cell = flat_in // hw
+    return m, flat_in, cell, cell * t * t + (flat_in % hw // gw + mg) * t + (flat_in % gw + mg)
+
+
+def _same32(got: np.ndarray, ref: np.ndarray) -> None:
+    """Equal as the float32 features they become; float64 sums within rounding of each other."""
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-15)
+    assert np.array_equal(np.float32(got), np.float32(ref))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_in_mask_sums_equal_full_grid(seed: int) -> None:
+    """Moments, gradients, shape moments and DoG-band statistics from the in-mask pixels alone = the previous
+    full-grid einsums (written out here)."""
+    s_full, mk, mg = _stack_case(seed)
+    t = s_full.shape[-1]
+    m, flat_in, cell, flat_tile = _in_mask(mk, mg)
+    grid = (slice(None), slice(mg, t - mg), slice(mg, t - mg))
+    s, mf = s_full[grid], m.astype(np.float32)
+    area = D._count(m).astype(np.float64)
+    area1 = np.maximum(area, 1)
+    # intensity moments
+    mean = np.einsum("nij,nij->n", s, mf, dtype=np.float64) / area1
+    dev = (s - mean[:, None, None].astype(np.float32)) * mf
+    var = np.einsum("nij,nij->n", dev, dev, dtype=np.float64) / area1
+    ref = [mean, np.sqrt(var),
+           np.einsum("nij,nij,nij->n", dev, dev, dev, dtype=np.float64) / area1 / np.maximum(np.sqrt(var), 1e-6) ** 3,
+           np.einsum("nij,nij,nij,nij->n", dev, dev, dev, dev, dtype=np.float64) / area1 / np.maximum(var, 1e-9) ** 2]
+    for got, want in zip(D._moments(s_full.ravel()[flat_tile], cell, area1), ref, strict=True):
+        _same32(got, want)
+    # gradients per region (rim: a random half of the in-mask pixels)
+    rim = m & (np.random.default_rng(seed).random(m.shape) < 0.5)
+    inner = m & ~rim
+    counts = np.stack([area, D._count(inner), D._count(rim)], axis=1).astype(np.float64)
+    g1 = s_full * 2.0
+    gy = (g1[:, mg + 1:t - mg + 1, mg:t - mg] - g1[:, mg - 1:t - mg - 1, mg:t - mg]) * 0.5
+    gx = (g1[:, mg:t - mg, mg + 1:t - mg + 1] - g1[:, mg:t - mg, mg - 1:t - mg - 1]) * 0.5
+    mag = np.hypot(gy, gx)
+    ref_gm = [np.einsum("nij,nij->n", mag, reg.astype(np.float32), dtype=np.float64) / np.maximum(c, 1)
+              for reg, c in ((m, area), (inner, counts[:, 1]), (rim, counts[:, 2]))]
+    gm, g2 = D._gradients(g1, flat_tile, cell * 2 + rim.ravel()[flat_in], counts)
+    for got, want in zip(gm, ref_gm, strict=True):
+        _same32(got, want)
+    _same32(g2, np.einsum("nij,nij,nij->n", mag, mag, mf, dtype=np.float64) / area1)
+    # shape moments
+    yy, xx = np.mgrid[:m.shape[1], :m.shape[2]].astype(np.float32)
+    cy = np.einsum("nij,nij->n", np.broadcast_to(yy, m.shape), mf, dtype=np.float64) / area1
+    cx = np.einsum("nij,nij->n", np.broadcast_to(xx, m.shape), mf, dtype=np.float64) / area1
+    dy, dx = yy[None] - cy[:, None, None].astype(np.float32), xx[None] - cx[:, None, None].astype(np.float32)
+    ref = [cy, cx] + [np.einsum("nij,nij,nij->n", a, b, mf, dtype=np.float64) / area1
+                      for a, b in ((dy, dy), (dx, dx), (dy, dx))]
+    for got, want in zip(D._shape_moments(*np.nonzero(m), area1), ref, strict=True):
+        _same32(got, want)
+    # one DoG band
+    r = (s_full - g1 * 0.4)[grid] - 0.1
+    peak = (r >= D._max3(r)) & m & (r > 0)
+    rp = np.maximum(r, 0) * mf
+    ref = [D._msum(peak & (r > th), m) / area1 * 1000.0 for th in (0.03, 0.2)]
+    ref += [np.einsum("nij,nij->n", r, peak.astype(np.float32), dtype=np.float64) / np.maximum(D._count(peak), 1),
+            rp.sum((1, 2)) / area1, np.einsum("nij,nij->n", rp, rp, dtype=np.float64) / area1,
+            D._msum(np.abs(r), mf) / area1]
+    got = D._dog_band(np.ascontiguousarray(r), m, mf, area1, (0.03, 0.2), flat_in, cell)
+    for k, want in enumerate(ref):
+        _same32(got[:, k], want)
+
+
+def test_edge_depth_equals_cdt_mean() -> None:
+    rng = np.random.default_rng(8)
+    for mask in (rng.random((40, 33)) < 0.8, np.ones((5, 6), bool), np.zeros((4, 4), bool)):
+        want = (ndi.distance_transform_cdt(mask, "chessboard").astype(np.float32)
+                + ndi.distance_transform_cdt(mask, "taxicab")) * 0.5
+        got = D._edge_depth(mask)
+        assert got.dtype == np.float32 and np.array_equal(got, want)

@@ -190,3 +190,48 @@ def test_float32_nucleus_count_equals_the_float64_count(shared_data: Path) -> No
         for field, (report, count) in zip(fields, fast, strict=True):
             assert count == _count_nuclei_float64(field, cfg)
             assert measure(field) == report
+
+
+def test_fft_differences_of_gaussians_equal_separable_filters() -> None:
+    """count_nuclei's differences of Gaussians by FFT (reflect padding) = the separable float32 filters within
+    float32 rounding, on a large field and on one too small for the padding (the separable fallback)."""
+    from analysis.quality import _dogs, _std
+    from analysis.segmentation import gaussian_filter32
+    rng = np.random.default_rng(5)
+    for shape in ((241, 333), (40, 52)):
+        image = (rng.random(shape) * 50 + np.linspace(0, 80, shape[1])[None]).astype(np.float32)
+        scales = (4.0, 6.0, 9.0)
+        for s, got in zip(scales, _dogs(image, scales), strict=True):
+            want = gaussian_filter32(image, s) - gaussian_filter32(image, 1.6 * s)
+            assert got.dtype == np.float32 and got.shape == shape
+            np.testing.assert_allclose(got, want, atol=1e-4 * float(np.abs(image).max()))
+        assert _std(image) == pytest.approx(float(np.std(image, dtype=np.float64)), rel=1e-12)
+
+
+def test_near_annotations_equals_whole_field_dilation() -> None:
+    """Dilating only the annotations' bounding box (grown by the margin) = dilating the whole field."""
+    from analysis.quality import _near
+    from analysis.segmentation import dilate_cross
+    rng = np.random.default_rng(6)
+    for box in ((slice(0, 12), slice(0, 40)), (slice(50, 53), slice(90, 100)), (slice(0, 80), slice(0, 120))):
+        mask = np.zeros((80, 120), bool)
+        mask[box] = rng.random(mask[box].shape) < 0.3
+        for margin in (1, 9, 30):
+            assert np.array_equal(_near(mask, margin), dilate_cross(mask, margin))
+    assert not _near(np.zeros((5, 5), bool), 3).any()
+
+
+def test_saturated_share_equals_mean() -> None:
+    from analysis.quality import _saturated
+    rng = np.random.default_rng(9)
+    signal = np.minimum(rng.random((60, 70)).astype(np.float32) * 1.2, 1.0)
+    for free in (rng.random(signal.shape) < 0.9, np.ones(signal.shape, bool)):
+        assert _saturated(signal, free, int(free.sum())) == float(np.mean(signal[free] >= 0.999))
+
+
+def test_float64_difference_equals_numpy() -> None:
+    from analysis.quality import _diff64
+    rng = np.random.default_rng(10)
+    a, b = (rng.normal(50, 30, (37, 41)).astype(np.float32) for _ in range(2))
+    got = _diff64(a, b)
+    assert got.dtype == np.float64 and np.array_equal(got, a.astype(np.float64) - b.astype(np.float64))
