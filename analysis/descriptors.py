@@ -694,7 +694,7 @@ def _features(s_full: np.ndarray, mk_full: np.ndarray, spec: DescriptorSpec) -> 
         # the rim's signal by octant: a one-sided perinuclear arc puts most of it in one or two octants
         rim_in = rim.ravel()[flat_in]
         rsect = np.bincount(cell_in[rim_in] * 8 + octant[rim_in], w.ravel()[flat_in][rim_in],
-                            minlength=n * 8).reshape(n, 8)
+                            minlength=n * 8).reshape(n, 8).astype(np.float64, copy=False)  # no rim pixel: int
         rsect /= np.maximum(rsect.sum(1, keepdims=True), 1e-6)
         out.add(["golgi_harm1", "golgi_harm2", "golgi_wcentroid_off", "golgi_bright_off", "golgi_bright_spread",
                  "golgi_sector_max", "golgi_sector_min", "golgi_bsector_max", "golgi_top5_share",

@@ -272,3 +272,13 @@ def test_descriptor_cache_key_follows_the_code_revision(monkeypatch: pytest.Monk
     before = texture.spec_hash(spec)
     monkeypatch.setattr(texture, "VALUES_REVISION", texture.VALUES_REVISION + 1)
     assert texture.spec_hash(spec) != before
+
+
+def test_golgi_cues_of_a_cell_without_rim_pixels_are_finite() -> None:
+    """A tiny mask has no rim pixel: the rim's octant histogram is then empty (an integer bincount), which
+    must still be normalised as floats, not fail."""
+    img = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[20:22, 20:22] = True
+    features = extract([(img, mask), smooth(np.random.default_rng(1))], FULL)
+    assert features.shape == (2, len(feature_names(FULL))) and np.isfinite(features).all()
