@@ -39,13 +39,28 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return torch.float16
 
 
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN uses it."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def cpu_has_amx() -> bool:
+    """Whether oneDNN may use AMX bf16 tile units here (Intel Sapphire Rapids and later; not where
+    ``ONEDNN_MAX_CPU_ISA`` caps it below AMX): it runs bf16 matrix products on them far faster than
+    convolutions of a few pixels."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return "amx_bf16" in _cpu_flags() and (not cap or cap in ("ALL", "DEFAULT") or "AMX" in cap)
 
 
 def default_precision(device: torch.device) -> str:
