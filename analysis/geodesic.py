@@ -79,6 +79,36 @@ def reconstruct_in_place(current: np.ndarray, image: np.ndarray, components: np.
 
 
 @njit(cache=True, nogil=True)
+def _pixels_by_level(height: np.ndarray, components: np.ndarray, flooded: np.ndarray,
+                     thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flat indices of the pixels of the ``flooded`` components grouped by the first level at which they
+    are allowed (``height >= thresholds[level]``; raster order within a level), and where each group
+    starts: level ``k``'s pixels are ``by_level[per_level[k]:per_level[k + 1]]`` (a counting sort)."""
+    rows, width = height.shape
+    levels = thresholds.size
+    first = np.full(rows * width, levels, np.int16)
+    per_level = np.zeros(levels + 2, np.int64)
+    for y in range(rows):
+        for x in range(width):
+            if flooded[components[y, x]]:
+                level, value = 0, np.float64(height[y, x])
+                while level < levels and thresholds[level] > value:
+                    level += 1
+                first[y * width + x] = level
+                per_level[level + 1] += 1
+    for level in range(levels + 1):
+        per_level[level + 1] += per_level[level]
+    by_level = np.empty(per_level[levels + 1], np.int32)
+    filled = per_level.copy()
+    comp_flat = components.reshape(-1)
+    for p in range(rows * width):
+        if flooded[comp_flat[p]]:
+            by_level[filled[first[p]]] = p
+            filled[first[p]] += 1
+    return by_level, per_level
+
+
+@njit(cache=True, nogil=True)
 def flood_levels_in_place(labels: np.ndarray, height: np.ndarray, components: np.ndarray, flooded: np.ndarray,
                           thresholds: np.ndarray, max_steps: int) -> int:
     """Level-wise geodesic growth of ``labels`` (0: unlabelled) inside the components ``c`` with
@@ -92,25 +122,7 @@ def flood_levels_in_place(labels: np.ndarray, height: np.ndarray, components: np
     """
     rows, width = labels.shape
     levels = thresholds.size
-    first = np.full(rows * width, levels, np.int16)  # the level from which each pixel is allowed
-    per_level = np.zeros(levels + 2, np.int64)
-    for y in range(rows):
-        for x in range(width):
-            if flooded[components[y, x]]:
-                level, value = 0, np.float64(height[y, x])
-                while level < levels and thresholds[level] > value:
-                    level += 1
-                first[y * width + x] = level
-                per_level[level + 1] += 1
-    for level in range(levels + 1):  # pixels grouped by level (a counting sort, raster order within a level)
-        per_level[level + 1] += per_level[level]
-    by_level = np.empty(per_level[levels + 1], np.int32)
-    filled = per_level.copy()
-    comp_flat = components.reshape(-1)
-    for p in range(rows * width):
-        if flooded[comp_flat[p]]:
-            by_level[filled[first[p]]] = p
-            filled[first[p]] += 1
+    by_level, per_level = _pixels_by_level(height, components, flooded, thresholds)
     allowed = np.zeros(rows * width, np.bool_)
     seen_in_step = np.full(rows * width, -1, np.int32)
     candidates = np.empty(by_level.size, np.int32)  # each allowed pixel at most once per step
