@@ -18,6 +18,20 @@ _DX = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
 """The 8 neighbours in raster order: the first 4 come before the pixel in a raster scan, the last 4 after."""
 
 
+@njit(inline="always")
+def _neighbour_max(values: np.ndarray, components: np.ndarray, y: int, x: int, first: int, last: int,
+                   start: float) -> float:
+    """The max of ``start`` and ``values`` at the neighbours ``first..last - 1`` (:data:`_DY`/:data:`_DX`
+    order) of ``(y, x)`` that lie in the image and in its component."""
+    rows, width = values.shape
+    comp, best = components[y, x], start
+    for k in range(first, last):
+        ny, nx = y + _DY[k], x + _DX[k]
+        if 0 <= ny < rows and 0 <= nx < width and components[ny, nx] == comp and values[ny, nx] > best:
+            best = values[ny, nx]
+    return best
+
+
 @njit(cache=True, nogil=True)
 def reconstruct_in_place(current: np.ndarray, image: np.ndarray, components: np.ndarray) -> None:
     """Grey-level reconstruction by dilation of ``current`` (≤ ``image`` everywhere) under ``image``, in place:
@@ -30,15 +44,8 @@ def reconstruct_in_place(current: np.ndarray, image: np.ndarray, components: np.
     height, width = current.shape
     for y in range(height):  # forward scan: the neighbours before the pixel
         for x in range(width):
-            comp = components[y, x]
-            if comp == 0:
-                continue
-            value = current[y, x]
-            for k in range(4):
-                ny, nx = y + _DY[k], x + _DX[k]
-                if 0 <= ny < height and 0 <= nx < width and components[ny, nx] == comp and current[ny, nx] > value:
-                    value = current[ny, nx]
-            current[y, x] = min(value, image[y, x])
+            if components[y, x] != 0:
+                current[y, x] = min(_neighbour_max(current, components, y, x, 0, 4, current[y, x]), image[y, x])
     queue = np.empty(height * width, np.int64)  # a ring: each pixel is queued at most once at a time
     queued = np.zeros((height, width), np.bool_)
     head, size = 0, 0
@@ -47,12 +54,7 @@ def reconstruct_in_place(current: np.ndarray, image: np.ndarray, components: np.
             comp = components[y, x]
             if comp == 0:
                 continue
-            value = current[y, x]
-            for k in range(4, 8):
-                ny, nx = y + _DY[k], x + _DX[k]
-                if 0 <= ny < height and 0 <= nx < width and components[ny, nx] == comp and current[ny, nx] > value:
-                    value = current[ny, nx]
-            value = min(value, image[y, x])
+            value = min(_neighbour_max(current, components, y, x, 4, 8, current[y, x]), image[y, x])
             current[y, x] = value
             for k in range(4, 8):
                 ny, nx = y + _DY[k], x + _DX[k]
@@ -143,11 +145,7 @@ def flood_levels_in_place(labels: np.ndarray, height: np.ndarray, components: np
             grown = 0
             for i in range(count):
                 y, x = divmod(candidates[i], width)
-                comp, best = components[y, x], 0
-                for k in range(8):
-                    ny, nx = y + _DY[k], x + _DX[k]
-                    if 0 <= ny < rows and 0 <= nx < width and components[ny, nx] == comp and labels[ny, nx] > best:
-                        best = labels[ny, nx]
+                best = _neighbour_max(labels, components, y, x, 0, 8, 0)
                 if best > 0:
                     new[grown], new_labels[grown] = candidates[i], best
                     grown += 1

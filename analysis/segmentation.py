@@ -170,7 +170,7 @@ def reconstruct(seed: np.ndarray, image: np.ndarray, components: np.ndarray | No
 
 
 def h_maxima(image: np.ndarray, h: float, foreground: np.ndarray,
-             components: np.ndarray | None = None) -> np.ndarray:
+             components: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """Bool mask of the regional maxima of dynamic ≥ ``h`` (one plateau per dome), per foreground component.
 
     Per 4-connected component (the image set to 0 outside it): ``dome = image − reconstruct(image − h,
@@ -179,10 +179,9 @@ def h_maxima(image: np.ndarray, h: float, foreground: np.ndarray,
     pixels above ``h``, where paths leaving the component, which pass through 0, cannot matter). In float32
     (half the memory traffic of float64; the domes are compared with a 1e-3 tolerance, float32 rounding of
     distances ≤ ~100 px is ~1e-5): the same markers as float64 on every AGH and uobcs-edges field.
-    ``components``: ``ndimage.label(foreground)[0]`` when the caller has it.
+    ``components``: ``ndimage.label(foreground)`` when the caller has it.
     """
-    if components is None:
-        components, _ = ndimage.label(foreground)
+    components, _ = components if components is not None else ndimage.label(foreground)
     img = np.where(components > 0, image, 0.0).astype(np.float32)
     dome = img - reconstruct(img - np.float32(h), img, components)
     return (components > 0) & (dome >= h - 1e-3) & (img > h)
@@ -359,7 +358,7 @@ class ClassicalSegmenter:
         foreground = fill_holes(binary_opening_cross(smooth > threshold))
         dist = gaussian_filter32(distance_transform32(foreground), 1.0) * foreground
         components = ndimage.label(foreground)  # shared by the markers and the watershed
-        markers = h_maxima(dist, self.h, foreground, components[0])
+        markers = h_maxima(dist, self.h, foreground, components)
         labels = watershed_split(foreground, dist / max(float(dist.max()), 1e-6), markers, components=components)
         labels = size_filter(labels, self.min_area, int(self.max_area_fraction * signal.size))
         return drop_annotated(labels, field.annotation_mask)
