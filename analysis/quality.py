@@ -236,21 +236,8 @@ def count_nuclei(image: FieldImage, config: QualityConfig | None = None) -> int:
     margin = max(1, round(max(cfg.nucleus_sigmas)))  # 2 σ of the largest scale, in half-resolution px
     peaks[:margin], peaks[-margin:], peaks[:, :margin], peaks[:, -margin:] = False, False, False, False
     if image.annotation_mask.any():
-        peaks &= ~_near(image.annotation_mask[:h:2, :w:2], margin)
+        peaks &= ~dilate_cross(image.annotation_mask[:h:2, :w:2], margin)
     return int(peaks.sum())
-
-
-def _near(mask: np.ndarray, margin: int) -> np.ndarray:
-    """``dilate_cross(mask, margin)`` (pixels within taxicab distance ``margin`` of the mask), dilating only
-    the mask's bounding box grown by ``margin`` (burned-in annotations are small; nothing outside it is near)."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if not rows.size:
-        return np.zeros(mask.shape, bool)
-    box = (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
-           slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
-    near = np.zeros(mask.shape, bool)
-    near[box] = dilate_cross(mask[box], margin)
-    return near
 
 
 def _dogs(image: np.ndarray, scales: tuple[float, ...]) -> list[np.ndarray]:

@@ -222,11 +222,29 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~open_to_border[background]
 
 
+_BOX_MIN_PIXELS = 1 << 16
+"""From this many pixels :func:`dilate_cross` dilates only the mask's bounding box (small crops: the whole)."""
+
+
 def dilate_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
     """``scipy.ndimage.binary_dilation(mask, iterations=iterations)`` (cross, border False) in one OpenCV
-    dilation by the diamond ``|dy| + |dx| <= iterations`` (what the iterated cross grows to)."""
+    dilation by the diamond ``|dy| + |dx| <= iterations`` (what the iterated cross grows to). On a field-sized
+    mask only its bounding box grown by ``iterations`` is dilated (nothing outside it can be reached: burned-in
+    annotations are a small corner of the field)."""
     if iterations < 1:
         return ndimage.binary_dilation(mask, iterations=iterations)
+    if mask.size < _BOX_MIN_PIXELS:
+        return _dilate_diamond(mask, iterations)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    out = np.zeros(mask.shape, bool)
+    if rows.size:
+        box = (slice(max(rows[0] - iterations, 0), rows[-1] + iterations + 1),
+               slice(max(cols[0] - iterations, 0), cols[-1] + iterations + 1))
+        out[box] = _dilate_diamond(mask[box], iterations)
+    return out
+
+
+def _dilate_diamond(mask: np.ndarray, iterations: int) -> np.ndarray:
     y, x = np.ogrid[-iterations:iterations + 1, -iterations:iterations + 1]
     diamond = (np.abs(y) + np.abs(x) <= iterations).astype(np.uint8)
     grown = cv2.dilate(np.ascontiguousarray(mask, dtype=np.uint8), diamond, borderType=cv2.BORDER_CONSTANT,

@@ -208,19 +208,6 @@ def test_fft_differences_of_gaussians_equal_separable_filters() -> None:
         assert _std(image) == pytest.approx(float(np.std(image, dtype=np.float64)), rel=1e-12)
 
 
-def test_near_annotations_equals_whole_field_dilation() -> None:
-    """Dilating only the annotations' bounding box (grown by the margin) = dilating the whole field."""
-    from analysis.quality import _near
-    from analysis.segmentation import dilate_cross
-    rng = np.random.default_rng(6)
-    for box in ((slice(0, 12), slice(0, 40)), (slice(50, 53), slice(90, 100)), (slice(0, 80), slice(0, 120))):
-        mask = np.zeros((80, 120), bool)
-        mask[box] = rng.random(mask[box].shape) < 0.3
-        for margin in (1, 9, 30):
-            assert np.array_equal(_near(mask, margin), dilate_cross(mask, margin))
-    assert not _near(np.zeros((5, 5), bool), 3).any()
-
-
 def test_saturated_share_equals_mean() -> None:
     from analysis.quality import _saturated
     rng = np.random.default_rng(9)

@@ -200,6 +200,23 @@ def test_opencv_equivalents_give_scipys_values() -> None:
     assert np.array_equal(distance_transform(np.ones((9, 9), bool)), ndimage.distance_transform_edt(np.ones((9, 9))))
 
 
+def test_dilate_cross_of_field_sized_masks_gives_scipys_values() -> None:
+    """From _BOX_MIN_PIXELS on, only the mask's bounding box (grown by the iterations) is dilated: sparse masks
+    at the edges and corners, a mask over the whole field and an empty one give scipy's dilation."""
+    from analysis.segmentation import _BOX_MIN_PIXELS
+
+    rng = np.random.default_rng(6)
+    shape = (260, 300)
+    assert shape[0] * shape[1] >= _BOX_MIN_PIXELS
+    for box in ((slice(0, 12), slice(0, 40)), (slice(150, 153), slice(290, 300)), (slice(0, 260), slice(0, 300)),
+                (slice(100, 100), slice(0, 0))):
+        mask = np.zeros(shape, bool)
+        mask[box] = rng.random(mask[box].shape) < 0.3
+        for iterations in (1, 9, 30):
+            np.testing.assert_array_equal(dilate_cross(mask, iterations),
+                                          ndimage.binary_dilation(mask, iterations=iterations))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_opencv_gaussian_gives_scipys_values(dtype: type) -> None:
     rng = np.random.default_rng(7)
