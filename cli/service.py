@@ -120,6 +120,10 @@ def bench(
         typer.echo(f"{report['processes']} process(es) on this host: models alone "
                    f"{report['models_alone']['fields_per_s']} fields/s; end to end: "
                    f"{report['end_to_end']['fields_per_s']} fields/s; ratio {report['ratio']}")
+        if cpu := report["end_to_end"].get("cpu_ms_per_field"):
+            typer.echo("CPU ms per field end to end: " + ", ".join(f"{k} {v:g}" for k, v in cpu.items())
+                       + f"; models alone {report['models_alone']['cpu_ms_per_field']['models']:g} "
+                       f"(analysing CPU ratio {report['analysing_cpu_ratio']})")
         stages = report["models_alone"]["stage_ms"]
         typer.echo("per field, ms (median / p95): " + ", ".join(
             f"{k} {v['median']:g} / {v['p95']:g}" for k, v in stages.items()))

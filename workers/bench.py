@@ -7,7 +7,12 @@
   the database, overlay layers uploaded; timed from the first upload to the last committed result, after one
   warm-up field per analysing process so model loading is not counted.
 
-Both run on the same hardware with the same fields; the ratio is end-to-end / models-alone.
+Both run on the same hardware with the same fields; the ratio is end-to-end / models-alone. Both also
+report the CPU ms per field of each process (tree) over the timed window, read from /proc (Linux): the
+models; the analysing worker, the service worker, this process (uploads, polling), the rest of the host
+(database, broker and storage when they share it, the kernel) and idle capacity. ``analysing_cpu_ratio``
+(models-alone CPU / analysing-worker CPU per field) is the share of the worker's CPU that is the models,
+whatever else shares the host; ``ratio`` also pays for everything else on the host.
 
 * classifier batch sweep (``--only batch-sweep`` runs it alone): cells/s of the worker's cell classifier
   (``predict_array``, its TTA, autocast on CUDA) when one batch holds one slide's cells (the median number of
@@ -49,6 +54,7 @@ from hep2.synthetic import SYNTHETIC_PATTERNS, synthetic_png
 from training.datasets import i3a_root, load_manifest
 from training.recipe import RECIPE
 from training.throughput import training_throughput
+from workers import cpu_usage
 from workers.celery_app import create_celery_app
 from workers.jobs import wait_for_final
 from workers.model_cache import ModelCache
@@ -110,15 +116,16 @@ def models_alone(fields: list[tuple[str, bytes]], models: Any, processes: int = 
     set), else in ``processes`` processes at once (each with cores / processes torch threads), timed from
     when all have loaded their models and analysed one warm-up field."""
     sixteen = get_settings().accept_16bit
+    models_cpu = {"models": os.getpid()}  # this process, or it and its pool processes
     if processes <= 1:
         analyze_field(fields[0][1], models, accept_16bit=sixteen)  # warm-up: load the models
-        started = time.perf_counter()
+        before, started = cpu_usage.snapshot(models_cpu), time.perf_counter()
         timings, classified = [], []
         for _, data in fields:
             result = analyze_field(data, models, accept_16bit=sixteen)
             timings.append(result.timings_ms)
             classified.append(sum(c.probabilities is not None for c in result.cells))
-        seconds = time.perf_counter() - started
+        seconds, after = time.perf_counter() - started, cpu_usage.snapshot(models_cpu)
         threads = torch.get_num_threads()
     else:
         threads = threads_per_process(processes)
@@ -126,13 +133,14 @@ def models_alone(fields: list[tuple[str, bytes]], models: Any, processes: int = 
         ready = context.Barrier(processes + 1)
         with context.Pool(processes, _pool_start, (threads, fields[0][1], ready)) as pool:
             ready.wait()
-            started = time.perf_counter()
+            before, started = cpu_usage.snapshot(models_cpu), time.perf_counter()
             done = pool.map(_pool_field, [data for _, data in fields], chunksize=1)
-            seconds = time.perf_counter() - started
+            seconds, after = time.perf_counter() - started, cpu_usage.snapshot(models_cpu)
         timings, classified = [t for t, _ in done], [n for _, n in done]
     stats = stage_stats(timings)
     return {"fields": len(fields), "processes": processes, "torch_threads_per_process": threads,
             "seconds": round(seconds, 3), "fields_per_s": round(len(fields) / seconds, 3),
+            "cpu_ms_per_field": cpu_usage.ms_per_item(before, after, len(fields)),
             "mean_stage_ms": {k: v["mean"] for k, v in stats.items() if k != "total"},
             "stage_ms": stats, "per_field_timings_ms": timings,
             "median_classified_cells": int(statistics.median(classified)), "model_versions": models.versions()}
@@ -236,37 +244,50 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
     ``shared_worker``: one worker with ``processes`` pool processes for every queue instead (registrations and
     reports then wait behind analyses in the same pool)."""
     storage, app = storage_from_settings(), create_celery_app()
+    roles: dict[str, int] = {}  # role -> pid of its worker, for the CPU accounting
     run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     prefix = f"{get_settings().inbox_prefix}bench-{run}/"
     node, host = f"bench-{os.getpid()}", socket.gethostname()
     env = {k: v for k, v in os.environ.items() if k.startswith("HEP2_")}
     with contextlib.ExitStack() as workers:
         only_analysis = {} if shared_worker else {"queues": "gpu"}  # else worker_process's default: every queue
-        workers.enter_context(worker_process(app, env, f"{node}@{host}", log_dir / "bench-worker.log",
-                                             concurrency=processes, **only_analysis))
+        roles["worker (every queue)" if shared_worker else "analysing worker"] = workers.enter_context(worker_process(
+            app, env, f"{node}@{host}", log_dir / "bench-worker.log", concurrency=processes, **only_analysis)).pid
         if not shared_worker:
-            workers.enter_context(worker_process(app, env, f"{node}-service@{host}",
-                                                 log_dir / "bench-service-worker.log", queues="cpu,lis"))
+            roles["service worker"] = workers.enter_context(worker_process(
+                app, env, f"{node}-service@{host}", log_dir / "bench-service-worker.log", queues="cpu,lis")).pid
+        this_process = {"this process (uploads, polling)": os.getpid()}
         warm = [f"{prefix}warm-up-{i}.png" for i in range(processes)]  # every pool process loads its models
         for key in warm:
             storage.put(key, fields[0][1])
             app.send_task(TaskName.REGISTER_UPLOAD, args=[key])
         wait_for_final(warm, timeout_s)
-        started = time.perf_counter()
+        before, started = cpu_usage.snapshot(roles, this_process), time.perf_counter()
         keys = []
         for name, data in fields:
             keys.append(prefix + name)
             storage.put(keys[-1], data)
             app.send_task(TaskName.REGISTER_UPLOAD, args=[keys[-1]])  # what the S3 event triggers
         statuses = wait_for_final(keys, timeout_s, poll_s=END_TO_END_POLL_S)
-        seconds = time.perf_counter() - started
+        seconds, after = time.perf_counter() - started, cpu_usage.snapshot(roles, this_process)
     outcome: dict[str, int] = {}
     for status in statuses.values():
         outcome[status.value] = outcome.get(status.value, 0) + 1
     return {"fields": len(fields), "seconds": round(seconds, 3), "fields_per_s": round(len(fields) / seconds, 3),
             "worker_processes": processes, "torch_threads_per_process": threads_per_process(processes),
             "workers": "one worker, every queue" if shared_worker else
-            "analysis worker (queue gpu) + service worker (queues cpu, lis; 1 process)", "statuses": outcome}
+            "analysis worker (queue gpu) + service worker (queues cpu, lis; 1 process)", "statuses": outcome,
+            "cpu_ms_per_field": cpu_usage.ms_per_item(before, after, len(fields))}
+
+
+def analysing_cpu_ratio(alone: dict[str, Any], through: dict[str, Any]) -> float | None:
+    """Models-alone CPU per field / the analysing worker's CPU per field end to end: how much of what the
+    analysing worker spends is the models, whatever else shares the host (None without /proc)."""
+    alone_cpu, through_cpu = alone.get("cpu_ms_per_field"), through.get("cpu_ms_per_field")
+    if not alone_cpu or not through_cpu:
+        return None
+    worker = next(v for k, v in through_cpu.items() if k.startswith(("analysing worker", "worker")))
+    return round(alone_cpu["models"] / worker, 3) if worker else None
 
 
 def environment() -> dict[str, Any]:
@@ -318,6 +339,7 @@ def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Pat
         report["models_alone"] = models_alone(fields, models, processes)
         report["end_to_end"] = end_to_end(fields, out.parent, processes=processes, shared_worker=shared_worker)
         report["ratio"] = round(report["end_to_end"]["fields_per_s"] / report["models_alone"]["fields_per_s"], 3)
+        report["analysing_cpu_ratio"] = analysing_cpu_ratio(report["models_alone"], report["end_to_end"])
         report["classifier_batch_sweep"] = run_batch_sweep(
             models, lambda: fields, report["models_alone"]["median_classified_cells"])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,107 @@
+"""CPU seconds of every process on the host during ``hep2 bench``'s timed end-to-end window, per field.
+
+Runs :func:`workers.bench.end_to_end` (environment from e2e_cpu.sh) and reads /proc before and after the
+timed window (between the warm-up's and the run's ``wait_for_final``): moto, PostgreSQL, Redis, the
+analysing worker, the service worker and this (uploading, polling) process.
+Before that, the models-alone run of ``hep2 bench`` on the same fields (PIN_MODELS_ALONE=0: in this
+process, pinned to CPU 0 with one thread, as e2e_cpu_pinned.sh pins the analysing worker).
+usage: e2e_cpu.py OUT.json COUNT PROCESSES
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import torch
+
+from workers import bench
+
+TICK = os.sysconf("SC_CLK_TCK")
+DATA = Path(os.environ.get("HEP2_SHARED_DATA", "/work/shared/data")) / "agh-fields"
+
+
+def role(pid: str) -> str | None:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    if int(pid) == os.getpid():
+        return "bench (uploads, polling)"
+    if "moto_server" in cmd:
+        return "moto (S3)"
+    if cmd.startswith("postgres"):
+        return "postgresql"
+    if "redis-server" in cmd:
+        return "redis"
+    if "cli.main worker" in cmd:
+        return "service worker" if "-service@" in cmd else "analysing worker"
+    return None
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system, with reaped children) of every process: "pid command"."""
+    seconds = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:90]
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[f"{pid} {name}"] = sum(int(v) for v in fields[11:15]) / TICK
+    return seconds
+
+
+def cpu_by_role() -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for process, seconds in cpu_by_process().items():
+        name = role(process.split()[0]) or "other processes"
+        totals[name] = totals.get(name, 0.0) + seconds
+    total_host = sum(int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]) / TICK
+    totals["host (all processes)"] = total_host
+    return totals
+
+
+def main(out: Path, count: int, processes: int) -> None:
+    snapshots: list[dict[str, float]] = []  # after the warm-up's wait (window starts), after the run's
+    wait = bench.wait_for_final
+
+    processes_seen: list[dict[str, float]] = []
+
+    def snapshot_after_wait(*args, **kwargs):
+        result = wait(*args, **kwargs)
+        snapshots.append(cpu_by_role())
+        processes_seen.append(cpu_by_process())
+        return result
+
+    bench.wait_for_final = snapshot_after_wait
+    bench._prepare_state()
+    fields = bench.bench_fields(count, (0, 0), DATA)
+    pin = os.environ.get("PIN_MODELS_ALONE")
+    affinity = os.sched_getaffinity(0)
+    if pin is not None:
+        os.sched_setaffinity(0, {int(pin)})
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
+    alone = bench.models_alone(fields, bench.worker_models(), processes)
+    os.sched_setaffinity(0, affinity)
+    report = bench.end_to_end(fields, out.parent, processes=processes)
+    first, after = snapshots
+    per_field = {k: round(1000 * (after.get(k, 0.0) - first.get(k, 0.0)) / count, 1) for k in after}
+    report["models_alone_fields_per_s"] = alone["fields_per_s"]
+    report["models_alone_mean_stage_ms"] = alone["mean_stage_ms"]
+    report["ratio"] = round(report["fields_per_s"] / alone["fields_per_s"], 3)
+    report["cpu_ms_per_field"] = per_field
+    deltas = {k: v - processes_seen[0].get(k, 0.0) for k, v in processes_seen[1].items()}
+    report["top_processes_cpu_ms_per_field"] = {
+        k: round(1000 * v / count, 1) for k, v in sorted(deltas.items(), key=lambda kv: -kv[1])[:14]}
+    report["cpu_ms_per_field_sum_of_roles"] = round(sum(v for k, v in per_field.items() if not k.startswith("host")), 1)
+    out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]).resolve(), int(sys.argv[2]), int(sys.argv[3]))
