@@ -230,6 +230,9 @@ def run_batch_sweep(models: Any, fields: Callable[[], list[tuple[str, bytes]]],
             if slide_cells else f"default {DEFAULT_SLIDE_CELLS} (no models-alone run)", **result}
 
 
+ANALYSING_WORKER, SHARED_WORKER = "analysing worker", "worker (every queue)"
+"""Role names of the worker that analyses, in the CPU accounting (``--shared-worker``: it runs every queue)."""
+
 END_TO_END_POLL_S = 0.1
 """How often the end-to-end run reads the slides' states: at the default 0.5 s, polling alone added ~0.25 s
 on average (~7 %) to a 3.6 s run of 8 fields; 0.1 s costs ~0.05 s and little CPU."""
@@ -251,7 +254,7 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
     env = {k: v for k, v in os.environ.items() if k.startswith("HEP2_")}
     with contextlib.ExitStack() as workers:
         only_analysis = {} if shared_worker else {"queues": "gpu"}  # else worker_process's default: every queue
-        roles["worker (every queue)" if shared_worker else "analysing worker"] = workers.enter_context(worker_process(
+        roles[SHARED_WORKER if shared_worker else ANALYSING_WORKER] = workers.enter_context(worker_process(
             app, env, f"{node}@{host}", log_dir / "bench-worker.log", concurrency=processes, **only_analysis)).pid
         if not shared_worker:
             roles["service worker"] = workers.enter_context(worker_process(
@@ -286,7 +289,7 @@ def analysing_cpu_ratio(alone: dict[str, Any], through: dict[str, Any]) -> float
     alone_cpu, through_cpu = alone.get("cpu_ms_per_field"), through.get("cpu_ms_per_field")
     if not alone_cpu or not through_cpu:
         return None
-    worker = next(v for k, v in through_cpu.items() if k.startswith(("analysing worker", "worker")))
+    worker = through_cpu.get(ANALYSING_WORKER) or through_cpu.get(SHARED_WORKER)
     return round(alone_cpu["models"] / worker, 3) if worker else None
 
 

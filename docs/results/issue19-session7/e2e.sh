@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Services: local PostgreSQL (trust), Redis; a moto S3 server is started here. PYTHON: the venv python.
 # e2e.sh CODE_DIR LABEL OUT_JSON REDIS_DB PORT [extra hep2 bench args]
+# E2E_SCRIPT=script.py: run `python script.py OUT_JSON [extra args]` there instead of hep2 bench
 set -euo pipefail
 code=$(cd "$1" && pwd); label=$2; out=$3; rdb=$4; port=$5; shift 5
 db=hep2_bench_$label
@@ -18,4 +19,8 @@ export PYTHONPATH=$code HEP2_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.
 cd $code
 hep2cli() { if [ -d $code/cli ]; then ${PYTHON:-python} -c "from cli.main import app; app()" "$@"; else ${PYTHON:-python} -m hep2.cli "$@"; fi; }
 hep2cli db upgrade >/dev/null 2>&1 || true
-hep2cli bench --json $out --count ${COUNT:-8} --data ${HEP2_SHARED_DATA:-../shared/data}/agh-fields "$@"
+if [ -n "${E2E_SCRIPT:-}" ]; then  # another measurement in the same set-up (session 9's e2e_cpu.py)
+  ${PYTHON:-python} "$E2E_SCRIPT" "$out" "$@"
+else
+  hep2cli bench --json $out --count ${COUNT:-8} --data ${HEP2_SHARED_DATA:-../shared/data}/agh-fields "$@"
+fi
