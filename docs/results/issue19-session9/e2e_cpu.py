@@ -18,50 +18,45 @@ from pathlib import Path
 import cv2
 import torch
 
-from workers import bench
+from workers import bench, cpu_usage
 
-TICK = os.sysconf("SC_CLK_TCK")
 DATA = Path(os.environ.get("HEP2_SHARED_DATA", "/work/shared/data")) / "agh-fields"
 
 
-def role(pid: str) -> str | None:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return None
-    if int(pid) == os.getpid():
+def role(pid: int, command: str) -> str:
+    if pid == os.getpid():
         return "bench (uploads, polling)"
-    if "moto_server" in cmd:
+    if "moto_server" in command:
         return "moto (S3)"
-    if cmd.startswith("postgres"):
+    if command.startswith("postgres"):
         return "postgresql"
-    if "redis-server" in cmd:
+    if "redis-server" in command:
         return "redis"
-    if "cli.main worker" in cmd:
-        return "service worker" if "-service@" in cmd else "analysing worker"
-    return None
+    if "cli.main worker" in command:
+        return "service worker" if "-service@" in command else "analysing worker"
+    return "other processes"
 
 
-def cpu_by_process() -> dict[str, float]:
-    """CPU seconds (user + system, with reaped children) of every process: "pid command"."""
-    seconds = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def cpu_by_process() -> dict[str, tuple[str, float]]:
+    """Per process with any CPU time, keyed ``"pid command"``: its role and CPU seconds (user + system with
+    reaped children, :func:`workers.cpu_usage.process_cpu_s`)."""
+    seen = {}
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
         try:
-            name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:90]
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        seconds[f"{pid} {name}"] = sum(int(v) for v in fields[11:15]) / TICK
-    return seconds
+        seconds = cpu_usage.process_cpu_s(pid)  # 0.0: no time yet, or gone since (nothing to count either way)
+        if seconds:
+            seen[f"{pid} {command[:90]}"] = (role(pid, command), seconds)
+    return seen
 
 
-def cpu_by_role() -> dict[str, float]:
+def cpu_by_role(processes: dict[str, tuple[str, float]]) -> dict[str, float]:
     totals: dict[str, float] = {}
-    for process, seconds in cpu_by_process().items():
-        name = role(process.split()[0]) or "other processes"
+    for name, seconds in processes.values():
         totals[name] = totals.get(name, 0.0) + seconds
-    total_host = sum(int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]) / TICK
-    totals["host (all processes)"] = total_host
+    totals["host (all processes)"] = cpu_usage.host_cpu_s()[1]  # all cores' time, idle included
     return totals
 
 
@@ -69,12 +64,12 @@ def main(out: Path, count: int, processes: int) -> None:
     snapshots: list[dict[str, float]] = []  # after the warm-up's wait (window starts), after the run's
     wait = bench.wait_for_final
 
-    processes_seen: list[dict[str, float]] = []
+    processes_seen: list[dict[str, tuple[str, float]]] = []
 
     def snapshot_after_wait(*args, **kwargs):
         result = wait(*args, **kwargs)
-        snapshots.append(cpu_by_role())
         processes_seen.append(cpu_by_process())
+        snapshots.append(cpu_by_role(processes_seen[-1]))
         return result
 
     bench.wait_for_final = snapshot_after_wait
@@ -95,7 +90,7 @@ def main(out: Path, count: int, processes: int) -> None:
     report["models_alone_mean_stage_ms"] = alone["mean_stage_ms"]
     report["ratio"] = round(report["fields_per_s"] / alone["fields_per_s"], 3)
     report["cpu_ms_per_field"] = per_field
-    deltas = {k: v - processes_seen[0].get(k, 0.0) for k, v in processes_seen[1].items()}
+    deltas = {k: v - processes_seen[0].get(k, ("", 0.0))[1] for k, (_, v) in processes_seen[1].items()}
     report["top_processes_cpu_ms_per_field"] = {
         k: round(1000 * v / count, 1) for k, v in sorted(deltas.items(), key=lambda kv: -kv[1])[:14]}
     report["cpu_ms_per_field_sum_of_roles"] = round(sum(v for k, v in per_field.items() if not k.startswith("host")), 1)
