@@ -7,6 +7,9 @@ section of :class:`analysis.config.PipelineConfig`; how each default was chosen:
 1. :func:`assess_field`, before segmentation. Measures, in 8-bit grey levels (annotation pixels replaced by
    the field's median):
 
+   * ``annotation_fraction``: the share of the field under burned-in annotations. Above
+     ``max_annotation_fraction`` the field is **rejected** (too little left to read; a field wholly covered
+     left nothing to measure and used to be called "black").
    * ``p99`` / ``dynamic_range`` (99.5th − 0.5th percentile): a black field (nothing above a few grey
      levels) or a flat one (no contrast at all) is **rejected**: a failed scan, a shutter that did not
      open, an empty frame.
@@ -64,6 +67,9 @@ class QualityConfig(BaseModel):
     review_saturated_fraction: float = Field(0.05, ge=0, le=1, description="Share of full-scale pixels above "
                                                                            "this: review.")
     min_focus: float = Field(0.02, ge=0, description="Fine/coarse detail energy below this: out of focus, rejected.")
+    max_annotation_fraction: float = Field(0.5, ge=0, le=1, description="Share of the field covered by burned-in "
+                                           "annotations (scale bars, text) above this: rejected, too little left "
+                                           "to read.")
     min_nuclei: int = Field(10, ge=0, description="A negative call needs at least this many detected nuclei.")
     nucleus_sigmas: tuple[float, ...] = Field((8.0, 12.0, 18.0), min_length=1, description="Blob scales (px, "
                                               "Gaussian sigma of the difference of Gaussians).")
@@ -81,6 +87,9 @@ class QualityReport:
     structure: float
     saturated_fraction: float
     focus: float | None
+    annotation_fraction: float = 0.0
+    """Share of the field's pixels under burned-in annotations (the decoder's mask), excluded from every
+    measurement."""
     height: int = 0
     width: int = 0
     """The field's size in pixels (the frame of cell coordinates)."""
@@ -142,19 +151,18 @@ def measure(image: FieldImage) -> QualityReport:
     smooth_std = _std(gaussian_filter32(grey, SMOOTH_SIGMA))
     structure = smooth_std / (sigma * np.sqrt(_GAIN_SMOOTH))
     focus = _focus(small, sigma)
-    saturated = _saturated(image.signal, free_mask, n_free) if free.size else 0.0
+    saturated = _saturated(image.signal, free_mask, n_free) if n_free else 0.0  # no free pixel: nothing to count
     return QualityReport(p99=round(float(p99), 3), dynamic_range=round(float(p_hi - p_lo), 3),
                          noise=round(float(sigma), 3), structure=round(float(structure), 3),
                          saturated_fraction=round(saturated, 5),
                          focus=None if focus is None else round(float(focus), 4),
+                         annotation_fraction=round(1.0 - n_free / grey.size, 5) if grey.size else 0.0,
                          height=int(grey.shape[0]), width=int(grey.shape[1]))
 
 
 def _saturated(signal: np.ndarray, free_mask: np.ndarray, n_free: int) -> float:
     """``np.mean(signal[free_mask] >= 0.999)``, the share of full-scale pixels outside the annotations, by one
-    count (the same float: an exact count over the same divisor)."""
-    if not n_free:
-        return float(np.mean(signal[free_mask] >= 0.999))
+    count (the same float: an exact count over the same divisor); ``n_free`` > 0."""
     full = signal >= 0.999
     full &= free_mask
     return np.count_nonzero(full) / n_free
@@ -190,6 +198,11 @@ def assess_field(image: FieldImage, config: QualityConfig | None = None) -> Qual
     report = measure(image)
     if not cfg.enabled:
         return report
+    if report.annotation_fraction > cfg.max_annotation_fraction:
+        raise InvalidImageError(f"image quality: burned-in annotations (scale bars, text) cover "
+                                f"{report.annotation_fraction:.0%} of the field (> {cfg.max_annotation_fraction:.0%})"
+                                ": too little of the field is left to read; upload the scanner's field without "
+                                "overlays")
     if report.p99 < cfg.min_p99:
         raise InvalidImageError(f"image quality: black field (99th percentile {report.p99:.1f} grey levels < "
                                 f"{cfg.min_p99}): no light reached the camera; rescan the well")

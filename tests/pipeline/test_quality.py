@@ -79,6 +79,20 @@ def test_rejection_names_the_problem(name: str, reason: str) -> None:
         assess_field(decode_image(png(BAD_FIELDS[name])))
 
 
+def test_field_covered_by_annotations_is_rejected_with_that_reason() -> None:
+    """Flat rows with a step between neighbours everywhere (a test chart, not a fluorescence field): the
+    decoder masks all of it as burned-in overlay; the gate says so instead of measuring an empty remainder."""
+    stripes = np.repeat(np.where(np.arange(SIZE[0] // 8) % 2, 200.0, 20.0), 8)[:, None] * np.ones((1, SIZE[1]))
+    image = decode_image(png(stripes))
+    assert image.annotation_mask.all()
+    report = measure(image)
+    assert report.annotation_fraction == 1.0 and report.saturated_fraction == 0.0  # not NaN: nothing to count
+    with pytest.raises(InvalidImageError, match=r"annotations .* cover 100% of the field"):
+        assess_field(image)
+    with pytest.raises(InvalidImageError, match="annotations"):
+        analyze_field(png(stripes), _models())
+
+
 def test_cell_free_field_with_a_negative_index_goes_to_review_not_negative() -> None:
     result = analyze_field(png(BAD_FIELDS["cell_free_gradient"]), _models())
     assert result.intensity.intensity_class == "negative"
