@@ -106,20 +106,28 @@ def bench(
                                                     "one single-threaded process per core)."),
     shared_worker: bool = typer.Option(False, help="End to end with one worker for every queue instead of an "
                                                    "analysing worker + a service worker (docker-compose.yml)."),
+    rounds: int = typer.Option(1, min=1, help="End-to-end runs, each between two models-alone runs; the ratio is "
+                                              "the median over the rounds."),
 ) -> None:
     """Fields/s for the models alone and through queue, storage and database, classifier batch sweep; JSON."""
     from workers.bench import run_bench  # imports torch and the models: only for this command
 
     report = run_bench(count, (height, width), data, json_out, only.value if only else None, processes,
-                       train_img_size, shared_worker)
+                       train_img_size, shared_worker, rounds)
     if "training_throughput" in report:
         speed = report["training_throughput"]
         typer.echo(f"training cells/s: {speed['cells_per_s']}; vs fp32 {speed['speedup_vs_fp32']}; wrote {json_out}")
         return
     if "models_alone" in report:
-        typer.echo(f"{report['processes']} process(es) on this host: models alone "
-                   f"{report['models_alone']['fields_per_s']} fields/s; end to end: "
-                   f"{report['end_to_end']['fields_per_s']} fields/s; ratio {report['ratio']}")
+        for n, row in enumerate(report["rounds"], 1):
+            typer.echo(f"round {n}, {report['processes']} process(es) on this host: models alone "
+                       f"{row['models_alone_before_fields_per_s']} / {row['models_alone_after_fields_per_s']} "
+                       f"fields/s (before / after); end to end {row['end_to_end_fields_per_s']} fields/s; "
+                       f"ratio {row['ratio']}")
+        shares = (report["models_alone"]["models_share_of_process_time"],
+                  report["end_to_end"]["models_share_of_process_time"])
+        typer.echo(f"ratio {report['ratio']}; share of the analysing processes' time in the models: alone "
+                   f"{shares[0]}, end to end {shares[1]}")
         if cpu := report["end_to_end"].get("cpu_ms_per_field"):
             typer.echo("CPU ms per field end to end: " + ", ".join(f"{k} {v:g}" for k, v in cpu.items())
                        + f"; models alone {report['models_alone']['cpu_ms_per_field']['models']:g} "

@@ -7,7 +7,11 @@
   the database, overlay layers uploaded; timed from the first upload to the last committed result, after one
   warm-up field per analysing process so model loading is not counted.
 
-Both run on the same hardware with the same fields; the ratio is end-to-end / models-alone. Both also
+Both run on the same hardware with the same fields; the ratio is end-to-end / models-alone, with each
+end-to-end run between two models-alone runs (before and after; ``--rounds``: several such rounds, median)
+because a shared host's speed drifts by ±10 % from one minute to the next. Both report
+``models_share_of_process_time``, the share of the analysing processes' time inside ``analyze_field``'s
+stages, read within one window (drift cancels); end to end also the worker's per-stage times. Both also
 report the CPU ms per field of each process (tree) over the timed window, read from /proc (Linux): the
 models; the analysing worker, the service worker, this process (uploads, polling), the rest of the host
 (database, broker and storage when they share it, the kernel) and idle capacity. ``analysing_cpu_ratio``
@@ -56,7 +60,7 @@ from training.recipe import RECIPE
 from training.throughput import training_throughput
 from workers import cpu_usage
 from workers.celery_app import create_celery_app
-from workers.jobs import wait_for_final
+from workers.jobs import succeeded_timings, wait_for_final
 from workers.model_cache import ModelCache
 from workers.process import default_processes, threads_per_process, worker_process
 from workers.routing import TaskName
@@ -92,6 +96,13 @@ def stage_stats(timings: list[dict[str, float]]) -> dict[str, Any]:
     table["total"] = [sum(t.values()) for t in timings]
     return {k: {"median": round(float(np.median(v)), 1), "p95": round(float(np.percentile(v, 95)), 1),
                 "mean": round(float(np.mean(v)), 1)} for k, v in table.items()}
+
+
+def models_share(timings: list[dict[str, float]], processes: int, seconds: float) -> float:
+    """The share of the analysing processes' time (``processes`` × ``seconds``) spent inside
+    ``analyze_field``'s stages: what is left went to waits, hand-overs and the tail of the run. Both terms
+    come from the same window, so a shared host's drift cancels out of it."""
+    return round(sum(sum(t.values()) for t in timings) / (1000.0 * processes * seconds), 3)
 
 
 _POOL: dict[str, Any] = {}
@@ -140,6 +151,7 @@ def models_alone(fields: list[tuple[str, bytes]], models: Any, processes: int = 
     stats = stage_stats(timings)
     return {"fields": len(fields), "processes": processes, "torch_threads_per_process": threads,
             "seconds": round(seconds, 3), "fields_per_s": round(len(fields) / seconds, 3),
+            "models_share_of_process_time": models_share(timings, processes, seconds),
             "cpu_ms_per_field": cpu_usage.ms_per_item(before, after, len(fields)),
             "mean_stage_ms": {k: v["mean"] for k, v in stats.items() if k != "total"},
             "stage_ms": stats, "per_field_timings_ms": timings,
@@ -273,6 +285,8 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
             app.send_task(TaskName.REGISTER_UPLOAD, args=[keys[-1]])  # what the S3 event triggers
         statuses = wait_for_final(keys, timeout_s, poll_s=END_TO_END_POLL_S)
         seconds, after = time.perf_counter() - started, cpu_usage.snapshot(roles, this_process)
+    with session_scope() as session:  # the worker's own stage times (its download is not analyze_field's)
+        timings = [{k: v for k, v in t.items() if k != "download"} for t in succeeded_timings(session, keys)]
     outcome: dict[str, int] = {}
     for status in statuses.values():
         outcome[status.value] = outcome.get(status.value, 0) + 1
@@ -280,17 +294,49 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
             "worker_processes": processes, "torch_threads_per_process": threads_per_process(processes),
             "workers": "one worker, every queue" if shared_worker else
             "analysis worker (queue gpu) + service worker (queues cpu, lis; 1 process)", "statuses": outcome,
-            "cpu_ms_per_field": cpu_usage.ms_per_item(before, after, len(fields))}
+            "models_share_of_process_time": models_share(timings, processes, seconds),
+            "cpu_ms_per_field": cpu_usage.ms_per_item(before, after, len(fields)),
+            "stage_ms": stage_stats(timings) if timings else {}}
 
 
-def analysing_cpu_ratio(alone: dict[str, Any], through: dict[str, Any]) -> float | None:
+def analysing_cpu_ratio(models_cpu_ms: float | None, through: dict[str, Any]) -> float | None:
     """Models-alone CPU per field / the analysing worker's CPU per field end to end: how much of what the
     analysing worker spends is the models, whatever else shares the host (None without /proc)."""
-    alone_cpu, through_cpu = alone.get("cpu_ms_per_field"), through.get("cpu_ms_per_field")
-    if not alone_cpu or not through_cpu:
+    through_cpu = through.get("cpu_ms_per_field")
+    if not models_cpu_ms or not through_cpu:
         return None
     worker = through_cpu.get(ANALYSING_WORKER) or through_cpu.get(SHARED_WORKER)
-    return round(alone_cpu["models"] / worker, 3) if worker else None
+    return round(models_cpu_ms / worker, 3) if worker else None
+
+
+def _models_cpu(run: dict[str, Any]) -> float | None:
+    return (run.get("cpu_ms_per_field") or {}).get("models")
+
+
+def bracketed_rounds(fields: list[tuple[str, bytes]], models: Any, processes: int, rounds: int, log_dir: Path,
+                     shared_worker: bool = False) -> dict[str, Any]:
+    """Models alone, then ``rounds`` × (end to end, models alone): each end-to-end run is compared with the
+    mean of the models-alone runs just before and just after it, so that a shared host's drift over the
+    minutes of a round hits both sides alike; ``ratio`` is the median over the rounds (``end_to_end``: the
+    run of that round, with its CPU and stage breakdown)."""
+    alone = [models_alone(fields, models, processes)]
+    through: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        through.append(end_to_end(fields, log_dir, processes=processes, shared_worker=shared_worker))
+        alone.append(models_alone(fields, models, processes))
+    table = []
+    for i, run in enumerate(through):
+        before, after = alone[i], alone[i + 1]
+        cpu = [c for c in (_models_cpu(before), _models_cpu(after)) if c]
+        table.append({"models_alone_before_fields_per_s": before["fields_per_s"],
+                      "end_to_end_fields_per_s": run["fields_per_s"],
+                      "models_alone_after_fields_per_s": after["fields_per_s"],
+                      "ratio": round(2 * run["fields_per_s"] / (before["fields_per_s"] + after["fields_per_s"]), 3),
+                      "analysing_cpu_ratio": analysing_cpu_ratio(statistics.mean(cpu) if cpu else None, run)})
+    middle = sorted(range(rounds), key=lambda i: table[i]["ratio"])[(rounds - 1) // 2]
+    return {"models_alone": alone[0], "end_to_end": through[middle], "rounds": table,
+            "models_alone_fields_per_s": [a["fields_per_s"] for a in alone],
+            "ratio": table[middle]["ratio"], "analysing_cpu_ratio": table[middle]["analysing_cpu_ratio"]}
 
 
 def environment() -> dict[str, Any]:
@@ -315,12 +361,14 @@ def _prepare_state() -> None:
 
 def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Path,
               only: str | None = None, processes: int | None = None,
-              train_img_size: int = RECIPE.img_size, shared_worker: bool = False) -> dict[str, Any]:
+              train_img_size: int = RECIPE.img_size, shared_worker: bool = False, rounds: int = 1,
+              ) -> dict[str, Any]:
     """Measure both paths and the batch sweep on the same fields (``only="batch-sweep"``: the sweep alone;
     ``only="train-precision"``: classifier training cells/s by precision on the I3A cells).
 
     ``processes``: analysing processes on this host, in the models-alone run and in the worker (default: what
-    ``hep2 worker`` picks, :func:`workers.process.default_processes`); fields/s are per host.
+    ``hep2 worker`` picks, :func:`workers.process.default_processes`); fields/s are per host. ``rounds``:
+    end-to-end runs, each bracketed by models-alone runs (:func:`bracketed_rounds`).
     """
     _prepare_state()
     processes = processes or default_processes(cuda=torch.cuda.is_available())
@@ -339,10 +387,7 @@ def run_bench(count: int, size: tuple[int, int], data_dir: Path | None, out: Pat
     else:
         report["inputs"] = str(data_dir) if data_dir else f"SYNTHETIC fields {size[0]}x{size[1]}"
         fields = bench_fields(count, size, data_dir)
-        report["models_alone"] = models_alone(fields, models, processes)
-        report["end_to_end"] = end_to_end(fields, out.parent, processes=processes, shared_worker=shared_worker)
-        report["ratio"] = round(report["end_to_end"]["fields_per_s"] / report["models_alone"]["fields_per_s"], 3)
-        report["analysing_cpu_ratio"] = analysing_cpu_ratio(report["models_alone"], report["end_to_end"])
+        report.update(bracketed_rounds(fields, models, processes, rounds, out.parent, shared_worker))
         report["classifier_batch_sweep"] = run_batch_sweep(
             models, lambda: fields, report["models_alone"]["median_classified_cells"])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -167,6 +167,13 @@ def slide_statuses(session: Session, keys: list[str]) -> dict[str, SlideStatus]:
     return {key: status for key, status in rows}
 
 
+def succeeded_timings(session: Session, keys: list[str]) -> list[dict[str, float]]:
+    """``stage_timings_ms`` of the succeeded attempts of the slides registered under ``keys``."""
+    rows = session.scalars(select(AnalysisAttempt.stage_timings_ms).join(SlideImage).where(
+        SlideImage.key.in_(keys), AnalysisAttempt.outcome == AttemptOutcome.SUCCEEDED))
+    return [dict(t) for t in rows if t]
+
+
 def wait_for_final(keys: list[str], timeout_s: float, poll_s: float = 0.5) -> dict[str, SlideStatus]:
     """Poll until every key has a slide in a final state (done, needs_review, rejected, failed)."""
     final = FINAL_STATES | {SlideStatus.FAILED}

@@ -18,6 +18,7 @@ from hep2.settings import get_settings
 from hep2.storage import storage_from_settings
 from tests.integration import uploads as up
 from workers.celery_app import create_celery_app
+from workers.jobs import succeeded_timings
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +84,9 @@ def test_bad_uploads_are_rejected_with_reasons_and_good_ones_still_run(api: Test
     assert all(reason and len(reason) > 10 and "Traceback" not in reason for reason in reasons.values()), reasons
     assert "pixels" in reasons["bomb.png"] or "large" in reasons["bomb.png"], reasons["bomb.png"]
     assert "16-bit" in reasons["sixteen-bit.png"] and "HEP2_ACCEPT_16BIT" in reasons["sixteen-bit.png"]
+    with session_scope() as session:  # what hep2 bench reads back: the succeeded attempts' stage times only
+        timings = succeeded_timings(session, [*bad, *good])
+    assert len(timings) == 1 and {"download", "decode", "segment", "classify"} <= set(timings[0]), timings
 
 
 def test_failed_job_can_be_rerun_from_the_cli(api: TestClient, celery_worker: str,

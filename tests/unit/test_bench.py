@@ -90,3 +90,34 @@ def test_cpu_hosts_run_one_single_threaded_process_per_core(monkeypatch: pytest.
     assert threads_per_process(1) == cores
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})  # e.g. a container pinned to one core
     assert default_processes(cuda=False) == 1 and threads_per_process(1) == 1
+
+
+def test_each_end_to_end_run_is_compared_with_the_models_alone_runs_around_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Rounds: alone 4.0, e2e 3.0, alone 2.0 (ratio 1.0), e2e 2.4, alone 4.0 (0.8), e2e 3.5, alone 3.0 (1.0):
+    the ratio is the median round's, with that round's end-to-end run and its CPU against the mean of its
+    two brackets' models CPU."""
+    alone = iter([(4.0, 400.0), (2.0, 600.0), (4.0, 400.0), (3.0, 500.0)])
+    through = iter([3.0, 2.4, 3.5])
+
+    def fake_alone(fields: Any, models: Any, processes: int) -> dict[str, Any]:
+        fps, cpu = next(alone)
+        return {"fields_per_s": fps, "cpu_ms_per_field": {"models": cpu}}
+
+    def fake_end_to_end(fields: Any, log_dir: Path, processes: int, shared_worker: bool) -> dict[str, Any]:
+        fps = next(through)
+        return {"fields_per_s": fps, "cpu_ms_per_field": {bench.ANALYSING_WORKER: 1000.0 / fps}}
+
+    monkeypatch.setattr(bench, "models_alone", fake_alone)
+    monkeypatch.setattr(bench, "end_to_end", fake_end_to_end)
+    out = bench.bracketed_rounds([], None, 2, 3, tmp_path)
+    assert [r["ratio"] for r in out["rounds"]] == [1.0, 0.8, 1.0]
+    assert out["ratio"] == 1.0 and out["end_to_end"]["fields_per_s"] == 3.0  # the median of 0.8, 1.0, 1.0: round 1
+    assert out["analysing_cpu_ratio"] == round(500.0 / (1000.0 / 3.0), 3)
+    assert out["models_alone"]["fields_per_s"] == 4.0 and out["models_alone_fields_per_s"] == [4.0, 2.0, 4.0, 3.0]
+
+
+def test_models_share_is_the_stage_time_over_the_processes_time() -> None:
+    timings = [{"decode": 100.0, "segment": 300.0}, {"decode": 200.0, "segment": 400.0}]
+    assert bench.models_share(timings, processes=2, seconds=0.5) == 1.0
+    assert bench.models_share(timings, processes=2, seconds=1.0) == 0.5
