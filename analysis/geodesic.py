@@ -174,10 +174,15 @@ def flood_levels_in_place(labels: np.ndarray, height: np.ndarray, components: np
     return unlabelled
 
 
+MAX_FLOOD_STEPS = 500
+"""Growth steps per level at most in the segmenter's flood (a level that needs more stops there; its unreached
+pixels go on at the next level, and after the last they form instances of their own)."""
+
+
 def compile_kernels() -> None:
     """Compile (or load from numba's cache) both kernels for the types the segmenters use: float32 images,
     int32 labels. ``infra/Dockerfile`` runs it at build time so that workers start with the machine code."""
     image, components = np.zeros((3, 3), np.float32), np.ones((3, 3), np.int32)
     reconstruct_in_place(image.copy(), image, components)
     flood_levels_in_place(np.zeros((3, 3), np.int32), image, components, np.ones(2, np.bool_),
-                          np.linspace(1.0, 0.0, 17)[1:], 500)
+                          np.linspace(1.0, 0.0, 17)[1:], MAX_FLOOD_STEPS)

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from analysis import stats
-from analysis.geodesic import flood_levels_in_place, reconstruct_in_place
+from analysis.geodesic import MAX_FLOOD_STEPS, flood_levels_in_place, reconstruct_in_place
 from analysis.types import FieldImage
 
 
@@ -73,10 +73,6 @@ def size_filter(labels: np.ndarray, min_area: int, max_area: int | None = None) 
     return relabel(labels, drop=bad, counts=areas)  # = relabel(np.where(bad[labels], 0, labels))
 
 
-_MAX_FLOOD_STEPS = 500
-"""Growth steps per level at most (a level that needs more stops there; its unreached pixels go on at the
-next level, and after the last they form instances of their own)."""
-
 
 def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray, levels: int = 16,
                     components: tuple[np.ndarray, int] | None = None) -> np.ndarray:
@@ -109,8 +105,8 @@ def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndar
     if flooded.any():
         thresholds = np.linspace(1.0, 0.0, levels + 1)[1:]
         unreached = flood_levels_in_place(labels, np.ascontiguousarray(height), components, flooded, thresholds,
-                                          _MAX_FLOOD_STEPS)
-    if unreached:  # pieces no marker reached (levels stopped at _MAX_FLOOD_STEPS): instances of their own
+                                          MAX_FLOOD_STEPS)
+    if unreached:  # pieces no marker reached (levels stopped at MAX_FLOOD_STEPS): instances of their own
         rest, n_rest = ndimage.label(flooded[components] & (labels == 0))
         rest_comp = _component_of(rest, n_rest, components)
     else:

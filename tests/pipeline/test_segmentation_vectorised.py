@@ -158,7 +158,7 @@ def test_flood_stopped_at_max_steps_goes_on_at_the_next_level(monkeypatch: pytes
     unlabelled allowed pixel at the next level, and pixels never reached become instances of their own."""
     from analysis import segmentation
 
-    monkeypatch.setattr(segmentation, "_MAX_FLOOD_STEPS", 2)
+    monkeypatch.setattr(segmentation, "MAX_FLOOD_STEPS", 2)
     for index in (0, 3, 7):
         fg = CASES[index]
         dist = distance_map(fg)
