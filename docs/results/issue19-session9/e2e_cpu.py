@@ -3,8 +3,10 @@
 Runs :func:`workers.bench.end_to_end` (environment from e2e_cpu.sh) and reads /proc before and after the
 timed window (between the warm-up's and the run's ``wait_for_final``): moto, PostgreSQL, Redis, the
 analysing worker, the service worker and this (uploading, polling) process.
-Before that, the models-alone run of ``hep2 bench`` on the same fields (PIN_MODELS_ALONE=0: in this
-process, pinned to CPU 0 with one thread, as e2e_cpu_pinned.sh pins the analysing worker).
+Before and after that, the models-alone run of ``hep2 bench`` on the same fields (PIN_MODELS_ALONE=0: in
+this process, pinned to CPU 0 with one thread, as e2e_cpu_pinned.sh pins the analysing worker);
+``ratio`` uses the run before, ``ratio_bracketed`` the mean of both. WORKER_PROCESSES: the analysing
+worker's processes, if not PROCESSES.
 usage: e2e_cpu.py OUT.json COUNT PROCESSES
 """
 
@@ -81,14 +83,22 @@ def main(out: Path, count: int, processes: int) -> None:
         os.sched_setaffinity(0, {int(pin)})
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
-    alone = bench.models_alone(fields, bench.worker_models(), processes)
+    models = bench.worker_models()
+    alone = bench.models_alone(fields, models, processes)
     os.sched_setaffinity(0, affinity)
-    report = bench.end_to_end(fields, out.parent, processes=processes)
+    report = bench.end_to_end(fields, out.parent, processes=int(os.environ.get("WORKER_PROCESSES", processes)))
+    if pin is not None:  # session 10: models alone again after the end-to-end run (drift brackets)
+        os.sched_setaffinity(0, {int(pin)})
+    alone_after = bench.models_alone(fields, models, processes)
+    os.sched_setaffinity(0, affinity)
     first, after = snapshots
     per_field = {k: round(1000 * (after.get(k, 0.0) - first.get(k, 0.0)) / count, 1) for k in after}
     report["models_alone_fields_per_s"] = alone["fields_per_s"]
     report["models_alone_mean_stage_ms"] = alone["mean_stage_ms"]
     report["ratio"] = round(report["fields_per_s"] / alone["fields_per_s"], 3)
+    report["models_alone_after_fields_per_s"] = alone_after["fields_per_s"]
+    alone_mean = (alone["fields_per_s"] + alone_after["fields_per_s"]) / 2
+    report["ratio_bracketed"] = round(report["fields_per_s"] / alone_mean, 3)
     report["cpu_ms_per_field"] = per_field
     deltas = {k: v - processes_seen[0].get(k, ("", 0.0))[1] for k, (_, v) in processes_seen[1].items()}
     report["top_processes_cpu_ms_per_field"] = {
