@@ -73,7 +73,6 @@ def size_filter(labels: np.ndarray, min_area: int, max_area: int | None = None) 
     return relabel(labels, drop=bad, counts=areas)  # = relabel(np.where(bad[labels], 0, labels))
 
 
-
 def watershed_split(foreground: np.ndarray, height: np.ndarray, markers: np.ndarray, levels: int = 16,
                     components: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """Marker-controlled watershed of ``height`` (higher = more central, [0, 1]) inside ``foreground``.

@@ -128,10 +128,12 @@ def bench(
                   report["end_to_end"]["models_share_of_process_time"])
         typer.echo(f"ratio {report['ratio']}; share of the analysing processes' time in the models: alone "
                    f"{shares[0]}, end to end {shares[1]}")
-        if cpu := report["end_to_end"].get("cpu_ms_per_field"):
-            typer.echo("CPU ms per field end to end: " + ", ".join(f"{k} {v:g}" for k, v in cpu.items())
-                       + f"; models alone {report['models_alone']['cpu_ms_per_field']['models']:g} "
-                       f"(analysing CPU ratio {report['analysing_cpu_ratio']})")
+        median = report["rounds"][report["median_round"] - 1]
+        if (cpu := report["end_to_end"].get("cpu_ms_per_field")) and median["models_alone_cpu_ms_per_field"]:
+            typer.echo(f"CPU ms per field end to end (round {report['median_round']}): "
+                       + ", ".join(f"{k} {v:g}" for k, v in cpu.items())
+                       + f"; models alone {median['models_alone_cpu_ms_per_field']:g} (mean of its two runs; "
+                       f"analysing CPU ratio {report['analysing_cpu_ratio']})")
         stages = report["models_alone"]["stage_ms"]
         typer.echo("per field, ms (median / p95): " + ", ".join(
             f"{k} {v['median']:g} / {v['p95']:g}" for k, v in stages.items()))

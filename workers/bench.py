@@ -332,9 +332,10 @@ def bracketed_rounds(fields: list[tuple[str, bytes]], models: Any, processes: in
                       "end_to_end_fields_per_s": run["fields_per_s"],
                       "models_alone_after_fields_per_s": after["fields_per_s"],
                       "ratio": round(2 * run["fields_per_s"] / (before["fields_per_s"] + after["fields_per_s"]), 3),
+                      "models_alone_cpu_ms_per_field": round(statistics.mean(cpu), 1) if cpu else None,
                       "analysing_cpu_ratio": analysing_cpu_ratio(statistics.mean(cpu) if cpu else None, run)})
     middle = sorted(range(rounds), key=lambda i: table[i]["ratio"])[(rounds - 1) // 2]
-    return {"models_alone": alone[0], "end_to_end": through[middle], "rounds": table,
+    return {"models_alone": alone[0], "end_to_end": through[middle], "rounds": table, "median_round": middle + 1,
             "models_alone_fields_per_s": [a["fields_per_s"] for a in alone],
             "ratio": table[middle]["ratio"], "analysing_cpu_ratio": table[middle]["analysing_cpu_ratio"]}
 

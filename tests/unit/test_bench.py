@@ -113,6 +113,7 @@ def test_each_end_to_end_run_is_compared_with_the_models_alone_runs_around_it(
     out = bench.bracketed_rounds([], None, 2, 3, tmp_path)
     assert [r["ratio"] for r in out["rounds"]] == [1.0, 0.8, 1.0]
     assert out["ratio"] == 1.0 and out["end_to_end"]["fields_per_s"] == 3.0  # the median of 0.8, 1.0, 1.0: round 1
+    assert out["median_round"] == 1 and out["rounds"][0]["models_alone_cpu_ms_per_field"] == 500.0
     assert out["analysing_cpu_ratio"] == round(500.0 / (1000.0 / 3.0), 3)
     assert out["models_alone"]["fields_per_s"] == 4.0 and out["models_alone_fields_per_s"] == [4.0, 2.0, 4.0, 3.0]
 
