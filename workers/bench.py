@@ -62,6 +62,7 @@ from workers import cpu_usage
 from workers.celery_app import create_celery_app
 from workers.jobs import succeeded_timings, wait_for_final
 from workers.model_cache import ModelCache
+from workers.persist import DOWNLOAD_STAGE
 from workers.process import default_processes, threads_per_process, worker_process
 from workers.routing import TaskName
 
@@ -285,8 +286,8 @@ def end_to_end(fields: list[tuple[str, bytes]], log_dir: Path, timeout_s: float 
             app.send_task(TaskName.REGISTER_UPLOAD, args=[keys[-1]])  # what the S3 event triggers
         statuses = wait_for_final(keys, timeout_s, poll_s=END_TO_END_POLL_S)
         seconds, after = time.perf_counter() - started, cpu_usage.snapshot(roles, this_process)
-    with session_scope() as session:  # the worker's own stage times (its download is not analyze_field's)
-        timings = [{k: v for k, v in t.items() if k != "download"} for t in succeeded_timings(session, keys)]
+    with session_scope() as session:  # the worker's stage times, less its own download (not analyze_field's)
+        timings = [{k: v for k, v in t.items() if k != DOWNLOAD_STAGE} for t in succeeded_timings(session, keys)]
     outcome: dict[str, int] = {}
     for status in statuses.values():
         outcome[status.value] = outcome.get(status.value, 0) + 1
@@ -328,12 +329,13 @@ def bracketed_rounds(fields: list[tuple[str, bytes]], models: Any, processes: in
     for i, run in enumerate(through):
         before, after = alone[i], alone[i + 1]
         cpu = [c for c in (_models_cpu(before), _models_cpu(after)) if c]
+        models_cpu = statistics.mean(cpu) if cpu else None
         table.append({"models_alone_before_fields_per_s": before["fields_per_s"],
                       "end_to_end_fields_per_s": run["fields_per_s"],
                       "models_alone_after_fields_per_s": after["fields_per_s"],
                       "ratio": round(2 * run["fields_per_s"] / (before["fields_per_s"] + after["fields_per_s"]), 3),
-                      "models_alone_cpu_ms_per_field": round(statistics.mean(cpu), 1) if cpu else None,
-                      "analysing_cpu_ratio": analysing_cpu_ratio(statistics.mean(cpu) if cpu else None, run)})
+                      "models_alone_cpu_ms_per_field": round(models_cpu, 1) if models_cpu else None,
+                      "analysing_cpu_ratio": analysing_cpu_ratio(models_cpu, run)})
     middle = sorted(range(rounds), key=lambda i: table[i]["ratio"])[(rounds - 1) // 2]
     return {"models_alone": alone[0], "end_to_end": through[middle], "rounds": table, "median_round": middle + 1,
             "models_alone_fields_per_s": [a["fields_per_s"] for a in alone],

@@ -20,6 +20,9 @@ from hep2.storage import ObjectNotFoundError, ObjectStorage, StoredObject
 from hep2.vocabulary import CELL_PATTERNS
 from workers import jobs
 
+DOWNLOAD_STAGE = "download"
+"""The worker's own stage in an attempt's ``stage_timings_ms``, beside ``analyze_field``'s stages."""
+
 
 def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Models,
                          config: PipelineConfig) -> dict[str, Any]:
@@ -48,7 +51,7 @@ def run_claimed_analysis(claim: jobs.Claim, storage: ObjectStorage, models: Mode
 
     keys = overlay_keys(claim.slide_id, claim.attempt_number)
     storage.put(keys[1], analysis.overlay_layer, "image/png")  # the overlay itself: rendered on request
-    timings = {"download": download_ms, **analysis.timings_ms}
+    timings = {DOWNLOAD_STAGE: download_ms, **analysis.timings_ms}
     with session_scope() as session:
         status = save_analysis(session, claim, analysis, keys, timings)
     return {"status": status.value if status else "superseded", "cells": len(analysis.cells)}
@@ -79,7 +82,7 @@ def changed_since_registration(claim: jobs.Claim, stored: StoredObject) -> str |
 def _reject(claim: jobs.Claim, reason: str, download_ms: float) -> dict[str, Any]:
     with session_scope() as session:
         jobs.finish_attempt(session, claim, AttemptOutcome.REJECTED, SlideStatus.REJECTED, reason,
-                            {"download": download_ms})
+                            {DOWNLOAD_STAGE: download_ms})
     return {"status": SlideStatus.REJECTED.value, "reason": reason}
 
 
